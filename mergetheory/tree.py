@@ -29,6 +29,7 @@ __all__ = [
     "TaskVectorError",
     "check_finite",
     "check_same_structure",
+    "gram_2d",
     "gram_matrix",
     "leaf_paths",
     "num_tasks",
@@ -307,7 +308,8 @@ def gram_matrix(task_vectors: TaskVectors, *, precision: Any = "highest") -> Gra
     r"""Gram matrix :math:`G_{ij} = \langle \tau_i, \tau_j \rangle` of a task-vector set.
 
     Streamed leaf by leaf (no ``[T, D]`` concatenation): ``G = sum_l X_l X_l^T`` with
-    ``X_l`` the leaf reshaped to ``[T, -1]``. Cost ``O(T^2 D)``, memory ``O(T^2)`` beyond
+    ``X_l`` the leaf reshaped to ``[T, -1]`` (each product by :func:`gram_2d`, blocked
+    over columns on CPU). Cost ``O(T^2 D)``, memory ``O(T^2)`` beyond
     the inputs.
 
     Args:
@@ -322,6 +324,54 @@ def gram_matrix(task_vectors: TaskVectors, *, precision: Any = "highest") -> Gra
     acc = None
     for leaf in leaves:
         x = leaf.reshape(num, -1)
-        g = jnp.matmul(x, x.T, precision=precision)
+        g = gram_2d(x, precision=precision)
         acc = g if acc is None else acc + g
     return 0.5 * (acc + acc.T)
+
+
+_GRAM_BLOCK_BYTES = 1 << 20  # column block of the CPU Gram kernel: ~1 MiB, cache-resident
+
+
+def _on_cpu(x: Any) -> bool:
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return all(d.platform == "cpu" for d in x.devices())
+    return jax.default_backend() == "cpu"
+
+
+def gram_2d(x: jax.Array, *, precision: Any = "highest") -> jax.Array:
+    r"""``x @ x.T`` for a wide ``[T, D]`` array, fast on XLA:CPU.
+
+    XLA:CPU runs one ``x @ x.T`` with a short ``T`` and a long ``D`` far below memory
+    bandwidth (measured 3-7x the CPU time of NumPy's BLAS on ``[8, 1e7]`` float32). On
+    CPU the product is therefore accumulated over column blocks of about 1 MiB,
+    :math:`G = \sum_b X_{:, b} X_{:, b}^\top`, with a ``lax.scan`` whose blocks stay in
+    cache: 4-5x faster than the single matmul, about 1.4x the CPU time of one NumPy
+    ``X.sum(0)`` pass at ``[8, 1e7]`` and about 4x at ``[16, 1e6]``, where the
+    :math:`T^2 = 256` multiply-adds per column make it compute-bound on one core
+    (``benchmarks/width.py``). On other backends, and for narrow arrays, it is one matmul.
+
+    Args:
+      x: ``[T, D]`` array.
+      precision: matmul precision.
+
+    Returns:
+      ``[T, T]`` (not symmetrised).
+    """
+    num, dim = x.shape
+    block = _GRAM_BLOCK_BYTES // max(1, num * x.dtype.itemsize)
+    block = max(1024, 1 << max(0, int(block).bit_length() - 1))  # a power of two
+    num_blocks = dim // block
+    if num_blocks < 2 or not _on_cpu(x):
+        return jnp.matmul(x, x.T, precision=precision)
+
+    def body(g: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
+        c = jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
+        return g + jnp.matmul(c, c.T, precision=precision), None
+
+    dtype = jnp.result_type(x.dtype)
+    init = jnp.zeros((num, num), dtype)
+    g, _ = jax.lax.scan(body, init, jnp.arange(num_blocks, dtype=jnp.int32))
+    if num_blocks * block < dim:
+        rest = x[:, num_blocks * block :]
+        g = g + jnp.matmul(rest, rest.T, precision=precision)
+    return g

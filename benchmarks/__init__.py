@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks against baselines run in the same process."""

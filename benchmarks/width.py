@@ -1,0 +1,507 @@
+r"""Benchmark of the width engine (DESIGN.md section 4) against same-process baselines.
+
+Run ``python -m benchmarks.width`` (``--quick`` for a small smoke run). Each part runs in a
+fresh subprocess (so its peak-memory reading is its own) and the results go, atomically,
+to ``benchmarks/results/width.json`` with machine information and the load average
+before and after (this machine is shared: timings are noisy; each timing is the minimum
+over repeats, the median is recorded too).
+
+Parts and targets (targets live here only, never in unit tests):
+
+(a) ``fast_vs_naive``: hull of ``n = 16`` vectors in ``D = 1e6`` (float32), ``M = 1e4``.
+    Fast path: Gram pass + :math:`O(M n^2)` Monte Carlo. Naive path
+    (:math:`g \sim N(0, I_D)`, :math:`O(M n D)`): run at a smaller ``M`` and scaled per
+    sample. Both estimate the same expectation with the same per-sample law, so equal
+    ``M`` means equal standard error (the measured per-sample standard deviations are
+    reported as a check). Target: ``naive / fast >= 100`` at equal stderr. A NumPy naive
+    sample (``rng.standard_normal(D) @ X.T``) is timed too.
+(b) ``gram_vs_bandwidth``: the Gram pass (``tree.gram_matrix`` under ``jit``, one
+    device; and :func:`mergetheory.sharding.sharded_gram_matrix` over the 2 forced host
+    devices, i.e. both cores) on float32 ``[16, 1e6]`` and ``[8, 1e7]`` against a
+    memory-bandwidth probe, NumPy ``X.sum(0)`` over the same array, timed round-robin
+    (probe, Gram, sharded Gram, repeated; ratio of the minima, the per-round paired
+    median ratio recorded too). Target: ``gram / probe <= 2``. (At ``T = 16`` the Gram
+    pass does ``T^2 = 256`` multiply-adds per column of 64 bytes: compute-bound on one
+    core.)
+(c) ``lora_gemma``: width of the hull of 10 rank-16 LoRA experts laid out like gemma-2-2b
+    (26 layers x 7 modules, ~2.03e9 dense parameters = 8.1 GB float32 *per expert*),
+    computed from the factors (~2.1e7 numbers per expert): time and peak memory of
+    :func:`mergetheory.lora.lora_gram_matrix` and of the Monte Carlo on the Gram matrix.
+    Baseline in the same process: one module (layer 0 ``q_proj``), densified then Gram'd,
+    against the factored Gram of the same module. Target: seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "width.json"
+PARTS = ("fast_vs_naive", "gram_vs_bandwidth", "lora_gemma")
+
+
+def _timeit(fn: Callable[[], Any], *, repeat: int, warmup: int = 1) -> dict[str, float]:
+    import jax
+
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times, cpu = [], []
+    for _ in range(repeat):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {
+        "min_s": min(times),
+        "median_s": statistics.median(times),
+        "cpu_s_of_min": cpu[times.index(min(times))],
+        "repeat": repeat,
+    }
+
+
+def _timeit_interleaved(
+    fns: dict[str, Callable[[], Any]], *, repeat: int
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Time several functions round-robin (robust to load drifting on a shared machine).
+
+    Returns per-function timings and, per function, the median over rounds of its time
+    divided by the first function's time in the same round.
+    """
+    import jax
+
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    out = {
+        k: {
+            "min_s": min(v),
+            "median_s": statistics.median(v),
+            "cpu_s_of_min": cpu[k][v.index(min(v))],
+            "repeat": repeat,
+        }
+        for k, v in times.items()
+    }
+    first = next(iter(fns))
+    paired = {
+        k: statistics.median(a / b for a, b in zip(v, times[first], strict=True))
+        for k, v in times.items()
+    }
+    return out, paired
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# --------------------------------------------------------------------------------------
+# (a) fast vs naive
+# --------------------------------------------------------------------------------------
+
+
+def part_fast_vs_naive(quick: bool) -> dict[str, Any]:
+    """Fast (Gram) vs naive (explicit g) Monte Carlo width of a hull, equal stderr."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+
+    from mergetheory.sets import ConvexHull
+    from mergetheory.tree import gram_matrix
+    from mergetheory.width import gaussian_width
+
+    n, dim = 16, (10**5 if quick else 10**6)
+    m_fast, m_naive, m_numpy = (2000, 50, 20) if quick else (10**4, 200, 50)
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((n, dim), dtype=np.float32)
+    x = jnp.asarray(x_np)
+    key_fast, key_naive = jr.split(jr.key(0))
+
+    # fast: Gram pass + O(M n^2) Monte Carlo (compilation timed apart, then steady state)
+    t0 = time.perf_counter()
+    hull = ConvexHull.from_task_vectors(x, keep_points=False)
+    est_fast = jax.block_until_ready(gaussian_width(key_fast, hull, num_samples=m_fast))
+    first_call = time.perf_counter() - t0
+    # the Gram pass two ways: sets.from_task_vectors (one jnp.matmul) and the
+    # column-blocked tree.gram_matrix (+ from_gram); the faster one counts
+    gram_sets = _timeit(lambda: ConvexHull.from_task_vectors(x, keep_points=False).gram, repeat=5)
+    gram_jit = jax.jit(gram_matrix)
+    gram_tree = _timeit(lambda: ConvexHull.from_gram(gram_jit(x)).gram, repeat=5)
+    gram_t = min(gram_sets, gram_tree, key=lambda t: t["min_s"])
+    mc_t = _timeit(lambda: gaussian_width(key_fast, hull, num_samples=m_fast).mean, repeat=5)
+    fast_total = gram_t["min_s"] + mc_t["min_s"]
+
+    # naive: g ~ N(0, I_D), z = X g, at a smaller M, scaled per sample
+    hull_pts = ConvexHull.from_task_vectors(x, keep_points=True)
+    est_naive = jax.block_until_ready(
+        gaussian_width(key_naive, hull_pts, num_samples=m_naive, method="naive")
+    )
+    naive_t = _timeit(
+        lambda: gaussian_width(key_naive, hull_pts, num_samples=m_naive, method="naive").mean,
+        repeat=3,
+        warmup=0,
+    )
+    naive_per_sample = naive_t["min_s"] / m_naive
+    naive_total = naive_per_sample * m_fast  # same M -> same stderr
+
+    # NumPy naive baseline (DESIGN.md section 8 quotes 11.4 ms per sample at D = 1e6)
+    def numpy_naive() -> float:
+        vals = [np.max(x_np @ rng.standard_normal(dim, dtype=np.float32)) for _ in range(m_numpy)]
+        return float(np.mean(vals))
+
+    numpy_t = _timeit(numpy_naive, repeat=3, warmup=0)
+    numpy_per_sample = numpy_t["min_s"] / m_numpy
+
+    std_fast = float(est_fast.stderr) * np.sqrt(m_fast)
+    std_naive = float(est_naive.stderr) * np.sqrt(m_naive)
+    return {
+        "n": n,
+        "dim": dim,
+        "dtype": "float32",
+        "num_samples": m_fast,
+        "num_samples_naive_measured": m_naive,
+        "fast": {
+            "mean": float(est_fast.mean),
+            "stderr": float(est_fast.stderr),
+            "per_sample_std": std_fast,
+            "first_call_incl_compile_s": first_call,
+            "gram_pass": gram_t,
+            "gram_pass_sets_from_task_vectors": gram_sets,
+            "gram_pass_tree_gram_matrix": gram_tree,
+            "monte_carlo": mc_t,
+            "total_s": fast_total,
+            "monte_carlo_per_sample_s": mc_t["min_s"] / m_fast,
+        },
+        "naive": {
+            "mean": float(est_naive.mean),
+            "stderr": float(est_naive.stderr),
+            "per_sample_std": std_naive,
+            "measured": naive_t,
+            "per_sample_s": naive_per_sample,
+            "total_s_at_num_samples": naive_total,
+        },
+        "numpy_naive_per_sample_s": numpy_per_sample,
+        "per_sample_std_ratio_naive_over_fast": std_naive / std_fast,
+        "means_agree_within_stderrs": abs(float(est_fast.mean) - float(est_naive.mean))
+        / float(np.hypot(est_fast.stderr, est_naive.stderr)),
+        "speedup_at_equal_stderr": naive_total / fast_total,
+        "speedup_per_sample_excluding_gram": naive_per_sample / (mc_t["min_s"] / m_fast),
+        "speedup_vs_numpy_naive_at_equal_stderr": numpy_per_sample * m_fast / fast_total,
+        "target": "speedup_at_equal_stderr >= 100",
+        "target_met": naive_total / fast_total >= 100,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# (b) Gram pass vs memory bandwidth
+# --------------------------------------------------------------------------------------
+
+
+def part_gram_vs_bandwidth(quick: bool) -> dict[str, Any]:
+    """Gram pass of float32 [T, D] against NumPy ``X.sum(0)`` over the same data."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mergetheory.sharding import shard_task_vectors, sharded_gram_matrix
+    from mergetheory.tree import gram_matrix
+
+    shapes = [(16, 10**5), (8, 10**6)] if quick else [(16, 10**6), (8, 10**7)]
+    gram_jit = jax.jit(gram_matrix)
+    rows = []
+    for num, dim in shapes:
+        x_np = np.random.default_rng(1).standard_normal((num, dim), dtype=np.float32)
+        x = jnp.asarray(x_np)
+        placed = shard_task_vectors(x)  # columns split over the 2 host devices, once
+        timings, paired = _timeit_interleaved(
+            {
+                "probe": lambda x_np=x_np: x_np.sum(0),
+                "gram": lambda x=x: gram_jit(x),
+                "sharded": lambda p=placed: sharded_gram_matrix(p, check=False),
+            },
+            repeat=15,
+        )
+        probe, gram, sharded = timings["probe"], timings["gram"], timings["sharded"]
+        g = np.asarray(gram_jit(x), dtype=np.float64)
+        ref = x_np.astype(np.float64) @ x_np.astype(np.float64).T
+        rows.append(
+            {
+                "shape": [num, dim],
+                "bytes": int(x_np.nbytes),
+                "probe_numpy_sum0": probe,
+                "probe_bandwidth_GBps": x_np.nbytes / probe["min_s"] / 1e9,
+                "gram_matrix_jit": gram,
+                "sharded_gram_matrix": sharded,
+                "sharded_num_devices": jax.device_count(),
+                "ratio_gram_over_probe": gram["min_s"] / probe["min_s"],
+                "ratio_sharded_over_probe": sharded["min_s"] / probe["min_s"],
+                "paired_median_ratio_gram_over_probe": paired["gram"],
+                "paired_median_ratio_sharded_over_probe": paired["sharded"],
+                "cpu_ratio_gram_over_probe": gram["cpu_s_of_min"] / probe["cpu_s_of_min"],
+                "gram_rel_error_vs_float64": float(np.max(np.abs(g - ref)) / np.max(np.abs(ref))),
+            }
+        )
+        del x, x_np, placed
+    worst = max(min(r["ratio_gram_over_probe"], r["ratio_sharded_over_probe"]) for r in rows)
+    return {
+        "rows": rows,
+        "target": "min(gram, sharded gram) / probe <= 2 on every shape",
+        "worst_ratio": worst,
+        "target_met": worst <= 2.0,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# (c) LoRA experts laid out like gemma-2-2b
+# --------------------------------------------------------------------------------------
+
+
+def part_lora_gemma(quick: bool) -> dict[str, Any]:
+    """Hull width of 10 rank-16 gemma-2-2b-shaped LoRA experts, from the factors."""
+    import jax
+    import jax.random as jr
+    import numpy as np
+
+    from mergetheory import lora
+    from mergetheory.sets import ConvexHull
+    from mergetheory.tree import gram_matrix
+    from mergetheory.width import gaussian_width
+
+    num_experts, rank = 10, 16
+    shapes = lora.gemma2_2b_lora_shapes(rank, stacked=True)
+    if quick:
+        shapes = {k: v._replace(num_layers=2) for k, v in shapes.items()}
+    dense_per_expert, factored_per_expert = lora.lora_dense_size(shapes)
+
+    rss0 = _rss_bytes()
+    t0 = time.perf_counter()
+    factors = jax.block_until_ready(
+        lora.sample_lora_factors(jr.key(0), shapes, num_experts, scaling=2.0)
+    )
+    sample_s = time.perf_counter() - t0
+    rss_factors = _rss_bytes()
+    peak_before = _maxrss_bytes()
+
+    t0 = time.perf_counter()
+    gram = jax.block_until_ready(lora.lora_gram_matrix(factors))
+    gram_first = time.perf_counter() - t0
+    gram_t = _timeit(lambda: lora.lora_gram_matrix(factors), repeat=3, warmup=0)
+
+    num_samples = 10**4
+    key = jr.key(1)
+    t0 = time.perf_counter()
+    hull = ConvexHull.from_gram(gram)
+    est = jax.block_until_ready(gaussian_width(key, hull, num_samples=num_samples))
+    width_first = time.perf_counter() - t0
+    width_t = _timeit(
+        lambda: gaussian_width(key, ConvexHull.from_gram(gram), num_samples=num_samples).mean,
+        repeat=3,
+        warmup=0,
+    )
+    peak_after = _maxrss_bytes()
+
+    # same-process baseline on one module: densify + dense Gram vs factored Gram
+    name = "self_attn.q_proj"
+    f0 = factors[name]
+    one = {name: lora.LoraFactors(f0.B[0], f0.A[0], f0.scaling)}  # layer 0 only
+    factors.clear()  # free the other modules before the dense baseline
+    del f0
+    dense_one = jax.jit(lambda f: gram_matrix(lora.densify(f)))
+    fact_one = _timeit(lambda: lora.lora_gram_matrix(one), repeat=3)
+    dense_t = _timeit(lambda: dense_one(one), repeat=3)
+    g_f = np.asarray(lora.lora_gram_matrix(one), np.float64)
+    g_d = np.asarray(dense_one(one), np.float64)
+
+    factored_bytes = num_experts * factored_per_expert * 4
+    dense_bytes = num_experts * dense_per_expert * 4
+    return {
+        "layout": "gemma-2-2b, 26 layers x {q,k,v,o,gate,up,down}, stacked [L, T, ...]"
+        + (" (quick: 2 layers)" if quick else ""),
+        "num_experts": num_experts,
+        "rank": rank,
+        "dense_params_per_expert": dense_per_expert,
+        "factored_params_per_expert": factored_per_expert,
+        "dense_bytes_float32_all_experts": dense_bytes,
+        "factored_bytes_float32_all_experts": factored_bytes,
+        "sample_factors_s": sample_s,
+        "gram": {"first_call_incl_compile_s": gram_first, **gram_t},
+        "width": {
+            "num_samples": num_samples,
+            "mean": float(est.mean),
+            "stderr": float(est.stderr),
+            "first_call_incl_compile_s": width_first,
+            **width_t,
+        },
+        "total_s_steady": gram_t["min_s"] + width_t["min_s"],
+        "total_s_first_call": gram_first + width_first,
+        "memory": {
+            "rss_before_factors_bytes": rss0,
+            "rss_with_factors_bytes": rss_factors,
+            "maxrss_before_gram_bytes": peak_before,
+            "maxrss_after_gram_and_width_bytes": peak_after,
+            "extra_peak_of_gram_and_width_bytes": max(0, peak_after - peak_before),
+            "peak_over_dense_size": peak_after / dense_bytes,
+        },
+        "baseline_one_module": {
+            "module": f"layer 0 {name}",
+            "factored_gram": fact_one,
+            "densify_then_gram": dense_t,
+            "speedup": dense_t["min_s"] / fact_one["min_s"],
+            "max_rel_diff": float(np.max(np.abs(g_f - g_d)) / np.max(np.abs(g_d))),
+        },
+        "target": "total seconds (not minutes) on the 2-core CPU, memory << dense size",
+        "target_met": (gram_first + width_first) < 60.0 and peak_after < dense_bytes / 10,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    from mergetheory._io import provenance
+
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        info["cpu_model"] = models[0] if models else "unknown"
+        with open("/proc/meminfo") as f:
+            info["mem_total"] = f.readline().split(":", 1)[1].strip()
+    except OSError:
+        pass
+    info.update(provenance())
+    return info
+
+
+def _run_part(part: str, quick: bool) -> dict[str, Any]:
+    """Run one part in a fresh interpreter (clean peak-memory reading); return its dict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "part.json"
+        cmd = [sys.executable, "-m", "benchmarks.width", "--part", part, "--part-out", str(out)]
+        if quick:
+            cmd.append("--quick")
+        root = Path(__file__).resolve().parents[1]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+        res = json.loads(out.read_text())
+        res["wall_s_subprocess"] = time.perf_counter() - t0
+        return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (all parts, or one with ``--part``) and write the results."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.width")
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--part", choices=PARTS, help="run one part in this process")
+    parser.add_argument("--part-out", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(RESULTS), help="results file")
+    args = parser.parse_args(argv)
+
+    if args.part:
+        # a script sets global JAX flags; two host devices for the sharded Gram row
+        os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+        fn = {
+            "fast_vs_naive": part_fast_vs_naive,
+            "gram_vs_bandwidth": part_gram_vs_bandwidth,
+            "lora_gemma": part_lora_gemma,
+        }[args.part]
+        t0 = time.perf_counter()
+        res = fn(args.quick)
+        res["wall_s"] = time.perf_counter() - t0
+        text = json.dumps(res, indent=2)
+        if args.part_out:
+            Path(args.part_out).write_text(text)
+        else:
+            print(text)  # noqa: T201
+        return 0
+
+    from mergetheory._io import atomic_write
+
+    load_before = os.getloadavg()
+    results: dict[str, Any] = {"quick": args.quick, "parts": {}}
+    for part in PARTS:
+        print(f"[benchmarks.width] {part} ...", file=sys.stderr, flush=True)  # noqa: T201
+        results["parts"][part] = _run_part(part, args.quick)
+    results["machine"] = _machine()
+    results["machine"]["loadavg_before"] = load_before
+    results["machine"]["loadavg_after"] = os.getloadavg()
+    results["note"] = (
+        "shared 2-core machine: timings are noisy (minimum over repeats; see loadavg). "
+        "Ratios compare runs in the same process."
+    )
+    with atomic_write(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    summary = _summary(results)
+    print(summary)  # noqa: T201
+    return 0
+
+
+def _summary(results: dict[str, Any]) -> str:
+    p = results["parts"]
+    lines = []
+    a = p.get("fast_vs_naive", {})
+    if "speedup_at_equal_stderr" in a:
+        lines.append(
+            f"(a) fast vs naive, n={a['n']} D={a['dim']:.0e} M={a['num_samples']}: "
+            f"fast {a['fast']['total_s']:.3g} s (Gram {a['fast']['gram_pass']['min_s']:.3g} s), "
+            f"naive {a['naive']['total_s_at_num_samples']:.3g} s -> "
+            f"{a['speedup_at_equal_stderr']:.0f}x at equal stderr (target >= 100x)"
+        )
+    b = p.get("gram_vs_bandwidth", {})
+    for r in b.get("rows", []):
+        lines.append(
+            f"(b) Gram {r['shape']}: {r['gram_matrix_jit']['min_s'] * 1e3:.1f} ms "
+            f"(sharded over {r['sharded_num_devices']}: "
+            f"{r['sharded_gram_matrix']['min_s'] * 1e3:.1f} ms) vs probe "
+            f"{r['probe_numpy_sum0']['min_s'] * 1e3:.1f} ms -> "
+            f"{r['ratio_gram_over_probe']:.2f}x / {r['ratio_sharded_over_probe']:.2f}x "
+            "(target <= 2)"
+        )
+    c = p.get("lora_gemma", {})
+    if "gram" in c:
+        lines.append(
+            f"(c) gemma-2-2b LoRA x{c['num_experts']} r={c['rank']}: Gram "
+            f"{c['gram']['min_s']:.2f} s (first {c['gram']['first_call_incl_compile_s']:.2f} s),"
+            f" width {c['width']['min_s']:.3f} s, peak RSS "
+            f"{c['memory']['maxrss_after_gram_and_width_bytes'] / 2**30:.2f} GiB vs dense "
+            f"{c['dense_bytes_float32_all_experts'] / 2**30:.0f} GiB"
+        )
+    for name, res in p.items():
+        if "error" in res:
+            lines.append(f"{name}: FAILED {res['error']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

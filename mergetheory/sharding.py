@@ -1,0 +1,548 @@
+r"""The width engine across devices: shard ``D`` for the Gram pass, samples for Monte Carlo.
+
+Both passes of the width engine (DESIGN.md section 4) are embarrassingly parallel:
+
+* **Gram pass.** :math:`G = \sum_{p=1}^{P} X_{:, S_p} X_{:, S_p}^\top` for any partition
+  :math:`S_1, \dots, S_P` of the parameter axis. :func:`sharded_gram_matrix` shards the
+  (flattened) parameter axis of every leaf over a mesh axis, each device computes the
+  Gram of its columns, and one ``psum`` adds the ``[T, T]`` partial Grams. Columns are
+  zero-padded to a multiple of the number of devices (zeros add nothing to ``G``).
+* **Monte Carlo pass.** :func:`sharded_monte_carlo` shards the *sample* axis. Sample ``i``
+  (a global index) draws its randomness from ``jr.fold_in(key, i)``, so the set of normals
+  drawn does not depend on the number of devices, the chunk size, or where a sample runs:
+  a run on 8 devices equals a run on 1 device up to the order of the final floating-point
+  sums. The mean and standard error are reduced on device with two ``psum`` s (sum, then
+  centred sum of squares).
+* :func:`sharded_gaussian_width` is the Monte Carlo pass of
+  :mod:`mergetheory.width` for the sets of :mod:`mergetheory.sets` (hull, cone, span,
+  zonotope, ..., e.g. built ``from_gram``) with its *chunk keys* sharded: the random
+  stream of :func:`mergetheory.width.gaussian_width` is ``jr.split(key, C)``, one key per
+  chunk of samples, so sharding the chunks (not the samples) keeps every draw, and the
+  estimate equals the single-device one for the same ``(key, num_samples, chunk_size)``
+  (fast path: :math:`z = L h \sim N(0, G)`, :math:`G = L L^\top`, the law of
+  :math:`T g`).
+
+Everything uses JAX's own SPMD machinery: a :class:`jax.sharding.Mesh`,
+:class:`~jax.sharding.PartitionSpec` s and :func:`jax.shard_map`. Meshes may have several
+axes; ``axis_name`` (a name or a tuple of names) says which ones to shard over.
+
+Testing on one CPU: set ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` *before*
+importing JAX (``tests/conftest.py`` does) to get 8 host devices.
+
+Several hosts: start one process per host and call, before any other JAX call,
+
+.. code-block:: python
+
+   import jax
+   jax.distributed.initialize(
+       coordinator_address="10.0.0.1:1234",  # host 0's address, same on every host
+       num_processes=4,                       # number of hosts
+       process_id=k,                          # 0 .. num_processes - 1, this host
+   )  # on TPU pods / SLURM / Open MPI the arguments are auto-detected: initialize()
+   mesh = make_mesh()  # now spans jax.devices(), the devices of *all* hosts
+
+then run the same program on every host (SPMD). Each host must feed its own shard of a
+``D``-sharded input (e.g. ``jax.make_array_from_process_local_data`` or
+``jax.make_array_from_callback``, reading only its own columns of the checkpoints); the
+``[T, T]`` Gram and the width estimates come back replicated on every host. Nothing here
+gathers to one host, so the code runs unchanged (pass ``check=False`` to
+:func:`sharded_gram_matrix`: the NaN / Inf check reads values on the host).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ._types import Gram, Key, TaskVectors
+from .tree import gram_2d, validate_task_vectors
+from .width import NestedWidthEstimate, WidthEstimate, width_sampler
+from .width import _prepare as _width_prepare  # validation + defaults shared with width
+
+__all__ = [
+    "DEFAULT_AXIS",
+    "MonteCarloEstimate",
+    "make_mesh",
+    "shard_task_vectors",
+    "sharded_gaussian_width",
+    "sharded_gram_matrix",
+    "sharded_monte_carlo",
+]
+
+DEFAULT_AXIS = "devices"
+"""Name of the single axis of the default mesh built by :func:`make_mesh`."""
+
+AxisName = str | tuple[str, ...]
+
+
+class MonteCarloEstimate(NamedTuple):
+    r"""A Monte Carlo mean with its standard error.
+
+    Attributes:
+      mean: :math:`\bar f = M^{-1} \sum_i f(\xi_i)` (a pytree like ``sample_fn``'s output).
+      stderr: :math:`\sqrt{\hat\sigma^2 / M}` with the unbiased sample variance.
+      num_samples: :math:`M`.
+    """
+
+    mean: Any
+    stderr: Any
+    num_samples: int
+
+
+def make_mesh(
+    num_devices: int | None = None,
+    axis_name: str = DEFAULT_AXIS,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """A one-axis mesh over the first ``num_devices`` devices (all by default).
+
+    Args:
+      num_devices: how many of ``devices`` to use (None: all).
+      axis_name: the mesh axis name.
+      devices: devices to take them from (default ``jax.devices()``, all hosts).
+
+    Returns:
+      ``Mesh(devices[:num_devices], (axis_name,))``.
+    """
+    devs = list(jax.devices() if devices is None else devices)
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devs):
+            raise ValueError(f"num_devices must be in [1, {len(devs)}], got {num_devices}")
+        devs = devs[:num_devices]
+    return Mesh(np.asarray(devs), (axis_name,))
+
+
+def _resolve(mesh: Mesh | None, axis_name: AxisName | None) -> tuple[Mesh, AxisName, int]:
+    if mesh is None:
+        mesh = make_mesh(axis_name=axis_name if isinstance(axis_name, str) else DEFAULT_AXIS)
+    if axis_name is None:
+        axis_name = mesh.axis_names if len(mesh.axis_names) > 1 else mesh.axis_names[0]
+    names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+    for nm in names:
+        if nm not in mesh.shape:
+            raise ValueError(f"axis {nm!r} is not an axis of the mesh {dict(mesh.shape)}")
+    size = math.prod(mesh.shape[nm] for nm in names)
+    return mesh, axis_name, size
+
+
+# --------------------------------------------------------------------------------------
+# Gram pass: shard the parameter axis
+# --------------------------------------------------------------------------------------
+
+
+def _pad_columns(x: jax.Array, multiple: int) -> jax.Array:
+    pad = (-x.shape[1]) % multiple
+    return x if pad == 0 else jnp.pad(x, ((0, 0), (0, pad)))
+
+
+def shard_task_vectors(
+    task_vectors: TaskVectors | jax.Array,
+    mesh: Mesh | None = None,
+    *,
+    axis_name: AxisName | None = None,
+) -> list[jax.Array]:
+    """Place a task-vector set on a mesh, its parameter axis sharded.
+
+    Every leaf is flattened to ``[T, D_l]``, zero-padded to a multiple of the number of
+    devices along ``axis_name`` and put with ``NamedSharding(mesh, P(None, axis_name))``.
+    Do this once when the same vectors enter several sharded passes.
+
+    Args:
+      task_vectors: pytree of ``[T, ...]`` leaves, or a ``[T, D]`` array.
+      mesh: device mesh (default: all devices, :func:`make_mesh`).
+      axis_name: mesh axis (or axes) to shard over (default: all axes of ``mesh``).
+
+    Returns:
+      List of ``[T, D_l_padded]`` sharded arrays; their Gram matrix is the input's.
+    """
+    mesh, axis_name, size = _resolve(mesh, axis_name)
+    num = validate_task_vectors(task_vectors)
+    sharding = NamedSharding(mesh, P(None, axis_name))
+    out = []
+    for leaf in jtu.tree_leaves(task_vectors):
+        x = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
+        x = x.reshape(num, -1)
+        pad = (-x.shape[1]) % size
+        if pad:
+            x = (np if isinstance(x, np.ndarray) else jnp).pad(x, ((0, 0), (0, pad)))
+        out.append(jax.device_put(x, sharding))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "size", "precision"))
+def _sharded_gram(
+    leaves: list[jax.Array], mesh: Mesh, axis_name: AxisName, size: int, precision: Any
+) -> jax.Array:
+    num = leaves[0].shape[0]
+    cols = [_pad_columns(leaf.reshape(num, -1), size) for leaf in leaves]
+
+    def local_gram(*xs: jax.Array) -> jax.Array:
+        acc = None
+        for x in xs:
+            g = gram_2d(x, precision=precision)  # column-blocked on CPU
+            acc = g if acc is None else acc + g
+        return jax.lax.psum(acc, axis_name)
+
+    g = jax.shard_map(
+        local_gram,
+        mesh=mesh,
+        in_specs=tuple(P(None, axis_name) for _ in cols),
+        out_specs=P(),
+        check_vma=False,  # the column-blocked CPU kernel scans with a replicated carry
+    )(*cols)
+    return 0.5 * (g + g.T)
+
+
+def sharded_gram_matrix(
+    task_vectors: TaskVectors | jax.Array,
+    mesh: Mesh | None = None,
+    *,
+    axis_name: AxisName | None = None,
+    precision: Any = "highest",
+    check: bool = True,
+) -> Gram:
+    r"""Gram matrix :math:`G_{ij} = \langle \tau_i, \tau_j \rangle` with ``D`` sharded.
+
+    Each leaf, flattened to ``[T, D_l]`` and zero-padded to a multiple of the ``P``
+    devices, is split into ``P`` column blocks; device ``p`` computes
+    :math:`\sum_l X_{l,p} X_{l,p}^\top` and a ``psum`` adds the partial Grams. Cost
+    :math:`O(T^2 D / P)` per device, one all-reduce of :math:`T^2` numbers.
+
+    Args:
+      task_vectors: pytree of ``[T, ...]`` leaves or a ``[T, D]`` array (already-sharded
+        arrays from :func:`shard_task_vectors` avoid the transfer).
+      mesh: device mesh (default: all devices, :func:`make_mesh`).
+      axis_name: mesh axis (or tuple of axes) that shards ``D`` (default: every axis).
+      precision: matmul precision.
+      check: validate shapes and (for concrete arrays) finiteness first.
+
+    Returns:
+      ``[T, T]`` symmetric PSD matrix, replicated over the mesh; equal to
+      :func:`mergetheory.tree.gram_matrix` up to the order of the float sums.
+
+    Example:
+      >>> x = jnp.ones((3, 1001))
+      >>> sharded_gram_matrix(x, make_mesh(4))[0, 0]
+      Array(1001., dtype=float32)
+    """
+    mesh, axis_name, size = _resolve(mesh, axis_name)
+    if check:
+        validate_task_vectors(task_vectors)
+    leaves = list(jtu.tree_leaves(task_vectors))
+    return _sharded_gram(leaves, mesh, axis_name, size, precision)
+
+
+# --------------------------------------------------------------------------------------
+# Monte Carlo pass: shard the sample axis
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _BindArgs:
+    """``make_sampler(*args) -> (key -> sample_fn(key, *args))``; hashable (a jit static)."""
+
+    sample_fn: Callable[..., Any]
+
+    def __call__(self, *args: Any) -> Callable[[Key], Any]:
+        return lambda k: self.sample_fn(k, *args)
+
+
+def _psum_mean_stderr(
+    vals: Any, valid: jax.Array, num_samples: int, axis_name: AxisName
+) -> tuple[Any, Any]:
+    """Mean and standard error over the samples of all devices (leading axis, masked)."""
+
+    def masked_sum(v: jax.Array) -> jax.Array:
+        mask = valid.reshape(valid.shape + (1,) * (v.ndim - 1))
+        return jnp.sum(jnp.where(mask, v, jnp.zeros_like(v)), axis=0)
+
+    total = jtu.tree_map(lambda v: jax.lax.psum(masked_sum(v), axis_name), vals)
+    mean = jtu.tree_map(lambda t: t / num_samples, total)
+    sq = jtu.tree_map(lambda v, m: jax.lax.psum(masked_sum((v - m) ** 2), axis_name), vals, mean)
+    stderr = jtu.tree_map(lambda q: jnp.sqrt(q / ((num_samples - 1) * num_samples)), sq)
+    return mean, stderr
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("make_sampler", "num_samples", "mesh", "axis_name", "size", "chunk_size"),
+)
+def _sharded_mc(
+    key: Key,
+    args: Any,
+    make_sampler: Callable[..., Callable[[Key], Any]],
+    num_samples: int,
+    mesh: Mesh,
+    axis_name: AxisName,
+    size: int,
+    chunk_size: int | None,
+) -> tuple[Any, Any]:
+    per_device = -(-num_samples // size)
+    if chunk_size is not None:  # whole chunks only: one compiled body, no remainder
+        per_device = -(-per_device // chunk_size) * chunk_size
+
+    def local(key: Key, args: Any) -> tuple[Any, Any]:
+        sample = make_sampler(*args)  # per-set preprocessing: once per device
+        start = jax.lax.axis_index(axis_name).astype(jnp.uint32) * np.uint32(per_device)
+        idx = start + jnp.arange(per_device, dtype=jnp.uint32)
+        vals = jax.lax.map(lambda i: sample(jr.fold_in(key, i)), idx, batch_size=chunk_size)
+        return _psum_mean_stderr(vals, idx < num_samples, num_samples, axis_name)
+
+    # check_vma=False: samplers written for one device (while_loops with replicated
+    # initial carries, as in the NNLS cone projection) need not be annotated as varying.
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()), check_vma=False
+    )(key, args)
+
+
+def _run_sharded_mc(
+    key: Key,
+    make_sampler: Callable[..., Callable[[Key], Any]],
+    args: tuple[Any, ...],
+    num_samples: int,
+    mesh: Mesh | None,
+    axis_name: AxisName | None,
+    chunk_size: int | None,
+) -> tuple[Any, Any]:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+        raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be an int >= 2, got {num_samples}")
+    if num_samples > np.iinfo(np.uint32).max:
+        raise ValueError(f"num_samples must be < 2**32, got {num_samples}")
+    mesh, axis_name, size = _resolve(mesh, axis_name)
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        chunk_size = min(int(chunk_size), -(-int(num_samples) // size))
+    return _sharded_mc(
+        key, tuple(args), make_sampler, int(num_samples), mesh, axis_name, size, chunk_size
+    )
+
+
+def sharded_monte_carlo(
+    key: Key,
+    sample_fn: Callable[..., Any],
+    num_samples: int,
+    mesh: Mesh | None = None,
+    *,
+    args: tuple[Any, ...] = (),
+    axis_name: AxisName | None = None,
+    chunk_size: int | None = None,
+) -> MonteCarloEstimate:
+    r"""Monte Carlo mean :math:`\mathbb{E} f(\xi)` with the sample axis sharded.
+
+    Sample ``i`` (global index ``0 <= i < M``) is
+    ``sample_fn(jr.fold_in(key, i), *args)``. Device ``p`` of ``P`` evaluates indices
+    ``[p m, (p + 1) m)`` with :math:`m = \lceil M / P \rceil` rounded up to a whole number
+    of chunks (indices ``>= M`` are computed and masked out), ``chunk_size`` samples at a
+    time (``jax.lax.map``), so memory is set by the chunk. The draws are the same on any
+    mesh: ``P`` devices give the one-device result up to the order of the final sums
+    (two ``psum`` s: the sum, then the centred sum of squares).
+
+    Args:
+      key: PRNG key.
+      sample_fn: ``sample_fn(key, *args) -> pytree of arrays``, one sample. It is a static
+        argument of the jitted kernel: pass the same (module-level) function each time,
+        or every call compiles again.
+      num_samples: :math:`M \ge 2`.
+      mesh: device mesh (default: all devices, :func:`make_mesh`).
+      args: pytrees passed (replicated, traced) to ``sample_fn``.
+      axis_name: mesh axis (or axes) for the sample axis (default: every axis).
+      chunk_size: samples per vectorised chunk on each device (None: all at once).
+
+    Returns:
+      :class:`MonteCarloEstimate` with ``mean`` and ``stderr`` shaped like one sample
+      (:math:`\hat\sigma / \sqrt{M}`, unbiased :math:`\hat\sigma^2`).
+
+    Example:
+      >>> def sq(k):
+      ...     return jr.normal(k) ** 2
+      >>> est = sharded_monte_carlo(jr.key(0), sq, 10_000, make_mesh(4))
+      >>> bool(abs(est.mean - 1.0) < 5 * est.stderr)
+      True
+    """
+    mean, stderr = _run_sharded_mc(
+        key, _BindArgs(sample_fn), args, num_samples, mesh, axis_name, chunk_size
+    )
+    return MonteCarloEstimate(mean, stderr, int(num_samples))
+
+
+# --------------------------------------------------------------------------------------
+# Gaussian width and statistical dimension, sample axis sharded
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _WidthChunkFactory:
+    """Hashable ``(set_, factor) -> (chunk_key -> values)``: :func:`width_sampler` per chunk."""
+
+    chunk_size: int
+    method: str
+    quantity: str
+    convention: str
+    nested: bool
+    rank_rtol: float | None
+    max_iter: int | None
+    reference: Any
+
+    def __call__(self, set_: Any, factor: Any) -> Callable[[Key], Any]:
+        sample_chunk = width_sampler(
+            self.reference if set_ is None else set_,
+            chunk_size=self.chunk_size,
+            method=self.method,
+            quantity=self.quantity,
+            convention=self.convention,
+            nested=self.nested,
+            rank_rtol=self.rank_rtol,
+            max_iter=self.max_iter,
+            factor=factor,
+        )
+        if not self.nested:
+            return sample_chunk
+
+        def paths(k: Key) -> tuple[jax.Array, jax.Array, jax.Array]:
+            v = sample_chunk(k)  # [chunk, N]
+            d1 = v[:, 1:] - v[:, :-1]
+            return v, d1, d1[:, 1:] - d1[:, :-1]  # differences per sample path (paired)
+
+        return paths
+
+
+@functools.partial(
+    jax.jit, static_argnames=("factory", "num_samples", "mesh", "axis_name", "chunks_per_device")
+)
+def _sharded_chunks(
+    chunk_keys: Key,
+    args: Any,
+    factory: _WidthChunkFactory,
+    num_samples: int,
+    mesh: Mesh,
+    axis_name: AxisName,
+    chunks_per_device: int,
+) -> tuple[Any, Any]:
+    chunk = factory.chunk_size
+
+    def local(keys: Key, args: Any) -> tuple[Any, Any]:
+        sample_chunk = factory(*args)  # per-set preprocessing: once per device
+        vals = jax.lax.map(sample_chunk, keys)  # [chunks_per_device, chunk, ...]
+        vals = jtu.tree_map(lambda v: v.reshape((-1, *v.shape[2:])), vals)
+        per_device = chunks_per_device * chunk
+        start = jax.lax.axis_index(axis_name).astype(jnp.int32) * per_device
+        idx = start + jnp.arange(per_device, dtype=jnp.int32)
+        return _psum_mean_stderr(vals, idx < num_samples, num_samples, axis_name)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(axis_name), P()),
+        out_specs=(P(), P()),
+        check_vma=False,  # samplers use while_loops with replicated initial carries
+    )(chunk_keys, args)
+
+
+def sharded_gaussian_width(
+    key: Key,
+    set_: Any,
+    *,
+    num_samples: int,
+    mesh: Mesh | None = None,
+    axis_name: AxisName | None = None,
+    chunk_size: int | None = None,
+    method: str = "fast",
+    quantity: str = "width",
+    convention: str = "sup",
+    nested: bool = False,
+    rank_rtol: float | None = None,
+    max_iter: int | None = None,
+) -> WidthEstimate | NestedWidthEstimate:
+    r"""Gaussian width (or statistical dimension) with the Monte Carlo sharded over devices.
+
+    The sharded counterpart of :func:`mergetheory.width.gaussian_width`,
+    :func:`~mergetheory.width.statistical_dimension` (``quantity="statdim"``) and
+    :func:`~mergetheory.width.nested_width` (``nested=True``), with the same random
+    stream: ``key`` is split into :math:`C = \lceil M / c \rceil` chunk keys
+    (``jr.split(key, C)``, ``c = chunk_size``), chunk ``j`` draws its ``c`` samples with
+    the one-chunk function :func:`mergetheory.width.width_sampler` (fast path:
+    :math:`z = L h \sim N(0, G)`, :math:`G = L L^\top`), and the first ``M`` samples
+    count. Here the *chunk keys* are sharded over the mesh (padded with dummy chunks to a
+    multiple of the ``P`` devices, masked out), each device maps over its chunks, and two
+    ``psum`` s reduce the mean and the centred sum of squares. So for the same
+    ``(key, num_samples, chunk_size)`` the estimate equals the one-device estimate up to
+    the order of the float sums. Cost per device :math:`O(M n^2 / P)` plus one
+    factorisation of :math:`G`; balance needs :math:`C \ge P`, i.e. ``chunk_size <= M / P``.
+
+    Args:
+      key: PRNG key.
+      set_: a set from :mod:`mergetheory.sets`, e.g. ``ConvexHull.from_gram(G)`` with
+        ``G`` from :func:`sharded_gram_matrix` or
+        :func:`mergetheory.lora.lora_gram_matrix`.
+      num_samples: :math:`M \ge 2`.
+      mesh: device mesh (default: all devices).
+      axis_name: mesh axis (or axes) for the chunks (default: every axis).
+      chunk_size: samples per chunk (default as in
+        :func:`~mergetheory.width.gaussian_width`); part of the random stream.
+      method: ``"fast"`` or ``"naive"``.
+      quantity: ``"width"`` or ``"statdim"`` (cones only).
+      convention: ``"sup"`` or ``"symmetric"``.
+      nested: widths of the prefix sets :math:`S_1 \subset \dots \subset S_N` with common
+        random numbers, differences per sample path.
+      rank_rtol: rank tolerance for spans.
+      max_iter: NNLS outer iterations for cones.
+
+    Returns:
+      :class:`~mergetheory.width.WidthEstimate`, or
+      :class:`~mergetheory.width.NestedWidthEstimate` when ``nested``.
+
+    Example:
+      >>> hull = ConvexHull.from_gram(sharded_gram_matrix(x))
+      >>> est = sharded_gaussian_width(jr.key(0), hull, num_samples=10**6, chunk_size=4096)
+    """
+    set_, factor, static = _width_prepare(
+        key,
+        set_,
+        num_samples=num_samples,
+        chunk_size=chunk_size,
+        method=method,
+        quantity=quantity,
+        convention=convention,
+        nested=nested,
+        rank_rtol=rank_rtol,
+        max_iter=max_iter,
+    )
+    mesh, axis_name, size = _resolve(mesh, axis_name)
+    m, chunk = static["num_samples"], static["chunk_size"]
+    num_chunks = -(-m // chunk)
+    per_device = -(-num_chunks // size)
+    keys = jr.split(key, num_chunks)  # exactly the single-device chunk keys
+    if per_device * size > num_chunks:  # dummy chunks, masked out (indices >= M)
+        pad = jnp.broadcast_to(keys[:1], (per_device * size - num_chunks,))
+        keys = jnp.concatenate([keys, pad])
+    factory = _WidthChunkFactory(
+        chunk_size=chunk,
+        method=static["method"],
+        quantity=static["quantity"],
+        convention=static["convention"],
+        nested=static["nested"],
+        rank_rtol=static["rank_rtol"],
+        max_iter=static["max_iter"],
+        reference=static["reference"],
+    )
+    mean, stderr = _sharded_chunks(keys, (set_, factor), factory, m, mesh, axis_name, per_device)
+    if not nested:
+        return WidthEstimate(mean, stderr, m)
+    return NestedWidthEstimate(
+        mean[0], stderr[0], mean[1], stderr[1], mean[2], stderr[2], num_samples=m
+    )
