@@ -1,0 +1,249 @@
+r"""Merge operators and the one registry table ``MERGE_OPERATORS``.
+
+Every operator is a pure function ``fn(task_vectors, key, *, weights=None, **hparams)``
+mapping a pytree of ``[T, ...]`` leaves to the same pytree without the task axis.
+Deterministic operators ignore ``key`` (so every operator vmaps over keys the same way);
+continuous hyperparameters (``density``, ``scale``, ``temperature``) are traced, so a sweep
+is a ``vmap``; shape-determining options are static. Inputs are validated at the eager
+entry (structure, shapes and dtypes always; NaN / Inf and value ranges when concrete), and
+the work runs in a jitted core.
+
+:class:`MergeOperator` records the properties each operator claims;
+``tests/merge/test_registry.py`` checks every claim for every entry. Adding an operator is
+one function plus one line here (zoo operators go below the marker at the end).
+
+Modules: :mod:`.linear` (average, Task Arithmetic, base-knowledge weighting),
+:mod:`.ties` (TIES, magnitude pruning), :mod:`.dare` (DARE-linear, DARE-TIES),
+:mod:`.rht` (the code-level RHT of arXiv 2505.21226), :mod:`.lora` (factor-wise vs
+product-wise LoRA merging), :mod:`._sparsify` (exact top-k threshold, DARE masks).
+"""
+
+from __future__ import annotations
+
+from ._registry import MergeOperator as MergeOperator
+from ._sparsify import MAGNITUDE_FLOOR as MAGNITUDE_FLOOR
+from ._sparsify import dare_keep_mask as dare_keep_mask
+from ._sparsify import dare_keep_masks as dare_keep_masks
+from ._sparsify import magnitude_threshold as magnitude_threshold
+from ._sparsify import num_kept as num_kept
+from ._sparsify import topk_mask as topk_mask
+from .breadcrumbs import breadcrumbs as breadcrumbs
+from .breadcrumbs import breadcrumbs_mask as breadcrumbs_mask
+from .dare import dare_linear as dare_linear
+from .dare import dare_linear_array as dare_linear_array
+from .dare import dare_rescale as dare_rescale
+from .dare import dare_ties as dare_ties
+from .dare import dare_ties_array as dare_ties_array
+from .emr import EMROutput as EMROutput
+from .emr import emr as emr
+from .emr import emr_merge as emr_merge
+from .emr import emr_task_update as emr_task_update
+from .knots import knots as knots
+from .knots import knots_coordinates as knots_coordinates
+from .knots import knots_dare_ties as knots_dare_ties
+from .linear import average as average
+from .linear import base_knowledge_weighted as base_knowledge_weighted
+from .linear import base_knowledge_weights as base_knowledge_weights
+from .linear import task_arithmetic as task_arithmetic
+from .lora import lora_delta as lora_delta
+from .lora import lora_deltawise as lora_deltawise
+from .lora import lora_factorwise as lora_factorwise
+from .model_stock import model_stock as model_stock
+from .model_stock import model_stock_ratio as model_stock_ratio
+from .model_stock import pairwise_cosine as pairwise_cosine
+from .rht import rht as rht
+from .rht import rht_array as rht_array
+from .svd import TSVFactors as TSVFactors
+from .svd import iso_c as iso_c
+from .svd import iso_cts as iso_cts
+from .svd import iso_cts_factors as iso_cts_factors
+from .svd import polar_factor as polar_factor
+from .svd import tsv_c as tsv_c
+from .svd import tsv_m as tsv_m
+from .svd import tsv_m_factors as tsv_m_factors
+from .ties import disjoint_merge as disjoint_merge
+from .ties import elect_sign as elect_sign
+from .ties import magnitude_prune as magnitude_prune
+from .ties import magnitude_prune_array as magnitude_prune_array
+from .ties import prune_by_threshold as prune_by_threshold
+from .ties import ties as ties
+from .ties import ties_array as ties_array
+
+_TIES_STATIC = (
+    "trim",
+    "keep_rule",
+    "weights_before_election",
+    "election",
+    "aggregate",
+    "zero_sign",
+)
+
+MERGE_OPERATORS: dict[str, MergeOperator] = {
+    "average": MergeOperator(
+        fn=average,
+        linear=True,
+        description="weight averaging: sum_t w_t tau_t / sum_t w_t",
+    ),
+    "task_arithmetic": MergeOperator(
+        fn=task_arithmetic,
+        linear=True,
+        default_hparams={"scale": 1.0},
+        identity_hparams={"scale": 1.0},
+        continuous_hparams=("scale",),
+        description="Task Arithmetic: lambda * sum_t w_t tau_t (Ilharco et al. 2023)",
+    ),
+    "ties": MergeOperator(
+        fn=ties,
+        default_hparams={"density": 0.2, "scale": 1.0},
+        identity_hparams={"density": 1.0, "scale": 1.0},
+        continuous_hparams=("density", "scale"),
+        static_argnames=_TIES_STATIC,
+        description="TIES: top-k trim, sign election by mass, disjoint mean (Yadav et al. 2023)",
+    ),
+    "magnitude_prune": MergeOperator(
+        fn=magnitude_prune,
+        default_hparams={"density": 0.2, "scale": 1.0},
+        identity_hparams={"density": 1.0, "scale": 1.0},
+        continuous_hparams=("density", "scale"),
+        static_argnames=("trim", "keep_rule"),
+        description="top-k magnitude pruning then a weighted sum (PEFT magnitude_prune)",
+    ),
+    "dare_linear": MergeOperator(
+        fn=dare_linear,
+        linear=True,
+        stochastic=True,
+        default_hparams={"density": 0.5, "scale": 1.0},
+        identity_hparams={"density": 1.0, "scale": 1.0},
+        continuous_hparams=("density", "scale"),
+        description="DARE: Bernoulli(density) keep, rescale 1/density, weighted sum",
+    ),
+    "dare_ties": MergeOperator(
+        fn=dare_ties,
+        stochastic=True,
+        default_hparams={"density": 0.5, "scale": 1.0},
+        identity_hparams={"density": 1.0, "scale": 1.0},
+        continuous_hparams=("density", "scale"),
+        static_argnames=_TIES_STATIC[2:],
+        description="DARE then TIES sign election and disjoint mean (PEFT dare_ties)",
+    ),
+    "rht": MergeOperator(
+        fn=rht,
+        default_hparams={"density": 0.7},
+        identity_hparams={"density": 1.0},
+        continuous_hparams=("density",),
+        description="code-level RHT of arXiv 2505.21226: top-k / density, unweighted "
+        "election, weighted sum over agreeing count",
+    ),
+    "base_knowledge_weighted": MergeOperator(
+        fn=base_knowledge_weighted,
+        linear=True,
+        needs=("base_accuracy",),
+        default_hparams={"temperature": 0.1, "scale": 1.0},
+        identity_hparams={"scale": 1.0},
+        continuous_hparams=("temperature", "scale"),
+        description="linear merge weighted by softmax((1 - base_accuracy) / temperature) "
+        "(reconstruction of Rahamim et al. 2026)",
+    ),
+    # --- zoo operators (issue 5) ---
+    "breadcrumbs": MergeOperator(
+        fn=breadcrumbs,
+        default_hparams={"beta": 0.15, "gamma": 0.006, "scale": 0.2},
+        identity_hparams={"beta": 1.0, "gamma": 0.0, "scale": 1.0},
+        continuous_hparams=("beta", "gamma", "scale"),
+        static_argnames=("scope",),
+        description="Model Breadcrumbs: per row drop the top-gamma fraction by magnitude, keep "
+        "the next beta, weighted sum times scale (Davari & Belilovsky 2024)",
+    ),
+    "emr": MergeOperator(
+        fn=emr,
+        has_weights=False,
+        static_argnames=("sign_rule",),
+        description="EMR-Merging's unified task vector tau_uni = sgn(sum) * max agreeing "
+        "|tau_t| ONLY; the per-task masks and rescalers are emr_merge (Huang et al. 2024)",
+    ),
+    "tsv_m": MergeOperator(
+        fn=tsv_m,
+        default_hparams={"alpha": 1.0},
+        continuous_hparams=("alpha",),
+        static_argnames=("sv_reduction",),
+        description="TSV-M: per 2-D leaf top floor(r/T) singular triplets per task, polar-"
+        "orthogonalized U and V; other leaves mean (Gargiulo et al. 2025)",
+    ),
+    "iso_c": MergeOperator(
+        fn=iso_c,
+        identity_at_one=False,
+        default_hparams={"alpha": 1.0},
+        continuous_hparams=("alpha",),
+        description="Iso-C: per 2-D leaf SVD of sum_t tau_t with a flat spectrum "
+        "mean(sigma) U V^T; other leaves mean (Marczak et al. 2025)",
+    ),
+    "iso_cts": MergeOperator(
+        fn=iso_cts,
+        identity_at_one=False,
+        default_hparams={"alpha": 1.0},
+        continuous_hparams=("alpha",),
+        static_argnames=("common_space_fraction",),
+        description="Iso-CTS: common (0.8 r) plus per-task residual subspaces, polar-"
+        "orthogonalized, flat spectrum; other leaves mean (Marczak et al. 2025)",
+    ),
+    "model_stock": MergeOperator(
+        fn=model_stock,
+        has_weights=False,
+        static_argnames=("cosine_average", "granularity"),
+        description="Model Stock: t * mean_t tau_t, t = k cos / (1 + (k - 1) cos) with the "
+        "mean pairwise cosine per tensor (Jang et al. 2024)",
+    ),
+    "knots": MergeOperator(
+        fn=knots,
+        has_weights=False,
+        default_hparams={"density": 0.2, "scale": 1.0},
+        identity_hparams={"density": 1.0},
+        continuous_hparams=("density", "scale"),
+        static_argnames=("trim_scope",),
+        description="KnOTS-TIES: shared SVD basis of [Delta_1|...|Delta_T] per 2-D leaf, "
+        "official TIES on the coordinates diag(s) V_t^T (Stoica et al. 2025)",
+    ),
+    "knots_dare_ties": MergeOperator(
+        fn=knots_dare_ties,
+        stochastic=True,
+        has_weights=False,
+        default_hparams={"density": 0.9, "trim_density": 1.0, "scale": 1.0},
+        identity_hparams={"density": 1.0},
+        continuous_hparams=("density", "scale"),
+        static_argnames=("trim_scope",),
+        description="KnOTS-DARE-TIES: DARE (keep prob. density) on the KnOTS coordinates, "
+        "then TIES (Stoica et al. 2025)",
+    ),
+}
+
+__all__ = [
+    "MAGNITUDE_FLOOR",
+    "MERGE_OPERATORS",
+    "MergeOperator",
+    "average",
+    "base_knowledge_weighted",
+    "base_knowledge_weights",
+    "dare_keep_mask",
+    "dare_keep_masks",
+    "dare_linear",
+    "dare_linear_array",
+    "dare_rescale",
+    "dare_ties",
+    "dare_ties_array",
+    "disjoint_merge",
+    "elect_sign",
+    "lora_delta",
+    "lora_deltawise",
+    "lora_factorwise",
+    "magnitude_prune",
+    "magnitude_prune_array",
+    "magnitude_threshold",
+    "num_kept",
+    "prune_by_threshold",
+    "rht",
+    "rht_array",
+    "task_arithmetic",
+    "ties",
+    "ties_array",
+    "topk_mask",
+]

@@ -1,0 +1,134 @@
+r"""Shared helpers of the merge operators: input checks, weights, per-leaf keys, reductions.
+
+Every public operator is an *eager wrapper* around a jitted core:
+
+* the wrapper checks its inputs (:func:`check_task_vectors`, :func:`check_weights`,
+  :func:`check_density`, ...). Shape / structure checks always run (they need shapes only);
+  value checks (NaN, range of ``density``) run only on concrete values, so the wrapper can
+  itself be wrapped in ``jit`` / ``vmap`` by the caller;
+* the core is a ``jax.jit`` with the shape-determining options in ``static_argnames``;
+  continuous hyperparameters (``density``, ``scale``, ``temperature``) are traced arguments,
+  so sweeping them neither re-traces nor re-compiles.
+
+Reductions over the task axis go through :func:`mergetheory.tree.sum_tasks` (unrolled over
+``T``, DESIGN.md section 8) or :func:`max_tasks` here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import numpy as np
+
+from .. import tree as mtree
+from .._types import Key, TaskVectors
+
+__all__ = [
+    "as_weights",
+    "check_choice",
+    "check_density",
+    "check_positive",
+    "check_task_vectors",
+    "check_weights",
+    "is_concrete",
+    "leaf_keys",
+    "max_tasks",
+    "task_broadcast",
+]
+
+
+def is_concrete(x: Any) -> bool:
+    """True unless ``x`` is (or contains) a JAX tracer, i.e. we are not inside a transform."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(x))
+
+
+def check_task_vectors(task_vectors: TaskVectors, *, name: str = "task_vectors") -> int:
+    """Validate a task-vector set (see :func:`mergetheory.tree.validate_task_vectors`).
+
+    Structure, shape and dtype checks always run; the NaN / Inf check runs on concrete
+    leaves only (tracers are skipped).
+
+    Returns:
+      ``T``, the number of tasks.
+    """
+    return mtree.validate_task_vectors(task_vectors, name=name)
+
+
+def check_weights(weights: Any, num_tasks: int, *, name: str = "weights") -> None:
+    """Check that ``weights`` is ``None`` or a ``[T]`` vector (finite, if concrete)."""
+    if weights is None:
+        return
+    shape = jnp.shape(weights)
+    if shape != (num_tasks,):
+        raise mtree.TaskVectorError(
+            f"{name} has shape {shape} but the task vectors have T = {num_tasks} tasks; "
+            f"expected shape ({num_tasks},)"
+        )
+    if is_concrete(weights):
+        arr = np.asarray(weights)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise mtree.TaskVectorError(f"{name} must be numeric, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise mtree.TaskVectorError(f"{name} contains NaN or Inf: {arr}")
+
+
+def check_density(density: Any, *, name: str = "density") -> None:
+    """Check ``0 < density <= 1`` for concrete values (traced values pass unchecked)."""
+    if not is_concrete(density):
+        return
+    arr = np.asarray(density, dtype=np.float64)
+    if arr.shape != ():
+        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
+    if not (np.isfinite(arr) and 0.0 < arr <= 1.0):
+        raise ValueError(f"{name} must be in (0, 1] (fraction of entries kept), got {float(arr)}")
+
+
+def check_positive(value: Any, *, name: str) -> None:
+    """Check ``value > 0`` (finite) for concrete scalars."""
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != ():
+        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
+    if not (np.isfinite(arr) and arr > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {float(arr)}")
+
+
+def check_choice(value: Any, choices: tuple[str, ...], *, name: str) -> None:
+    """Check that a static string option is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def leaf_keys(key: Key, tree: Any) -> Any:
+    r"""One PRNG key per leaf: leaf ``i`` (in flatten order) gets ``fold_in(key, i)``.
+
+    Stochastic operators draw each leaf's randomness from its own key, so adding a leaf
+    never changes the draws of the others, and no key is reused.
+    """
+    leaves, treedef = jtu.tree_flatten(tree)
+    return jtu.tree_unflatten(treedef, [jr.fold_in(key, i) for i in range(len(leaves))])
+
+
+def task_broadcast(v: jax.Array, ndim: int) -> jax.Array:
+    """Reshape a ``[T]`` vector to ``[T, 1, ..., 1]`` (``ndim`` axes in all)."""
+    return v.reshape(v.shape + (1,) * (ndim - 1))
+
+
+def max_tasks(x: jax.Array) -> jax.Array:
+    """Maximum over the task axis of ``x`` ``[T, ...]``, unrolled like ``tree.sum_tasks``."""
+    acc = x[0]
+    for t in range(1, x.shape[0]):
+        acc = jnp.maximum(acc, x[t])
+    return acc
+
+
+def as_weights(weights: Any, num_tasks: int, dtype: Any) -> jax.Array | None:
+    """``weights`` as a ``[T]`` array of ``dtype`` (``None`` stays ``None``)."""
+    if weights is None:
+        return None
+    return jnp.asarray(weights).astype(dtype).reshape(num_tasks)

@@ -1,0 +1,125 @@
+r"""Code-level RHT: the operator the released code of arXiv 2505.21226 runs as "RHT".
+
+"Why Do More Experts Fail?" (arXiv 2505.21226) proposes a "Reparameterized Heavy-Tailed"
+(RHT) method whose formula is not public. Its repository's ``scripts/RHT.sh`` runs GENOME
+with the merge ``dare_ties_magnitude_with_rescaler`` (seed repository
+``src/base/merge_utils.py``); this module implements that operator **exactly** as
+documented in THEORY.md 6.2 / OPERATORS.md 2.12 (provenance [C]). Per tensor, for
+experts :math:`x_1, \dots, x_K` with weights :math:`c`:
+
+1. normalize the weights, :math:`c \leftarrow c / \sum_k c_k` (default :math:`c_k = 1/K`);
+2. keep the :math:`\lfloor \rho n \rfloor` largest magnitudes of each :math:`x_k` and
+   divide by :math:`\rho`: :math:`\tilde x_k = \mathrm{TopMask}_\rho(x_k) \odot x_k / \rho`;
+3. elect signs on the **unweighted** sum, ties to :math:`+1`:
+   :math:`s = \operatorname{where}(\sum_k \tilde x_k \ge 0, +1, -1)`;
+4. agreement :math:`a_k = 1[\operatorname{sgn}\tilde x_k = s]` (pruned zeros never agree);
+5. :math:`\mathrm{RHT}(x; c) = \sum_k c_k \tilde x_k a_k / \max(1, \sum_k a_k)`
+   (a weighted *sum* over the *count* of agreeing entries, PEFT's ``disjoint_merge``).
+
+:math:`\rho` = ``density`` defaults to 0.7, hard-coded at every call site of the seed
+code. This is PEFT ``ties`` on the rescaled tensors :math:`x_k / \rho`, so it shares the
+TIES kernels (top-k ties at the threshold are kept, see
+:mod:`mergetheory.merge._sparsify`).
+
+Measured effect (THEORY.md 6.5): with one Gaussian tensor, :math:`\|RHT(x)\| / \|x\| =
+\sqrt{2(c\varphi(c) + 1 - \Phi(c))}/\rho` with :math:`c = \Phi^{-1}(1 - \rho/2)`, i.e.
+1.4182 at :math:`\rho = 0.7`; the operator enlarges scale (and any width-based coverage)
+by that factor and makes tails slightly heavier.
+
+The seed code merges every LoRA tensor separately, so the A and B factors are merged
+independently; :mod:`mergetheory.merge.lora` makes both paths explicit.
+
+References (``paper/refs.bib``): ``wang2025moreexperts`` (arXiv 2505.21226) and its
+repository wzj1718/ModelMergingAnalysis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .._types import Key, Merged, TaskVectors
+from ._common import check_density, check_task_vectors, check_weights, is_concrete
+from ._sparsify import magnitude_threshold, num_kept
+from .ties import _merge_pruned, _prune_parts
+
+__all__ = ["rht", "rht_array"]
+
+
+def _normalized(weights: Any, num: int, dtype: Any) -> jax.Array:
+    if weights is None:
+        return jnp.full((num,), 1.0 / num, dtype)
+    w = jnp.asarray(weights).astype(dtype)
+    return w / jnp.sum(w)
+
+
+def _rht_leaf(x: jax.Array, k: jax.Array, c: jax.Array, density: jax.Array) -> jax.Array:
+    d = density.astype(x.dtype)
+    rescaled = [p / d for p in _prune_parts(x, magnitude_threshold(x, k))]
+    return _merge_pruned(
+        [rescaled],
+        c,
+        jnp.ones((), x.dtype),
+        weights_before_election=False,
+        election="mass",
+        aggregate="mean",
+        zero_sign="positive",
+        majority_scope="tensor",
+    )[0]
+
+
+def rht_array(
+    x: jax.Array, key: Key | None = None, *, weights: Any = None, density: Any = 0.7
+) -> jax.Array:
+    """Code-level RHT of one array ``x`` ``[K, ...]`` (see the module docstring)."""
+    del key
+    c = _normalized(weights, x.shape[0], x.dtype)
+    return _rht_leaf(x, num_kept(density, int(x[0].size)), c, jnp.asarray(density))
+
+
+@jax.jit
+def _rht_core(
+    task_vectors: TaskVectors, weights: jax.Array | None, ks: Any, density: jax.Array
+) -> Merged:
+    leaves, treedef = jtu.tree_flatten(task_vectors)
+    num = leaves[0].shape[0]
+    out = [
+        _rht_leaf(x, k, _normalized(weights, num, x.dtype), density)
+        for x, k in zip(leaves, ks, strict=True)
+    ]
+    return jtu.tree_unflatten(treedef, out)
+
+
+def rht(task_vectors: TaskVectors, key: Key, *, weights: Any = None, density: Any = 0.7) -> Merged:
+    r"""Code-level RHT (``dare_ties_magnitude_with_rescaler`` of the seed repository).
+
+    .. math::
+       \tilde x_k = \frac{\mathrm{TopMask}_\rho(x_k) \odot x_k}{\rho}, \quad
+       s = \operatorname{sgn}^+\Big(\sum_k \tilde x_k\Big), \quad
+       \mathrm{RHT}(x; c) = \frac{\sum_k c_k\, \tilde x_k\, 1[\operatorname{sgn}\tilde x_k = s]}
+                               {\max(1, \sum_k 1[\operatorname{sgn}\tilde x_k = s])},
+
+    per tensor, with :math:`c` normalized to sum 1. Not linear; permutation invariant;
+    scale equivariant; with one expert it is :math:`\mathrm{TopMask}_\rho(x) \odot x/\rho`
+    (the identity at ``density=1``).
+
+    Args:
+      task_vectors: pytree of ``[K, ...]`` leaves (e.g. LoRA factors, merged one by one).
+      key: unused (deterministic operator).
+      weights: optional ``[K]`` weights :math:`c` (normalized by their sum; default equal).
+      density: :math:`\rho \in (0, 1]`, fraction kept, default 0.7 (traceable).
+
+    Returns:
+      The merged pytree (dtypes preserved).
+    """
+    del key
+    num = check_task_vectors(task_vectors)
+    check_weights(weights, num)
+    check_density(density)
+    if weights is not None and is_concrete(weights) and float(jnp.sum(jnp.asarray(weights))) == 0:
+        raise ValueError("rht: weights sum to 0; they cannot be normalized")
+    ks = [num_kept(density, int(x[0].size)) for x in jtu.tree_leaves(task_vectors)]
+    return _rht_core(task_vectors, weights, ks, jnp.asarray(density))

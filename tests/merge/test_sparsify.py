@@ -1,0 +1,176 @@
+"""Tests for mergetheory.merge._sparsify: exact top-k threshold and DARE masks."""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from mergetheory.merge import _sparsify as sp
+from mergetheory.merge import dare_keep_mask, dare_keep_masks, magnitude_threshold, num_kept
+
+
+def _ref_threshold(rows, k):
+    """Sort-based reference: the k-th largest |x| per row (magnitudes <= 2**-100 count as 0)."""
+    a = np.abs(np.asarray(rows, dtype=np.float64)).reshape(len(rows), -1)
+    a = np.where(a <= 2.0**-100, 0.0, a)
+    s = -np.sort(-a, axis=1)
+    if k == 0:
+        return np.full(len(rows), np.inf)
+    return s[:, k - 1]
+
+
+def _rows(kind, num, dtype, seed=0, num_rows=2):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num_rows, num))
+    if kind == "ties":  # few distinct values: massive ties at any threshold
+        x = np.round(x * 4) / 4
+    elif kind == "zeros":  # 60% exact zeros, as in already-sparse task vectors
+        x[:, : (6 * num) // 10] = 0.0
+    elif kind == "lognormal":  # magnitudes spread over many binades
+        x = rng.lognormal(0.0, 4.0, x.shape) * np.sign(x)
+    elif kind == "tiny":  # values below the 2**-100 floor tie with 0
+        x[:, : num // 2] *= 2.0**-110
+    return x.astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def search_fn():
+    return jax.jit(lambda x, k: magnitude_threshold(x, k, method="search"))
+
+
+# jitted entry points: eager calls would re-trace the search loop for every k
+_threshold = jax.jit(magnitude_threshold, static_argnames=("method",))
+_topk_mask = jax.jit(sp.topk_mask, static_argnames=("method",))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "lognormal", "tiny"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_search_matches_sort_reference(kind, dtype, search_fn):
+    num = 40_000  # above the 2**15 sort cutoff, so "auto" would search too
+    x = _rows(kind, num, dtype)
+    for k in [0, 1, 7, num // 100, num // 5, num // 2, (7 * num) // 10, num - 1, num]:
+        got = np.asarray(search_fn(jnp.asarray(x), jnp.int32(k)))
+        np.testing.assert_array_equal(got, _ref_threshold(x, k).astype(dtype), err_msg=f"k={k}")
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "tiny"])
+def test_sort_path_matches_reference(kind):
+    x = _rows(kind, 500, np.float64, seed=1)
+    for k in [0, 1, 100, 499, 500]:
+        got = _threshold(jnp.asarray(x), k, method="sort")
+        np.testing.assert_array_equal(np.asarray(got), _ref_threshold(x, k))
+
+
+def test_ties_at_threshold_are_all_kept():
+    # |x| = 3, 2, 2, 2, 1: the 2nd largest is 2 and all three 2s are kept (>= k kept)
+    x = jnp.asarray([[3.0, -2.0, 2.0, -2.0, 1.0]])
+    for method in ("sort", "search"):
+        thr = _threshold(x, 2, method=method)
+        assert float(thr[0]) == 2.0
+        mask = _topk_mask(x, 2, method=method)
+        np.testing.assert_array_equal(np.asarray(mask), [[True, True, True, True, False]])
+
+
+def test_kept_count_is_exactly_k_without_ties(key):
+    x = jr.normal(key, (2, 50_000))
+    for k in [1, 10_000, 35_000]:
+        mask = _topk_mask(x, k)
+        np.testing.assert_array_equal(np.asarray(mask.sum(axis=1)), [k, k])
+
+
+def test_global_threshold_over_several_leaves():
+    rng = np.random.default_rng(2)
+    leaves = [rng.standard_normal((2, 300, 70)), rng.standard_normal((2, 9_000))]
+    flat = np.concatenate([leaf.reshape(2, -1) for leaf in leaves], axis=1)
+    for method in ("sort", "search"):
+        for k in [1, 5_000, 20_000]:
+            got = _threshold([jnp.asarray(v) for v in leaves], k, method=method)
+            np.testing.assert_array_equal(np.asarray(got), _ref_threshold(flat, k))
+
+
+def test_chunked_exact_counts(monkeypatch):
+    # Rows longer than the exact-float-sum limit are counted in chunks (and a tail when
+    # the length has no suitable divisor); shrink the limit to exercise both paths.
+    monkeypatch.setattr(sp, "_exact_sum_limit", lambda cdt: 1_000)
+    fn = jax.jit(lambda x, k: magnitude_threshold(x, k, method="search"))  # fresh trace
+    for num in (40_000, 40_009):  # 40_009 is prime: main part + tail
+        x = _rows("normal", num, np.float32, seed=3)
+        for k in (1, num // 3):
+            got = fn(jnp.asarray(x), k)
+            np.testing.assert_array_equal(np.asarray(got), _ref_threshold(x, k).astype(np.float32))
+
+
+def test_num_kept_follows_peft_rule():
+    assert int(num_kept(0.7, 10)) == 7  # int(0.7 * 10) == 7 in float64
+    assert int(num_kept(0.2, 12)) == 2
+    assert int(num_kept(1.0, 5)) == 5
+    assert int(num_kept(0.01, 50)) == 0
+    # traced density (float64 under x64): same floor
+    ks = jax.vmap(lambda d: num_kept(d, 1234))(jnp.asarray([0.1, 0.5, 0.7, 1.0]))
+    np.testing.assert_array_equal(np.asarray(ks), [int(d * 1234) for d in (0.1, 0.5, 0.7, 1.0)])
+
+
+def test_threshold_with_traced_k_under_vmap():
+    x = jnp.asarray(_rows("normal", 40_000, np.float32, seed=4, num_rows=1))
+    ks = jnp.asarray([10, 20_000, 39_999], jnp.int32)
+    got = jax.vmap(lambda k: magnitude_threshold(x, k))(ks)
+    for i, k in enumerate([10, 20_000, 39_999]):
+        np.testing.assert_array_equal(np.asarray(got[i]), _ref_threshold(np.asarray(x), k))
+
+
+def test_bad_method_is_named():
+    with pytest.raises(ValueError, match="method"):
+        magnitude_threshold(jnp.ones((1, 4)), 2, method="quickselect")
+
+
+# --------------------------------------------------------------------------------------
+# DARE masks
+# --------------------------------------------------------------------------------------
+
+
+def test_dare_mask_mean_matches_density(key):
+    shape = (8, 250_000)
+    for density in (0.1, 0.5, 0.9):
+        m = np.asarray(dare_keep_mask(key, shape, density))
+        n = m.size
+        stderr = np.sqrt(density * (1 - density) / n)
+        assert abs(m.mean() - density) < 5 * stderr
+        # every task row is a fair draw too
+        row_se = np.sqrt(density * (1 - density) / shape[1])
+        assert np.all(np.abs(m.mean(axis=1) - density) < 5 * row_se)
+
+
+def test_dare_masks_independent_across_keys_tasks_and_leaves(key):
+    density = 0.3
+    tree = {"a": jnp.zeros((2, 100_000)), "b": jnp.zeros((2, 100_000))}
+    k1, k2 = jr.split(key)
+    m1 = dare_keep_masks(k1, tree, density)
+    m2 = dare_keep_masks(k2, tree, density)
+    pairs = [
+        (m1["a"][0], m1["a"][1]),  # tasks of one leaf
+        (m1["a"][0], m1["b"][0]),  # same task, two leaves
+        (m1["a"][0], m2["a"][0]),  # two keys
+    ]
+    n = 100_000
+    for u, v in pairs:
+        u = np.asarray(u, dtype=np.float64)
+        v = np.asarray(v, dtype=np.float64)
+        corr = np.corrcoef(u, v)[0, 1]
+        assert abs(corr) < 5 / np.sqrt(n)
+    # the operators' per-leaf keys are fold_in(key, i) in flatten order
+    np.testing.assert_array_equal(
+        np.asarray(m1["b"]), np.asarray(dare_keep_mask(jr.fold_in(k1, 1), (2, 100_000), density))
+    )
+
+
+def test_dare_mask_reproducible_and_full_at_density_one(key):
+    a = dare_keep_mask(key, (3, 1000), 0.5)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(dare_keep_mask(key, (3, 1000), 0.5)))
+    assert bool(jnp.all(dare_keep_mask(key, (3, 1000), 1.0)))
+
+
+def test_dare_mask_accepts_raw_uint32_keys():
+    raw = jr.PRNGKey(3)
+    m = dare_keep_mask(raw, (4, 1000), 0.5)
+    assert m.shape == (4, 1000) and 0.4 < float(m.mean()) < 0.6
