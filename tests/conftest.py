@@ -13,6 +13,9 @@ for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimiz
     if _flag.split("=")[0] not in _flags:
         _flags = f"{_flags} {_flag}".strip()
 os.environ["XLA_FLAGS"] = _flags
+# JAX's CPU SVD / QR / eigh call SciPy's OpenBLAS, whose own thread pool fights XLA's on a
+# 2-core machine (measured: one 1000x1000 SVD 7-15 s with default threads, 0.36 s with 1).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 

@@ -41,10 +41,11 @@ rescaled by ``1 / density``; then TIES with ``trim_density = 1``
 (the configs use ``topK = 100``).
 
 **Non-2-D leaves** (biases, norms, conv kernels) are merged by the same TIES (after the
-same DARE, for :func:`knots_dare_ties`) directly on their entries, as one separate pool (the code's ``merge_other_params=True``; by default it
-does not merge them at all). The code's special layouts (a linear layer's bias appended to
-its weight as one more column, LayerNorm scales as diagonal matrices) are not reproduced:
-pass such a layer as one 2-D leaf if you want it.
+same DARE, for :func:`knots_dare_ties`) directly on their entries, as one separate pool
+(the code's ``merge_other_params=True``; by default it does not merge them at all). The
+code's special layouts (a linear layer's bias appended to its weight as one more column,
+LayerNorm scales as diagonal matrices) are not reproduced: pass such a layer as one 2-D
+leaf if you want it.
 
 **LoRA experts.** For :class:`~mergetheory.lora.LoraFactors` leaves the SVD is taken
 from the factors: :math:`[s_1B_1A_1 \mid \dots] = B_{\text{cat}}\,

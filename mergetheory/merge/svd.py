@@ -46,10 +46,15 @@ are not).
 
 **Cost per** ``m x n`` **leaf** (:math:`r = \min(m, n)`): TSV-M, :math:`T` SVDs
 (:math:`O(T m n r)`) plus two polar SVDs of ``m x Tk`` and ``n x Tk``; Iso-C, one SVD
-(:math:`O(m n r)`); Iso-CTS, :math:`T + 3` SVDs. The per-task SVDs run one after the
-other (``lax.map``): XLA:CPU's batched ``gesdd`` call was 2-3x slower. Measured times are
-in ``benchmarks/results/merge_ops.json`` (``benchmarks/merge_ops.py`` times SVD operators on
-one ``[n, s, s]`` leaf).
+(:math:`O(m n r)`); Iso-CTS, :math:`T + 3` SVDs. Measured on the shared 2-core CPU
+(jax 0.10, float32 ``[8, 1000, 1000]``, ``OPENBLAS_NUM_THREADS=1``): Iso-C 0.47 s,
+TSV-M 3.7 s, Iso-CTS 4.1 s (one ``1000 x 1000`` SVD: 0.36-0.5 s).
+
+**Threads.** On CPU, jax's SVD / QR / eigh call LAPACK in SciPy's OpenBLAS, which starts
+its own thread pool beside XLA's. On the shared 2-core machine that oversubscription made
+one ``1000 x 1000`` SVD take 7-15 s instead of 0.36 s, and TSV-M on ``[8, 1000, 1000]``
+538 s instead of 3.7 s. Scripts and ``tests/conftest.py`` should set
+``OPENBLAS_NUM_THREADS=1`` before importing jax (the library sets no global state).
 
 **Weights.** ``weights`` ``[T]`` pre-scale each task vector before anything else (as
 FusionBench's list of per-task ``alpha``); the scalar ``alpha`` scales the merged update
@@ -153,22 +158,17 @@ def task_singular_triplets(
     """Per-task thin SVD ``x[t] = U_t diag(s_t) V_t^T``, truncated to ``rank`` triplets.
 
     Args:
-      x: ``[T, m, n]`` task matrices (decomposed one after the other with ``lax.map``).
+      x: ``[T, m, n]`` task matrices.
       rank: number of leading triplets kept (None: all ``min(m, n)``).
 
     Returns:
       ``(u [T, m, k], s [T, k], vt [T, k, n])`` with singular values in descending order.
     """
 
-    def one(m: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        u, s, vt = jnp.linalg.svd(m, full_matrices=False)
-        if rank is not None:
-            u, s, vt = u[:, :rank], s[:rank], vt[:rank, :]
-        return u, s, vt
-
-    # one LAPACK call per task in a loop: on XLA:CPU (jax 0.10) the batched gesdd call was
-    # 2-3x slower than the same SVDs done one after the other
-    return jax.lax.map(one, x)
+    u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+    if rank is not None:
+        u, s, vt = u[..., :rank], s[..., :rank], vt[..., :rank, :]
+    return u, s, vt
 
 
 def factored_singular_triplets(
