@@ -97,3 +97,38 @@ def atomic_savefig(
             fig.savefig(f, format=fmt, **kwargs)
         paths.append(path)
     return paths
+
+
+def run_figure(
+    argv: list[str] | None,
+    doc: str,
+    name: str,
+    results_name: str,
+    make_figure: Any,
+    *,
+    with_metadata: bool = False,
+) -> int:
+    """The ``main`` of a one-results figure script: parse, load, draw, save atomically.
+
+    Args:
+      argv: command-line arguments (``--results-dir``, ``--out-dir``).
+      doc: the script's module docstring (its first line is the ``--help`` text).
+      name: output stem, written as ``<out-dir>/<name>.png`` and ``.pdf``.
+      results_name: the results stem to load from ``--results-dir``.
+      make_figure: ``fn(arrays)`` or, with ``with_metadata``, ``fn(arrays, metadata)``.
+      with_metadata: pass the results' JSON sidecar too.
+
+    Returns:
+      0 on success.
+    """
+    from mergetheory._io import load_results
+
+    args = make_parser(doc.splitlines()[0]).parse_args(argv)
+    results = load_results(args.results_dir / results_name)
+    extra = (results.metadata,) if with_metadata else ()
+    fig = make_figure(results.arrays, *extra)
+    try:
+        atomic_savefig(fig, args.out_dir / name)
+    finally:
+        plt.close(fig)
+    return 0

@@ -16,8 +16,7 @@ import sys
 
 import numpy as np
 
-from figures._style import STYLE, atomic_savefig, make_parser, plt, rho_colors
-from mergetheory._io import load_results
+from figures._style import STYLE, plt, rho_colors, run_figure
 
 NAME = "fig_concavity"
 RESULTS = ("concavity",)
@@ -72,14 +71,7 @@ def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    results = load_results(args.results_dir / RESULTS[0])
-    fig = make_figure(results.arrays, results.metadata)
-    try:
-        atomic_savefig(fig, args.out_dir / NAME)
-    finally:
-        plt.close(fig)
-    return 0
+    return run_figure(argv, __doc__, NAME, RESULTS[0], make_figure, with_metadata=True)
 
 
 if __name__ == "__main__":
