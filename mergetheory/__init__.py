@@ -69,7 +69,6 @@ from .mergeability import base_margin as base_margin
 from .mergeability import binomial_null_test as binomial_null_test
 from .mergeability import bootstrap_correlation as bootstrap_correlation
 from .mergeability import hypothesis_verdict as hypothesis_verdict
-from .mergeability import mergeability as mergeability
 from .mergeability import moderation_test as moderation_test
 from .mergeability import pearson_correlation as pearson_correlation
 from .mergeability import rankdata as rankdata
@@ -96,6 +95,7 @@ from .sets import make_set as make_set
 from .sets import nnls_gram as nnls_gram
 from .sets import operator_image as operator_image
 from .sets import psd_cholesky as psd_cholesky
+from .sets import span_pivot_mask as span_pivot_mask
 from .sets import validate_gram as validate_gram
 from .sharding import DEFAULT_AXIS as DEFAULT_AXIS
 from .sharding import MonteCarloEstimate as MonteCarloEstimate
