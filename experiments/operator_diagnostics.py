@@ -97,11 +97,16 @@ def run(config: OperatorDiagnosticsConfig, *, progress: bool = True) -> dict[str
     op_keys = jr.split(key_ops, num_rep)
 
     vals = np.zeros((len(names), len(config.num_tasks_grid), num_rho, num_rep, len(METRICS)))
-    bar = tqdm(total=len(names) * len(config.num_tasks_grid), desc=NAME, leave=False,
-               disable=not progress)
+    bar = tqdm(
+        total=len(names) * len(config.num_tasks_grid), desc=NAME, leave=False, disable=not progress
+    )
     tvs = [
-        [sample_task_vectors(task_keys[j, r], CorrelatedSpec(n_max, rho, config.norm),
-                             shapes, dtype) for r in range(num_rep)]
+        [
+            sample_task_vectors(
+                task_keys[j, r], CorrelatedSpec(n_max, rho, config.norm), shapes, dtype
+            )
+            for r in range(num_rep)
+        ]
         for j, rho in enumerate(config.rho_grid)
     ]
     for a, name in enumerate(names):

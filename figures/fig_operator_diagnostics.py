@@ -37,8 +37,15 @@ def make_figure(arrays: dict[str, np.ndarray]):
         for ax, (metric, title) in zip(axes, _PANELS, strict=True):
             mean, err = arrays[f"{metric}_mean"], arrays[f"{metric}_stderr"]
             for a, name in enumerate(names):
-                ax.errorbar(ns, mean[a, :, j], yerr=err[a, :, j], marker="o", ms=3,
-                            color=cmap(a % 20), label=name)
+                ax.errorbar(
+                    ns,
+                    mean[a, :, j],
+                    yerr=err[a, :, j],
+                    marker="o",
+                    ms=3,
+                    color=cmap(a % 20),
+                    label=name,
+                )
             ax.set_title(title)
             ax.set_xscale("log", base=2)
             ax.set_xticks(ns, [str(int(n)) for n in ns])

@@ -373,7 +373,9 @@ def _float_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _hparam(text: str) -> tuple[str, Any]:
@@ -397,8 +399,7 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         choices=_merge_operator_names(),
         metavar="NAME",
-        help="a key of mergetheory.merge.MERGE_OPERATORS: "
-        + ", ".join(_merge_operator_names()),
+        help="a key of mergetheory.merge.MERGE_OPERATORS: " + ", ".join(_merge_operator_names()),
     )
     p.add_argument("--out", required=True, metavar="OUT.npz", help="merged task vector (.npz)")
     p.add_argument(
@@ -406,7 +407,9 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--density", type=float, help="fraction kept (ties, dare_*, rht, ...)")
     p.add_argument("--scale", type=float, help="global scale lambda")
-    p.add_argument("--temperature", type=float, help="softmax temperature (base_knowledge_weighted)")
+    p.add_argument(
+        "--temperature", type=float, help="softmax temperature (base_knowledge_weighted)"
+    )
     p.add_argument("--weights", type=_float_list, metavar="W1,W2,...", help="per-expert weights")
     p.add_argument(
         "--base-accuracy",

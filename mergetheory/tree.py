@@ -223,7 +223,10 @@ def tree_zeros_like(a: Any) -> Any:
 
 
 def tree_vdot(a: Any, b: Any) -> jax.Array:
-    r"""Euclidean inner product :math:`\langle a, b\rangle = \sum_\ell \mathrm{vdot}(a_\ell, b_\ell)`."""
+    r"""Euclidean inner product of two pytrees.
+
+    :math:`\langle a, b\rangle = \sum_\ell \mathrm{vdot}(a_\ell, b_\ell)` over the leaves.
+    """
     parts = jtu.tree_leaves(jtu.tree_map(lambda x, y: jnp.vdot(x, y), a, b))
     return sum(parts[1:], parts[0])
 

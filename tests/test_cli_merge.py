@@ -30,7 +30,8 @@ def _stack(paths):
 def test_task_arithmetic_matches_hand_sum(tmp_path, capsys):
     paths = _write_experts(tmp_path)
     out = tmp_path / "merged.npz"
-    rc = main(["merge", "--operator", "task_arithmetic", "--scale", "0.5", "--out", str(out), *paths])
+    args = ["--operator", "task_arithmetic", "--scale", "0.5", "--out", str(out)]
+    rc = main(["merge", *args, *paths])
     assert rc == 0, capsys.readouterr().err
     merged = np.load(out)
     data = [np.load(p) for p in paths]
@@ -42,8 +43,22 @@ def test_task_arithmetic_matches_hand_sum(tmp_path, capsys):
 def test_cli_equals_library_call(tmp_path, name):
     paths = _write_experts(tmp_path, seed=1)
     out = tmp_path / f"{name}.npz"
-    rc = main(["merge", "--operator", name, "--density", "0.5", "--seed", "7",
-               "--weights", "1,2,0.5", "--out", str(out), *paths])
+    rc = main(
+        [
+            "merge",
+            "--operator",
+            name,
+            "--density",
+            "0.5",
+            "--seed",
+            "7",
+            "--weights",
+            "1,2,0.5",
+            "--out",
+            str(out),
+            *paths,
+        ]
+    )
     assert rc == 0
     op = MERGE_OPERATORS[name]
     hp = {**op.default_hparams, "density": 0.5, "weights": jnp.asarray([1.0, 2.0, 0.5])}
@@ -59,8 +74,18 @@ def test_base_knowledge_weighted_needs_accuracy(tmp_path, capsys):
     rc = main(["merge", "--operator", "base_knowledge_weighted", "--out", str(out), *paths])
     assert rc == 2
     assert "needs --base-accuracy" in capsys.readouterr().err
-    rc = main(["merge", "--operator", "base_knowledge_weighted", "--base-accuracy", "0.9,0.5,0.1",
-               "--out", str(out), *paths])
+    rc = main(
+        [
+            "merge",
+            "--operator",
+            "base_knowledge_weighted",
+            "--base-accuracy",
+            "0.9,0.5,0.1",
+            "--out",
+            str(out),
+            *paths,
+        ]
+    )
     assert rc == 0 and out.exists()
 
 
@@ -101,9 +126,20 @@ def test_bad_inputs_name_file_and_key(tmp_path, capsys):
 def test_subprocess_exit_code(tmp_path):
     paths = _write_experts(tmp_path, num=2)
     proc = subprocess.run(
-        [sys.executable, "-m", "mergetheory.cli", "merge", "--operator", "nope", "--out",
-         str(tmp_path / "m.npz"), *paths],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "mergetheory.cli",
+            "merge",
+            "--operator",
+            "nope",
+            "--out",
+            str(tmp_path / "m.npz"),
+            *paths,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
