@@ -466,21 +466,6 @@ def _stack_experts(paths: Sequence[str]) -> dict[str, np.ndarray]:
     return {k: np.stack([ex[k] for ex in experts]).astype(dtype) for k in ref}
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _run_merge(args: argparse.Namespace) -> int:
     import jax
 
@@ -515,7 +500,10 @@ def _run_merge(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:  # library validation: bad hyperparameters
         raise CliError(_one_line(exc)) from None
     out = {k: np.asarray(v) for k, v in merged.items()}
-    _atomic_savez(Path(args.out), out)
+    from ._io import atomic_write
+
+    with atomic_write(args.out) as fh:  # temp file + rename: never a half-written result
+        np.savez(fh, **out)
     sys.stdout.write(
         f"merged {num} experts with {args.operator} -> {args.out} "
         f"({len(out)} arrays, {sum(v.size for v in out.values())} parameters)\n"

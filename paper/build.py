@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from mergetheory._io import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION_ORDER = [
@@ -109,15 +109,8 @@ def build(results_dir: Path, out: Path, sections_dir: Path | None = None) -> Pat
     )
     for name in order:
         parts.append(render_section(files[name].read_text(), results_dir, name))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(parts))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(out, "w") as fh:  # never a half-written report
+        fh.write("\n".join(parts))
     return out
 
 
