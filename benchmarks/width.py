@@ -17,12 +17,15 @@ Parts and targets (targets live here only, never in unit tests):
     sample (``rng.standard_normal(D) @ X.T``) is timed too.
 (b) ``gram_vs_bandwidth``: the Gram pass (``tree.gram_matrix`` under ``jit``, one
     device; and :func:`mergetheory.sharding.sharded_gram_matrix` over the 2 forced host
-    devices, i.e. both cores) on float32 ``[16, 1e6]`` and ``[8, 1e7]`` against a
-    memory-bandwidth probe, NumPy ``X.sum(0)`` over the same array, timed round-robin
-    (probe, Gram, sharded Gram, repeated; ratio of the minima, the per-round paired
-    median ratio recorded too). Target: ``gram / probe <= 2``. (At ``T = 16`` the Gram
-    pass does ``T^2 = 256`` multiply-adds per column of 64 bytes: compute-bound on one
-    core.)
+    devices) on float32 ``[4, 1e7]``, ``[8, 1e7]``, ``[16, 1e6]``, ``[16, 1e7]`` against a
+    memory-bandwidth probe, NumPy ``X.sum(0)`` over the same array, and against NumPy's
+    BLAS on the same product (``X @ X.T``), timed round-robin (ratio of the minima; the
+    per-round paired median ratio recorded too). Target: ``gram / probe <= 2``. The Gram
+    pass does ``T^2`` multiply-adds per column of ``4 T`` bytes, so past some ``T`` it is
+    bound by FMA throughput, not memory: each shape is classed *bandwidth-bound* (NumPy's
+    GEMM within 2x of the probe) or *compute-bound*, and the latter are also held to
+    NumPy's GEMM. A two-thread check records whether the second core adds FMA throughput
+    (on the 2-vCPU sandbox it does not: the vCPUs share one core's FMA units).
 (c) ``lora_gemma``: width of the hull of 10 rank-16 LoRA experts laid out like gemma-2-2b
     (26 layers x 7 modules, ~2.03e9 dense parameters = 8.1 GB float32 *per expert*),
     computed from the factors (~2.1e7 numbers per expert): time and peak memory of
@@ -221,8 +224,56 @@ def part_fast_vs_naive(quick: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
+def _two_thread_scaling(x_np: Any) -> dict[str, Any]:
+    """Does a second core add throughput? Halves of ``x_np`` on two threads vs one thread.
+
+    NumPy releases the GIL in BLAS and in reductions, so two threads on the two column
+    halves run in parallel if the machine has the cores for it. Measured for the Gram
+    (``X @ X.T``, FMA-bound) and for the probe (``X.sum(0)``, memory-bound).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    half = x_np.shape[1] // 2
+    a, b = np.ascontiguousarray(x_np[:, :half]), np.ascontiguousarray(x_np[:, half:])
+    with ThreadPoolExecutor(2) as pool:
+
+        def both(fn: Callable[[Any], Any]) -> list[Any]:
+            return [f.result() for f in [pool.submit(fn, a), pool.submit(fn, b)]]
+
+        timings, _ = _timeit_interleaved(
+            {
+                "gemm_1thread": lambda: x_np @ x_np.T,
+                "gemm_2threads": lambda: both(lambda h: h @ h.T),
+                "probe_1thread": lambda: x_np.sum(0),
+                "probe_2threads": lambda: both(lambda h: h.sum(0)),
+            },
+            repeat=9,
+        )
+    return {
+        "shape": list(x_np.shape),
+        **timings,
+        "speedup_gemm_2threads": timings["gemm_1thread"]["min_s"]
+        / timings["gemm_2threads"]["min_s"],
+        "speedup_probe_2threads": timings["probe_1thread"]["min_s"]
+        / timings["probe_2threads"]["min_s"],
+    }
+
+
 def part_gram_vs_bandwidth(quick: bool) -> dict[str, Any]:
-    """Gram pass of float32 [T, D] against NumPy ``X.sum(0)`` over the same data."""
+    """Gram pass of float32 ``[T, D]`` against NumPy ``X.sum(0)`` over the same data.
+
+    Besides the probe, each shape times NumPy's BLAS on the same product (``X @ X.T``,
+    one thread): the best dense kernel this machine offers, so ``gram / numpy_gemm``
+    says how far the Gram pass is from the platform's own compute roof. A shape is
+    *bandwidth-bound* when NumPy's GEMM runs within 2x of the probe (the Gram pass can
+    then be held to the probe), *compute-bound* otherwise: with ``T^2`` multiply-adds per
+    ``4 T`` bytes read, a large enough ``T`` is limited by FMA throughput, not memory, and
+    no kernel can reach the probe. The stated target (``gram / probe <= 2`` on every
+    shape) is recorded as is; the per-bound targets (probe for bandwidth-bound shapes,
+    NumPy's GEMM for compute-bound ones) are recorded beside it.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -230,7 +281,10 @@ def part_gram_vs_bandwidth(quick: bool) -> dict[str, Any]:
     from mergetheory.sharding import shard_task_vectors, sharded_gram_matrix
     from mergetheory.tree import gram_matrix
 
-    shapes = [(16, 10**5), (8, 10**6)] if quick else [(16, 10**6), (8, 10**7)]
+    if quick:
+        shapes = [(4, 10**6), (8, 10**6), (16, 10**5)]
+    else:
+        shapes = [(4, 10**7), (8, 10**7), (16, 10**6), (16, 10**7)]
     gram_jit = jax.jit(gram_matrix)
     rows = []
     for num, dim in shapes:
@@ -240,38 +294,62 @@ def part_gram_vs_bandwidth(quick: bool) -> dict[str, Any]:
         timings, paired = _timeit_interleaved(
             {
                 "probe": lambda x_np=x_np: x_np.sum(0),
+                "numpy_gemm": lambda x_np=x_np: x_np @ x_np.T,
                 "gram": lambda x=x: gram_jit(x),
                 "sharded": lambda p=placed: sharded_gram_matrix(p, check=False),
             },
             repeat=15,
         )
-        probe, gram, sharded = timings["probe"], timings["gram"], timings["sharded"]
+        probe, gemm = timings["probe"]["min_s"], timings["numpy_gemm"]["min_s"]
+        best = min(timings["gram"]["min_s"], timings["sharded"]["min_s"])
+        bound = "bandwidth" if gemm / probe <= 2.0 else "compute"
         g = np.asarray(gram_jit(x), dtype=np.float64)
         ref = x_np.astype(np.float64) @ x_np.astype(np.float64).T
         rows.append(
             {
                 "shape": [num, dim],
                 "bytes": int(x_np.nbytes),
-                "probe_numpy_sum0": probe,
-                "probe_bandwidth_GBps": x_np.nbytes / probe["min_s"] / 1e9,
-                "gram_matrix_jit": gram,
-                "sharded_gram_matrix": sharded,
+                "probe_numpy_sum0": timings["probe"],
+                "probe_bandwidth_GBps": x_np.nbytes / probe / 1e9,
+                "numpy_gemm": timings["numpy_gemm"],
+                "numpy_gemm_GFMAps": num * num * dim / gemm / 1e9,
+                "gram_matrix_jit": timings["gram"],
+                "sharded_gram_matrix": timings["sharded"],
                 "sharded_num_devices": jax.device_count(),
-                "ratio_gram_over_probe": gram["min_s"] / probe["min_s"],
-                "ratio_sharded_over_probe": sharded["min_s"] / probe["min_s"],
+                "ratio_gram_over_probe": timings["gram"]["min_s"] / probe,
+                "ratio_sharded_over_probe": timings["sharded"]["min_s"] / probe,
+                "ratio_numpy_gemm_over_probe": gemm / probe,
+                "ratio_best_gram_over_numpy_gemm": best / gemm,
                 "paired_median_ratio_gram_over_probe": paired["gram"],
                 "paired_median_ratio_sharded_over_probe": paired["sharded"],
-                "cpu_ratio_gram_over_probe": gram["cpu_s_of_min"] / probe["cpu_s_of_min"],
+                "paired_median_ratio_numpy_gemm_over_probe": paired["numpy_gemm"],
+                "cpu_ratio_gram_over_probe": timings["gram"]["cpu_s_of_min"]
+                / timings["probe"]["cpu_s_of_min"],
+                "bound": bound,
                 "gram_rel_error_vs_float64": float(np.max(np.abs(g - ref)) / np.max(np.abs(ref))),
             }
         )
-        del x, x_np, placed
-    worst = max(min(r["ratio_gram_over_probe"], r["ratio_sharded_over_probe"]) for r in rows)
+        del x, placed
+        if (num, dim) == shapes[-2]:
+            scaling = _two_thread_scaling(x_np)
+        del x_np
+    best_over_probe = [
+        min(r["ratio_gram_over_probe"], r["ratio_sharded_over_probe"]) for r in rows
+    ]
+    bw = [b for b, r in zip(best_over_probe, rows, strict=True) if r["bound"] == "bandwidth"]
+    cb = [r["ratio_best_gram_over_numpy_gemm"] for r in rows if r["bound"] == "compute"]
     return {
         "rows": rows,
+        "two_thread_scaling": scaling,
         "target": "min(gram, sharded gram) / probe <= 2 on every shape",
-        "worst_ratio": worst,
-        "target_met": worst <= 2.0,
+        "worst_ratio": max(best_over_probe),
+        "target_met": max(best_over_probe) <= 2.0,
+        "target_bandwidth_bound": "min(gram, sharded) / probe <= 2 where numpy gemm / probe <= 2",
+        "worst_ratio_bandwidth_bound": max(bw, default=None),
+        "target_bandwidth_bound_met": bool(bw) and max(bw) <= 2.0,
+        "target_compute_bound": "min(gram, sharded) / numpy gemm <= 2 where numpy gemm / probe > 2",
+        "worst_ratio_compute_bound_vs_numpy_gemm": max(cb, default=None),
+        "target_compute_bound_met": all(c <= 2.0 for c in cb),
     }
 
 
@@ -481,12 +559,20 @@ def _summary(results: dict[str, Any]) -> str:
     b = p.get("gram_vs_bandwidth", {})
     for r in b.get("rows", []):
         lines.append(
-            f"(b) Gram {r['shape']}: {r['gram_matrix_jit']['min_s'] * 1e3:.1f} ms "
+            f"(b) Gram {r['shape']} ({r['bound']}-bound): "
+            f"{r['gram_matrix_jit']['min_s'] * 1e3:.1f} ms "
             f"(sharded over {r['sharded_num_devices']}: "
-            f"{r['sharded_gram_matrix']['min_s'] * 1e3:.1f} ms) vs probe "
+            f"{r['sharded_gram_matrix']['min_s'] * 1e3:.1f} ms), NumPy GEMM "
+            f"{r['numpy_gemm']['min_s'] * 1e3:.1f} ms, probe "
             f"{r['probe_numpy_sum0']['min_s'] * 1e3:.1f} ms -> "
-            f"{r['ratio_gram_over_probe']:.2f}x / {r['ratio_sharded_over_probe']:.2f}x "
-            "(target <= 2)"
+            f"{r['ratio_gram_over_probe']:.2f}x / {r['ratio_sharded_over_probe']:.2f}x the "
+            f"probe (target <= 2), best {r['ratio_best_gram_over_numpy_gemm']:.2f}x NumPy GEMM"
+        )
+    if "two_thread_scaling" in b:
+        sc = b["two_thread_scaling"]
+        lines.append(
+            f"(b) two threads vs one: GEMM {sc['speedup_gemm_2threads']:.2f}x, probe "
+            f"{sc['speedup_probe_2threads']:.2f}x"
         )
     c = p.get("lora_gemma", {})
     if "gram" in c:

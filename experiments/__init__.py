@@ -23,7 +23,12 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
@@ -50,3 +55,42 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return parser
+
+
+def run_experiment(
+    name: str,
+    description: str | None,
+    run: Callable[[Any, argparse.Namespace], Any],
+    config: Any,
+    quick_config: Any,
+    argv: list[str] | None = None,
+) -> int:
+    """The ``main`` of an experiment: parse, run, time, save atomically; return 0.
+
+    Args:
+      name: results stem (``<out-dir>/<name>.npz`` + ``.json``).
+      description: the module docstring (its first line is the ``--help`` text).
+      run: ``run(config, args) -> arrays`` or ``-> (arrays, summary)``; ``args`` carries
+        ``out_dir`` and ``no_progress``.
+      config: the full configuration (a NamedTuple).
+      quick_config: the ``--quick`` configuration.
+      argv: command-line arguments (``None``: ``sys.argv[1:]``).
+
+    The sidecar metadata is the configuration's fields, ``quick`` and, when ``run``
+    returns one, ``summary`` (with the wall time ``elapsed_s`` added; the arrays get an
+    ``elapsed_s`` entry too).
+    """
+    from mergetheory._io import save_results
+
+    args = make_parser((description or name).splitlines()[0]).parse_args(argv)
+    cfg = quick_config if args.quick else config
+    start = time.perf_counter()
+    out = run(cfg, args)
+    arrays, summary = out if isinstance(out, tuple) else (out, None)
+    elapsed = time.perf_counter() - start
+    arrays["elapsed_s"] = np.asarray(elapsed)
+    meta: dict[str, Any] = {**cfg._asdict(), "quick": args.quick}
+    if summary is not None:
+        meta["summary"] = {**summary, "elapsed_s": elapsed}
+    save_results(Path(args.out_dir) / name, arrays, meta)
+    return 0

@@ -23,7 +23,6 @@ Run: ``python -m experiments.diagnostics [--quick] [--out-dir DIR]``.
 from __future__ import annotations
 
 import sys
-import time
 from typing import NamedTuple
 
 import jax
@@ -33,8 +32,7 @@ import jax.tree_util as jtu
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, make_parser
-from mergetheory._io import save_results
+from experiments import configure_jax, run_experiment
 from mergetheory.diagnostics import interference_diagnostics, mean_off_diagonal
 from mergetheory.tasks import CorrelatedSpec, expected_sign_conflict, sample_task_vectors
 
@@ -144,13 +142,14 @@ def run(config: DiagnosticsConfig, *, progress: bool = True) -> dict[str, np.nda
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = QUICK_CONFIG if args.quick else DiagnosticsConfig()
-    start = time.perf_counter()
-    arrays = run(config, progress=not args.no_progress)
-    arrays["elapsed_s"] = np.asarray(time.perf_counter() - start)
-    save_results(args.out_dir / NAME, arrays, {**config._asdict(), "quick": args.quick})
-    return 0
+    return run_experiment(
+        NAME,
+        __doc__,
+        lambda config, args: run(config, progress=not args.no_progress),
+        DiagnosticsConfig(),
+        QUICK_CONFIG,
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -36,8 +35,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, make_parser
-from mergetheory._io import save_results
+from experiments import configure_jax, run_experiment
 from mergetheory.closed_forms import kinematic_a_eta as a_eta
 from mergetheory.sets import PolyhedralCone
 from mergetheory.tasks import GaussianSpec, sample_task_vectors
@@ -244,17 +242,14 @@ def run(config: KinematicConfig, *, progress: bool = True) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = QUICK_CONFIG if args.quick else KinematicConfig()
-    start = time.perf_counter()
-    arrays, summary = run(config, progress=not args.no_progress)
-    elapsed = time.perf_counter() - start
-    arrays["elapsed_s"] = np.asarray(elapsed)
-    summary["elapsed_s"] = elapsed
-    save_results(
-        args.out_dir / NAME, arrays, {**config._asdict(), "quick": args.quick, "summary": summary}
+    return run_experiment(
+        NAME,
+        __doc__,
+        lambda config, args: run(config, progress=not args.no_progress),
+        KinematicConfig(),
+        QUICK_CONFIG,
+        argv,
     )
-    return 0
 
 
 if __name__ == "__main__":

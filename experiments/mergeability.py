@@ -50,8 +50,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from experiments import configure_jax, make_parser
-from mergetheory._io import save_results
+from experiments import configure_jax, run_experiment
 from mergetheory._types import Key
 from mergetheory.checkpoints import load_checkpoint, task_vectors_from_checkpoints
 from mergetheory.mergeability import (
@@ -466,19 +465,14 @@ def run(config: MergeabilityConfig, out_dir: Path) -> tuple[dict[str, np.ndarray
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = QUICK_CONFIG if args.quick else MergeabilityConfig()
-    start = time.perf_counter()
-    arrays, summary = run(config, Path(args.out_dir))
-    elapsed = time.perf_counter() - start
-    arrays["elapsed_s"] = np.asarray(elapsed)
-    summary["elapsed_s"] = elapsed
-    save_results(
-        Path(args.out_dir) / NAME,
-        arrays,
-        {**config._asdict(), "quick": args.quick, "summary": summary},
+    return run_experiment(
+        NAME,
+        __doc__,
+        lambda config, args: run(config, Path(args.out_dir)),
+        MergeabilityConfig(),
+        QUICK_CONFIG,
+        argv,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Run: ``python -m experiments.operator_diagnostics [--quick] [--out-dir DIR]``.
 from __future__ import annotations
 
 import sys
-import time
 from typing import NamedTuple
 
 import jax
@@ -32,9 +31,8 @@ import jax.tree_util as jtu
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, make_parser
+from experiments import configure_jax, run_experiment
 from mergetheory import tree
-from mergetheory._io import save_results
 from mergetheory.merge import MERGE_OPERATORS
 from mergetheory.tasks import CorrelatedSpec, sample_task_vectors
 
@@ -137,13 +135,14 @@ def run(config: OperatorDiagnosticsConfig, *, progress: bool = True) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = QUICK_CONFIG if args.quick else OperatorDiagnosticsConfig()
-    start = time.perf_counter()
-    arrays = run(config, progress=not args.no_progress)
-    arrays["elapsed_s"] = np.asarray(time.perf_counter() - start)
-    save_results(args.out_dir / NAME, arrays, {**config._asdict(), "quick": args.quick})
-    return 0
+    return run_experiment(
+        NAME,
+        __doc__,
+        lambda config, args: run(config, progress=not args.no_progress),
+        OperatorDiagnosticsConfig(),
+        QUICK_CONFIG,
+        argv,
+    )
 
 
 if __name__ == "__main__":

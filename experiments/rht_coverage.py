@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -35,8 +34,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, make_parser
-from mergetheory._io import save_results
+from experiments import configure_jax, run_experiment
 from mergetheory.tasks import CorrelatedSpec, sample_task_vectors
 from mergetheory.theory.rht import (
     REPARAMETERIZATIONS,
@@ -405,15 +403,14 @@ def _summary(config, a, verdicts) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = QUICK_CONFIG if args.quick else RHTCoverageConfig()
-    start = time.perf_counter()
-    arrays, summary = run(config, progress=not args.no_progress)
-    arrays["elapsed_s"] = np.asarray(time.perf_counter() - start)
-    save_results(
-        args.out_dir / NAME, arrays, {**config._asdict(), "quick": args.quick, "summary": summary}
+    return run_experiment(
+        NAME,
+        __doc__,
+        lambda config, args: run(config, progress=not args.no_progress),
+        RHTCoverageConfig(),
+        QUICK_CONFIG,
+        argv,
     )
-    return 0
 
 
 if __name__ == "__main__":

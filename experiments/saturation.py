@@ -26,7 +26,6 @@ Run: ``python -m experiments.saturation [--quick] [--out-dir DIR]``.
 from __future__ import annotations
 
 import sys
-import time
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -34,9 +33,8 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, make_parser
+from experiments import configure_jax, run_experiment
 from experiments.concavity import draw_family
-from mergetheory._io import save_results
 from mergetheory.closed_forms import expected_chi, expected_max_normal
 from mergetheory.sets import ConvexHull
 from mergetheory.tasks import CorrelatedSpec, GaussianSpec, sample_task_vectors
@@ -302,15 +300,14 @@ def _summary(config, a, v1, v2, v3) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = QUICK_CONFIG if args.quick else SaturationConfig()
-    start = time.perf_counter()
-    arrays, summary = run(config, progress=not args.no_progress)
-    arrays["elapsed_s"] = np.asarray(time.perf_counter() - start)
-    save_results(
-        args.out_dir / NAME, arrays, {**config._asdict(), "quick": args.quick, "summary": summary}
+    return run_experiment(
+        NAME,
+        __doc__,
+        lambda config, args: run(config, progress=not args.no_progress),
+        SaturationConfig(),
+        QUICK_CONFIG,
+        argv,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Run: ``python -m experiments.scaling_law [--quick] [--out-dir DIR]``.
 from __future__ import annotations
 
 import sys
-import time
 from typing import NamedTuple
 
 import jax
@@ -34,8 +33,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from experiments import configure_jax, make_parser
-from mergetheory._io import save_results
+from experiments import configure_jax, run_experiment
 from mergetheory.theory.scaling_law import (
     check_scaling_law,
     expected_merge_loss,
@@ -226,17 +224,9 @@ def run(config: ScalingLawConfig) -> tuple[dict[str, np.ndarray], dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = QUICK_CONFIG if args.quick else ScalingLawConfig()
-    start = time.perf_counter()
-    arrays, summary = run(config)
-    elapsed = time.perf_counter() - start
-    arrays["elapsed_s"] = np.asarray(elapsed)
-    summary["elapsed_s"] = elapsed
-    save_results(
-        args.out_dir / NAME, arrays, {**config._asdict(), "quick": args.quick, "summary": summary}
+    return run_experiment(
+        NAME, __doc__, lambda config, args: run(config), ScalingLawConfig(), QUICK_CONFIG, argv
     )
-    return 0
 
 
 if __name__ == "__main__":

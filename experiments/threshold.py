@@ -29,7 +29,6 @@ Run: ``python -m experiments.threshold [--quick] [--out-dir DIR]``.
 from __future__ import annotations
 
 import sys
-import time
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -37,8 +36,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, make_parser
-from mergetheory._io import save_results
+from experiments import configure_jax, run_experiment
 from mergetheory.lora import lora_gram_matrix
 from mergetheory.sets import ConvexHullWithOrigin
 from mergetheory.tasks import (
@@ -369,17 +367,14 @@ def _summary(config, a, verdicts, util_verdicts, counterexamples, main_idx) -> d
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    args = make_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = QUICK_CONFIG if args.quick else ThresholdConfig()
-    start = time.perf_counter()
-    arrays, summary = run(config, progress=not args.no_progress)
-    elapsed = time.perf_counter() - start
-    arrays["elapsed_s"] = np.asarray(elapsed)
-    summary["elapsed_s"] = elapsed
-    save_results(
-        args.out_dir / NAME, arrays, {**config._asdict(), "quick": args.quick, "summary": summary}
+    return run_experiment(
+        NAME,
+        __doc__,
+        lambda config, args: run(config, progress=not args.no_progress),
+        ThresholdConfig(),
+        QUICK_CONFIG,
+        argv,
     )
-    return 0
 
 
 if __name__ == "__main__":

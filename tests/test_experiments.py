@@ -107,3 +107,40 @@ def test_operator_diagnostics_covers_every_registered_operator(tmp_path):
     assert np.all(np.isfinite(ret)) and np.all(ret > 0) and np.all(ret <= 1 + 1e-12)
     assert fod.main(["--results-dir", str(tmp_path), "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "fig_operator_diagnostics.png").exists()
+
+
+def test_run_experiment_saves_config_summary_and_time(tmp_path):
+    from typing import NamedTuple
+
+    from experiments import run_experiment
+
+    class Cfg(NamedTuple):
+        seed: int = 3
+        size: int = 10
+
+    seen = []
+
+    def run(config, args):
+        seen.append((config, args.no_progress))
+        return {"x": np.arange(config.size)}, {"total": int(config.size)}
+
+    argv = ["--quick", "--out-dir", str(tmp_path), "--no-progress"]
+    assert run_experiment("toy", "Toy experiment.\n\nMore.", run, Cfg(), Cfg(size=4), argv) == 0
+    assert seen == [(Cfg(size=4), True)]  # --quick picked the quick configuration
+    res = load_results(tmp_path / "toy")
+    np.testing.assert_array_equal(res.arrays["x"], np.arange(4))
+    assert float(res.arrays["elapsed_s"]) >= 0
+    cfg = res.metadata["config"]
+    assert cfg["size"] == 4 and cfg["quick"] is True and res.metadata["seed"] == 3
+    assert cfg["summary"]["total"] == 4 and cfg["summary"]["elapsed_s"] >= 0
+
+    # arrays only: no summary key; a failing run raises and writes nothing
+    assert run_experiment("bare", None, lambda c, a: {"y": np.ones(2)}, Cfg(), Cfg(), argv) == 0
+    assert "summary" not in load_results(tmp_path / "bare").metadata["config"]
+
+    def broken(config, args):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_experiment("broken", None, broken, Cfg(), Cfg(), argv)
+    assert not list(tmp_path.glob("broken*"))
