@@ -349,10 +349,11 @@ def gram_2d(x: jax.Array, *, precision: Any = "highest") -> jax.Array:
     CPU the product is therefore accumulated over column blocks of about 1 MiB,
     :math:`G = \sum_b X_{:, b} X_{:, b}^\top`, with a ``lax.scan`` whose blocks stay in
     cache: 4-5x faster than the single matmul and within 1.5x of NumPy's BLAS
-    (``X @ X.T``) on the same data (1.0x sharded over two host devices). Against one NumPy ``X.sum(0)`` pass it takes about
-    1.0-1.4x at ``[4-8, 1e7]`` (memory-bound) and 2.4-3.3x at ``[16, 1e6]``, where the
-    :math:`T^2 = 256` multiply-adds per column make the product FMA-bound (NumPy's BLAS
-    takes 2.3x there too; ``benchmarks/width.py``). On other backends, and for narrow arrays, it is one matmul.
+    (``X @ X.T``) on the same data (1.0x sharded over two host devices). Against one
+    NumPy ``X.sum(0)`` pass it takes about 1.0-1.4x at ``[4-8, 1e7]`` (memory-bound) and
+    2.4-3.3x at ``[16, 1e6]``, where the :math:`T^2 = 256` multiply-adds per column make
+    the product FMA-bound (NumPy's BLAS takes 2.3x there too; ``benchmarks/width.py``).
+    On other backends, and for narrow arrays, it is one matmul.
 
     Args:
       x: ``[T, D]`` array.
