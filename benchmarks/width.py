@@ -333,9 +333,7 @@ def part_gram_vs_bandwidth(quick: bool) -> dict[str, Any]:
         if (num, dim) == shapes[-2]:
             scaling = _two_thread_scaling(x_np)
         del x_np
-    best_over_probe = [
-        min(r["ratio_gram_over_probe"], r["ratio_sharded_over_probe"]) for r in rows
-    ]
+    best_over_probe = [min(r["ratio_gram_over_probe"], r["ratio_sharded_over_probe"]) for r in rows]
     bw = [b for b, r in zip(best_over_probe, rows, strict=True) if r["bound"] == "bandwidth"]
     cb = [r["ratio_best_gram_over_numpy_gemm"] for r in rows if r["bound"] == "compute"]
     return {

@@ -117,6 +117,8 @@ from .tasks import expected_support_overlap as expected_support_overlap
 from .tasks import sample_task_vectors as sample_task_vectors
 from .tasks import shape_tree as shape_tree
 from .tree import TaskVectorError as TaskVectorError
+from .tree import accumulation_dtype as accumulation_dtype
+from .tree import check_dense as check_dense
 from .tree import check_finite as check_finite
 from .tree import check_same_structure as check_same_structure
 from .tree import gram_2d as gram_2d
@@ -136,10 +138,12 @@ from .tree import tree_weighted_sum as tree_weighted_sum
 from .tree import tree_zeros_like as tree_zeros_like
 from .tree import validate_task_vectors as validate_task_vectors
 from .width import NestedWidthEstimate as NestedWidthEstimate
+from .width import SampleMoments as SampleMoments
 from .width import WidthEstimate as WidthEstimate
 from .width import gaussian_width as gaussian_width
 from .width import nested_width as nested_width
 from .width import statistical_dimension as statistical_dimension
+from .width import stream_moments as stream_moments
 from .width import summarize_samples as summarize_samples
 from .width import width_sampler as width_sampler
 

@@ -6,7 +6,7 @@ leading task axis ``[T, ...]``; a *merged update* is the same pytree without tha
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
@@ -24,11 +24,29 @@ Key = PRNGKeyArray
 ArrayLike = jax.typing.ArrayLike
 Hyper = Any
 
+
+class LoraFactors(NamedTuple):
+    r"""One adapted module of ``T`` LoRA experts: :math:`\Delta W_i = s_i B_i A_i`.
+
+    A NamedTuple, hence a pytree (``B``, ``A``, ``scaling`` are its children).
+
+    Attributes:
+      B: ``[T, d, r]`` (or stacked ``[L, T, d, r]``), PEFT's ``lora_B`` per expert.
+      A: ``[T, r, k]`` (or stacked ``[L, T, r, k]``), PEFT's ``lora_A`` per expert.
+      scaling: scalar or per-expert ``[T]`` factor ``s`` (PEFT: ``lora_alpha / r``).
+    """
+
+    B: Any
+    A: Any
+    scaling: Any = 1.0
+
+
 __all__ = [
     "ArrayLike",
     "Gram",
     "Hyper",
     "Key",
+    "LoraFactors",
     "Merged",
     "Scalar",
     "TaskVectors",

@@ -16,13 +16,15 @@ The estimate is that of :func:`mergetheory.width.gaussian_width` /
 with ``key = jax.random.key(seed)`` and the same ``chunk_size``: the same chunk keys
 (``jr.split(key, C)``) and one-chunk function (:func:`~mergetheory.width.width_sampler`),
 run in blocks of chunks by a Python loop of one jitted kernel so that a progress bar
-(``tqdm``, on stderr) can advance honestly after each block. The per-sample values are
-summarised by :func:`~mergetheory.width.summarize_samples`.
+(``tqdm``, on stderr) can advance honestly after each block. Memory is set by the chunk
+size: the samples are reduced to running moments (:class:`~mergetheory.width.SampleMoments`).
 
 Errors in the input (missing or unreadable file, wrong rank, NaN / Inf, ``--num-samples
 < 2``, unknown set, ...) end the command with status 2 and ONE line on stderr,
 ``mergetheory <command>: error: <what is wrong>``. The command enables ``jax_enable_x64``
-(a script may set global JAX flags; the library never does).
+(a script may set global JAX flags; the library never does) and reads the vectors as
+float64 whatever the file's dtype (the library call on a float32 array would keep float32,
+whose rank tolerance lumps spans / cone generators within ~2 degrees together).
 """
 
 from __future__ import annotations
@@ -142,6 +144,12 @@ def _load_vectors(path_str: str) -> np.ndarray:
         raise CliError(f"--vectors: file not found: {path_str}")
     if path.is_dir():
         raise CliError(f"--vectors: {path_str} is a directory, expected a .npy file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise CliError(
+            f"--vectors: {path_str} is not a .npy file (no NumPy header; save it with np.save)"
+        )
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
@@ -161,8 +169,9 @@ def _load_vectors(path_str: str) -> np.ndarray:
         np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
     ):
         raise CliError(f"--vectors: dtype {arr.dtype} is not real numeric")
-    if not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float64)
+    # The estimate is computed in float64 whatever the file's dtype: float32 spans and
+    # cones would lump vectors within ~2 degrees together (sets.default_rank_rtol).
+    arr = np.asarray(arr, dtype=np.float64)
     bad = ~np.isfinite(arr)
     if bad.any():
         num_nan = int(np.isnan(arr).sum())
@@ -180,8 +189,8 @@ def _check_width_args(args: argparse.Namespace) -> None:
         raise CliError(f"--num-samples must be >= 2, got {args.num_samples}")
     if args.num_samples >= 2**32:
         raise CliError(f"--num-samples must be < 2**32, got {args.num_samples}")
-    if args.seed < 0:
-        raise CliError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed < 2**63:
+        raise CliError(f"--seed must be in [0, 2**63), got {args.seed}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise CliError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.quantity == "statdim" and args.kind not in _CONES:
@@ -192,19 +201,20 @@ def _check_width_args(args: argparse.Namespace) -> None:
 
 @functools.cache
 def _block_kernel() -> Callable[..., Any]:
-    """The jitted kernel: per-sample values of a block of chunk keys ``[B] -> [B, c, ...]``.
+    """The jitted kernel: :class:`~mergetheory.width.SampleMoments` of a block of chunks.
 
     Built on first use (importing the CLI does not import JAX) and cached, so repeated
     in-process calls of :func:`main` reuse its compilations.
     """
     import jax
 
-    from .width import width_sampler
+    from .width import _path_statistics, stream_moments, width_sampler
 
     @functools.partial(
         jax.jit,
         static_argnames=(
             "chunk_size",
+            "num_samples",
             "method",
             "quantity",
             "nested",
@@ -213,13 +223,20 @@ def _block_kernel() -> Callable[..., Any]:
             "reference",
         ),
     )
-    def values_block(chunk_keys, set_, factor, *, chunk_size, reference, **kw):
-        # kw: method, quantity, nested, rank_rtol, max_iter (all static)
+    def moments_block(chunk_keys, first_sample, set_, factor, *, chunk_size, reference, **kw):
+        # kw: num_samples, method, quantity, nested, rank_rtol, max_iter (all static)
+        num_samples = kw.pop("num_samples")
         set_ = reference if set_ is None else set_
         sample_chunk = width_sampler(set_, chunk_size=chunk_size, factor=factor, **kw)
-        return jax.lax.map(sample_chunk, chunk_keys)
+        return stream_moments(
+            sample_chunk,
+            chunk_keys,
+            num_samples=num_samples,
+            first_sample=first_sample,
+            statistics=functools.partial(_path_statistics, both=False),
+        )
 
-    return values_block
+    return moments_block
 
 
 def _estimate_width(
@@ -230,15 +247,16 @@ def _estimate_width(
     The random stream is the library's: ``jr.split(key, C)`` chunk keys, chunk ``j``
     evaluated by :func:`~mergetheory.width.width_sampler`, the first ``M`` samples kept.
     Here the chunks run in blocks (a Python loop over one jitted kernel) so that the
-    progress bar advances after each finished block; the per-sample values are then
-    summarised by :func:`~mergetheory.width.summarize_samples`, as the library does.
+    progress bar advances after each finished block; each block returns the streamed
+    :class:`~mergetheory.width.SampleMoments` of its samples (one chunk alive at a time,
+    as in the library) and the blocks are merged on the host.
     """
     import jax
     import jax.numpy as jnp
     import jax.random as jr
 
     from .sets import make_set
-    from .width import _prepare, summarize_samples
+    from .width import NestedWidthEstimate, WidthEstimate, _estimates, _prepare
 
     t0 = time.perf_counter()
     naive = args.method == "naive"
@@ -270,7 +288,7 @@ def _estimate_width(
 
     from tqdm import tqdm
 
-    parts = []
+    total = None
     with tqdm(
         total=m,
         unit="sample",
@@ -281,16 +299,22 @@ def _estimate_width(
         dynamic_ncols=True,
     ) as bar:
         for b in range(num_blocks):
-            block_keys = keys[b * per_block : (b + 1) * per_block]
-            vals = kernel(
-                block_keys, set_, factor, chunk_size=chunk, reference=static["reference"], **kw
+            first = b * per_block * chunk
+            part = kernel(
+                keys[b * per_block : (b + 1) * per_block],
+                jnp.asarray(first, jax.dtypes.canonicalize_dtype(jnp.int64)),
+                set_,
+                factor,
+                chunk_size=chunk,
+                num_samples=m,
+                reference=static["reference"],
+                **kw,
             )
-            vals = np.asarray(vals).reshape((per_block * chunk, *vals.shape[2:]))
-            take = min(per_block * chunk, m - b * per_block * chunk)
-            parts.append(vals[:take])
-            bar.update(take)
-    values = jnp.asarray(np.concatenate(parts, axis=0))
-    est = jax.block_until_ready(summarize_samples(values))
+            total = part if total is None else total.merge(part)
+            bar.update(min(per_block * chunk, m - first))
+    assert total is not None
+    out = jax.block_until_ready(_estimates(total))
+    est = NestedWidthEstimate(*out, num_samples=m) if args.nested else WidthEstimate(*out, m)
     return est, chunk, time.perf_counter() - t0
 
 

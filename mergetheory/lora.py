@@ -50,7 +50,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 
-from ._types import Gram, Key
+from ._types import Gram, Key, LoraFactors
 from .tree import TaskVectorError, check_finite
 
 __all__ = [
@@ -63,22 +63,6 @@ __all__ = [
     "lora_num_tasks",
     "sample_lora_factors",
 ]
-
-
-class LoraFactors(NamedTuple):
-    r"""One adapted module of ``T`` LoRA experts: :math:`\Delta W_i = s_i B_i A_i`.
-
-    A NamedTuple, hence a pytree (``B``, ``A``, ``scaling`` are its children).
-
-    Attributes:
-      B: ``[T, d, r]`` (or stacked ``[L, T, d, r]``), PEFT's ``lora_B`` per expert.
-      A: ``[T, r, k]`` (or stacked ``[L, T, r, k]``), PEFT's ``lora_A`` per expert.
-      scaling: scalar or per-expert ``[T]`` factor ``s`` (PEFT: ``lora_alpha / r``).
-    """
-
-    B: jax.Array
-    A: jax.Array
-    scaling: Any = 1.0
 
 
 class LoraShape(NamedTuple):

@@ -62,7 +62,14 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._types import Gram, Key, TaskVectors
-from .tree import ravel_tasks, validate_task_vectors
+from .lora import LoraFactors, densify, lora_gram_matrix
+from .tree import (
+    TaskVectorError,
+    accumulation_dtype,
+    gram_matrix,
+    ravel_tasks,
+    validate_task_vectors,
+)
 
 __all__ = [
     "SET_KINDS",
@@ -124,6 +131,8 @@ def validate_gram(gram: Any, *, name: str = "gram") -> jax.Array:
       ValueError: naming what is wrong.
     """
     g = jnp.asarray(gram)
+    if jnp.issubdtype(g.dtype, jnp.floating):
+        g = g.astype(accumulation_dtype(g.dtype))  # float16 / bfloat16 -> float32
     if g.ndim != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"{name}: expected a square [n, n] Gram matrix, got shape {g.shape}")
     if g.shape[0] == 0:
@@ -410,24 +419,71 @@ def cone_projection_sq_norm(
 # --------------------------------------------------------------------------------------
 
 
+def _is_factors(node: Any) -> bool:
+    return isinstance(node, LoraFactors)
+
+
 @functools.partial(jax.jit, static_argnames=("precision",))
-def _flat_and_gram(task_vectors: Any, precision: Any) -> tuple[jax.Array, jax.Array]:
-    """``([T, D] flat generators, [T, T] symmetric Gram)`` in one compiled program."""
-    flat, _ = ravel_tasks(task_vectors)
-    gram = jnp.matmul(flat, flat.T, precision=precision)
-    return flat, 0.5 * (gram + gram.T)
+def _ravel_generators(task_vectors: Any, precision: Any) -> jax.Array:
+    """Flat ``[T, D]`` generators (LoRA factors densified), at least float32."""
+    del precision  # one signature with the Gram pass
+    dense = jtu.tree_map(
+        lambda n: densify(n) if _is_factors(n) else n, task_vectors, is_leaf=_is_factors
+    )
+    flat, _ = ravel_tasks(dense)
+    return flat.astype(accumulation_dtype(flat.dtype))
+
+
+_gram_jit = jax.jit(gram_matrix, static_argnames=("precision",))
+
+
+def _generators_gram(task_vectors: Any, name: str, precision: Any) -> jax.Array:
+    """Validated Gram matrix of dense leaves and/or :class:`~mergetheory.lora.LoraFactors`.
+
+    Dense leaves go through the streamed :func:`mergetheory.tree.gram_matrix`; factored
+    nodes through :func:`mergetheory.lora.lora_gram_matrix` (``B A`` never formed); a
+    pytree mixing both gets the sum (inner products add over leaves).
+    """
+    nodes = jtu.tree_leaves(task_vectors, is_leaf=_is_factors)
+    has_factors = any(map(_is_factors, nodes))
+    grams = []
+    if has_factors:
+        factors = jtu.tree_map(
+            lambda n: n if _is_factors(n) else None, task_vectors, is_leaf=_is_factors
+        )
+        grams.append(lora_gram_matrix(factors, precision=precision))
+    if not all(map(_is_factors, nodes)):
+        dense = jtu.tree_map(
+            lambda n: None if _is_factors(n) else n, task_vectors, is_leaf=_is_factors
+        )
+        num = validate_task_vectors(dense, name=name)
+        if grams and num != grams[0].shape[0]:
+            raise TaskVectorError(
+                f"{name}: the dense leaves have T = {num} tasks but the LoRA factors "
+                f"have T = {grams[0].shape[0]}"
+            )
+        grams.append(_gram_jit(dense, precision=precision))
+    dtype = max((accumulation_dtype(g.dtype) for g in grams), key=lambda d: d.itemsize)
+    return sum((g.astype(dtype) for g in grams[1:]), grams[0].astype(dtype))
 
 
 def _flatten_generators(
-    task_vectors: Any, name: str, precision: Any = "highest"
-) -> tuple[jax.Array, jax.Array]:
-    """Task-vector pytree (or flat ``[T, D]`` array) -> validated ``(flat, gram)``."""
+    task_vectors: Any, name: str, precision: Any = "highest", keep_points: bool | None = True
+) -> tuple[jax.Array | None, jax.Array]:
+    """Task vectors (pytree, flat ``[T, D]`` array or LoRA factors) -> ``(flat, gram)``.
+
+    ``flat`` is ``None`` unless ``keep_points`` (``None``: keep for dense inputs only).
+    Half-precision inputs are widened to float32.
+    """
     if isinstance(task_vectors, GeneratedSet):
         raise TypeError(f"{name}: got a set; pass its task vectors or use make_set")
     if isinstance(task_vectors, np.ndarray):
         task_vectors = jnp.asarray(task_vectors)
-    validate_task_vectors(task_vectors, name=name)
-    return _flat_and_gram(task_vectors, precision)
+    gram = _generators_gram(task_vectors, name, precision)
+    if keep_points is None:
+        keep_points = not any(map(_is_factors, jtu.tree_leaves(task_vectors, is_leaf=_is_factors)))
+    flat = _ravel_generators(task_vectors, precision) if keep_points else None
+    return flat, gram
 
 
 class _GeneratedFields(NamedTuple):
@@ -471,15 +527,23 @@ class GeneratedSet(_GeneratedFields):
         cls,
         task_vectors: TaskVectors,
         *,
-        keep_points: bool = True,
+        keep_points: bool | None = None,
         precision: Any = "highest",
     ):
-        r"""Build the set from a task-vector pytree ``[T, ...]`` or a flat ``[T, D]`` array.
+        r"""Build the set from task vectors: a pytree, a flat ``[T, D]`` array, or LoRA factors.
+
+        The Gram pass is streamed leaf by leaf (:func:`mergetheory.tree.gram_matrix`);
+        :class:`~mergetheory.lora.LoraFactors` nodes (``B [T, d, r]``, ``A [T, r, k]``)
+        enter through their factored Gram matrix, ``B A`` never formed. Half-precision
+        inputs (float16, bfloat16) are widened to float32.
 
         Args:
-          task_vectors: pytree whose leaves share the leading task axis.
+          task_vectors: pytree whose leaves share the leading task axis; any node may be a
+            :class:`~mergetheory.lora.LoraFactors`.
           keep_points: keep the flat ``[T, D]`` generators (for the naive estimator).
-            Set ``False`` for large ``D``: only the ``[T, T]`` Gram matrix is kept.
+            ``None`` (default): keep them for dense inputs, not for LoRA factors (they
+            would be densified). Set ``False`` for large ``D``: only the ``[T, T]`` Gram
+            matrix is kept.
           precision: matmul precision of the Gram pass.
 
         Returns:
@@ -488,8 +552,8 @@ class GeneratedSet(_GeneratedFields):
         Example:
           >>> hull = ConvexHull.from_task_vectors({"w": jnp.eye(3)})
         """
-        flat, gram = _flatten_generators(task_vectors, cls.__name__, precision)
-        return cls(gram=gram, points=flat if keep_points else None)
+        flat, gram = _flatten_generators(task_vectors, cls.__name__, precision, keep_points)
+        return cls(gram=gram, points=flat)
 
     @classmethod
     def from_gram(cls, gram: Gram):
@@ -630,15 +694,17 @@ SET_KINDS: dict[str, type[GeneratedSet]] = {
 """Generated-set families by ``kind`` name."""
 
 
-def make_set(kind: str, generators: Any, *, keep_points: bool = True) -> GeneratedSet:
+def make_set(kind: str, generators: Any, *, keep_points: bool | None = None) -> GeneratedSet:
     """Build a generated set of family ``kind`` (see :data:`SET_KINDS`).
 
     Args:
       kind: ``"hull"``, ``"hull0"``, ``"points"``, ``"zonotope"``, ``"ellipsoid"``,
         ``"span"`` or ``"cone"``.
-      generators: task-vector pytree ``[T, ...]``, flat ``[T, D]`` array, or an existing
-        :class:`GeneratedSet` (its Gram matrix and points are reused).
-      keep_points: keep flat generators for the naive estimator.
+      generators: task-vector pytree ``[T, ...]``, flat ``[T, D]`` array, pytree of
+        :class:`~mergetheory.lora.LoraFactors`, or an existing :class:`GeneratedSet`
+        (its Gram matrix and points are reused).
+      keep_points: keep flat generators for the naive estimator (``None``: for dense
+        inputs only; see :meth:`GeneratedSet.from_task_vectors`).
 
     Example:
       >>> cone = make_set("cone", jnp.eye(4))

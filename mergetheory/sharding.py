@@ -66,8 +66,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ._types import Gram, Key, TaskVectors
-from .tree import gram_2d, validate_task_vectors
-from .width import NestedWidthEstimate, WidthEstimate, width_sampler
+from .tree import check_dense, gram_2d, validate_task_vectors
+from .width import (
+    NestedWidthEstimate,
+    SampleMoments,
+    WidthEstimate,
+    stream_moments,
+    width_sampler,
+)
 from .width import _prepare as _width_prepare  # validation + defaults shared with width
 
 __all__ = [
@@ -168,6 +174,7 @@ def shard_task_vectors(
       List of ``[T, D_l_padded]`` sharded arrays; their Gram matrix is the input's.
     """
     mesh, axis_name, size = _resolve(mesh, axis_name)
+    check_dense(task_vectors, name="shard_task_vectors: task_vectors")
     num = validate_task_vectors(task_vectors)
     sharding = NamedSharding(mesh, P(None, axis_name))
     out = []
@@ -238,6 +245,7 @@ def sharded_gram_matrix(
       Array(1001., dtype=float32)
     """
     mesh, axis_name, size = _resolve(mesh, axis_name)
+    check_dense(task_vectors, name="sharded_gram_matrix: task_vectors")
     if check:
         validate_task_vectors(task_vectors)
     leaves = list(jtu.tree_leaves(task_vectors))
@@ -259,20 +267,25 @@ class _BindArgs:
         return lambda k: self.sample_fn(k, *args)
 
 
-def _psum_mean_stderr(
-    vals: Any, valid: jax.Array, num_samples: int, axis_name: AxisName
-) -> tuple[Any, Any]:
-    """Mean and standard error over the samples of all devices (leading axis, masked)."""
+def _psum_moments(moments: SampleMoments, axis_name: AxisName) -> tuple[Any, Any]:
+    r"""Mean and standard error over all devices from each device's :class:`SampleMoments`.
 
-    def masked_sum(v: jax.Array) -> jax.Array:
-        mask = valid.reshape(valid.shape + (1,) * (v.ndim - 1))
-        return jnp.sum(jnp.where(mask, v, jnp.zeros_like(v)), axis=0)
-
-    total = jtu.tree_map(lambda v: jax.lax.psum(masked_sum(v), axis_name), vals)
-    mean = jtu.tree_map(lambda t: t / num_samples, total)
-    sq = jtu.tree_map(lambda v, m: jax.lax.psum(masked_sum((v - m) ** 2), axis_name), vals, mean)
-    stderr = jtu.tree_map(lambda q: jnp.sqrt(q / ((num_samples - 1) * num_samples)), sq)
-    return mean, stderr
+    Exact pooling: :math:`\bar x = \sum_p m_p \bar x_p / m` and
+    :math:`M_2 = \sum_p M_{2,p} + m_p (\bar x_p - \bar x)^2`.
+    """
+    count = moments.count
+    total = jax.lax.psum(count, axis_name)
+    mean = jtu.tree_map(
+        lambda mu: jax.lax.psum(mu * count.astype(mu.dtype), axis_name) / total.astype(mu.dtype),
+        moments.mean,
+    )
+    m2 = jtu.tree_map(
+        lambda q, mu, g: jax.lax.psum(q + count.astype(q.dtype) * (mu - g) ** 2, axis_name),
+        moments.m2,
+        moments.mean,
+        mean,
+    )
+    return mean, SampleMoments(total, mean, m2).stderr()
 
 
 @functools.partial(
@@ -293,12 +306,20 @@ def _sharded_mc(
     if chunk_size is not None:  # whole chunks only: one compiled body, no remainder
         per_device = -(-per_device // chunk_size) * chunk_size
 
+    chunk = per_device if chunk_size is None else chunk_size
+
     def local(key: Key, args: Any) -> tuple[Any, Any]:
         sample = make_sampler(*args)  # per-set preprocessing: once per device
         start = jax.lax.axis_index(axis_name).astype(jnp.uint32) * np.uint32(per_device)
         idx = start + jnp.arange(per_device, dtype=jnp.uint32)
-        vals = jax.lax.map(lambda i: sample(jr.fold_in(key, i)), idx, batch_size=chunk_size)
-        return _psum_mean_stderr(vals, idx < num_samples, num_samples, axis_name)
+        moments = stream_moments(  # one chunk of samples alive at a time
+            jax.vmap(lambda i: sample(jr.fold_in(key, i))),
+            idx.reshape(per_device // chunk, chunk),
+            num_samples=num_samples,
+            first_sample=start.astype(jax.dtypes.canonicalize_dtype(jnp.int64)),
+            statistics=lambda v: v,
+        )
+        return _psum_moments(moments, axis_name)
 
     # check_vma=False: samplers written for one device (while_loops with replicated
     # initial carries, as in the NNLS cone projection) need not be annotated as varying.
@@ -437,12 +458,11 @@ def _sharded_chunks(
 
     def local(keys: Key, args: Any) -> tuple[Any, Any]:
         sample_chunk = factory(*args)  # per-set preprocessing: once per device
-        vals = jax.lax.map(sample_chunk, keys)  # [chunks_per_device, chunk, ...]
-        vals = jtu.tree_map(lambda v: v.reshape((-1, *v.shape[2:])), vals)
-        per_device = chunks_per_device * chunk
-        start = jax.lax.axis_index(axis_name).astype(jnp.int32) * per_device
-        idx = start + jnp.arange(per_device, dtype=jnp.int32)
-        return _psum_mean_stderr(vals, idx < num_samples, num_samples, axis_name)
+        start = jax.lax.axis_index(axis_name).astype(jnp.int32) * (chunks_per_device * chunk)
+        moments = stream_moments(
+            sample_chunk, keys, num_samples=num_samples, first_sample=start, statistics=lambda v: v
+        )
+        return _psum_moments(moments, axis_name)
 
     return jax.shard_map(
         local,

@@ -15,6 +15,7 @@ so reductions over the task axis go through :func:`sum_tasks`, which unrolls the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,10 +24,12 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._types import Gram, Merged, TaskVectors
+from ._types import Gram, LoraFactors, Merged, TaskVectors
 
 __all__ = [
     "TaskVectorError",
+    "accumulation_dtype",
+    "check_dense",
     "check_finite",
     "check_same_structure",
     "gram_2d",
@@ -162,6 +165,27 @@ def validate_task_vectors(
     if finite:
         check_finite(task_vectors, name=name)
     return int(num)
+
+
+def check_dense(task_vectors: TaskVectors, *, name: str = "task_vectors") -> None:
+    """Raise if any node of ``task_vectors`` is a :class:`~mergetheory.lora.LoraFactors`.
+
+    A ``LoraFactors`` node is a pytree (``B``, ``A``, ``scaling``) whose leaves may all
+    carry the task axis, so code that treats leaves as dense coordinates would silently
+    compute with the factors instead of the updates ``s B A``. Functions with that
+    meaning (inner products, Gram matrices) call this first.
+
+    Raises:
+      TaskVectorError: naming the path of the first factored node.
+    """
+    is_factors = lambda n: isinstance(n, LoraFactors)  # noqa: E731
+    for path, node in jtu.tree_flatten_with_path(task_vectors, is_leaf=is_factors)[0]:
+        if is_factors(node):
+            raise TaskVectorError(
+                f"{name}{_path_str(path)} is LoraFactors, not a dense task vector: use "
+                "lora.lora_gram_matrix (B A never formed) or sets.make_set / "
+                "from_task_vectors, which accept factors, or lora.densify"
+            )
 
 
 def num_tasks(task_vectors: TaskVectors) -> int:
@@ -307,6 +331,16 @@ def ravel_tasks(task_vectors: TaskVectors) -> tuple[jax.Array, Callable[[jax.Arr
     return flat, unravel
 
 
+def accumulation_dtype(dtype: Any) -> np.dtype:
+    """The dtype sums of products of ``dtype`` values are accumulated in: at least float32.
+
+    float16 / bfloat16 task vectors would overflow (float16 tops out at 65504) and lose
+    most digits in a Gram matrix; float32 and float64 are kept as they are.
+    """
+    dtype = jnp.dtype(dtype)
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+
+
 def gram_matrix(task_vectors: TaskVectors, *, precision: Any = "highest") -> Gram:
     r"""Gram matrix :math:`G_{ij} = \langle \tau_i, \tau_j \rangle` of a task-vector set.
 
@@ -320,14 +354,21 @@ def gram_matrix(task_vectors: TaskVectors, *, precision: Any = "highest") -> Gra
       precision: matmul precision (``"highest"`` keeps float32 accuracy on accelerators).
 
     Returns:
-      ``[T, T]`` symmetric positive semi-definite matrix, in the leaves' result dtype.
+      ``[T, T]`` symmetric positive semi-definite matrix, in the leaves' widest dtype,
+      at least float32 (:func:`accumulation_dtype`).
+
+    Raises:
+      TaskVectorError: for :class:`~mergetheory.lora.LoraFactors` nodes (use
+        :func:`mergetheory.lora.lora_gram_matrix`).
     """
+    check_dense(task_vectors, name="gram_matrix: task_vectors")
     leaves = jtu.tree_leaves(task_vectors)
     num = leaves[0].shape[0]
+    dtype = max((accumulation_dtype(leaf.dtype) for leaf in leaves), key=lambda d: d.itemsize)
     acc = None
     for leaf in leaves:
         x = leaf.reshape(num, -1)
-        g = gram_2d(x, precision=precision)
+        g = gram_2d(x, precision=precision).astype(dtype)
         acc = g if acc is None else acc + g
     return 0.5 * (acc + acc.T)
 
@@ -360,23 +401,24 @@ def gram_2d(x: jax.Array, *, precision: Any = "highest") -> jax.Array:
       precision: matmul precision.
 
     Returns:
-      ``[T, T]`` (not symmetrised).
+      ``[T, T]`` (not symmetrised), accumulated in :func:`accumulation_dtype` of ``x``.
     """
     num, dim = x.shape
     block = _GRAM_BLOCK_BYTES // max(1, num * x.dtype.itemsize)
     block = max(1024, 1 << max(0, int(block).bit_length() - 1))  # a power of two
     num_blocks = dim // block
+    dtype = accumulation_dtype(x.dtype)
+    mm = functools.partial(jnp.matmul, precision=precision, preferred_element_type=dtype)
     if num_blocks < 2 or not _on_cpu(x):
-        return jnp.matmul(x, x.T, precision=precision)
+        return mm(x, x.T)
 
     def body(g: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
         c = jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
-        return g + jnp.matmul(c, c.T, precision=precision), None
+        return g + mm(c, c.T), None
 
-    dtype = jnp.result_type(x.dtype)
     init = jnp.zeros((num, num), dtype)
     g, _ = jax.lax.scan(body, init, jnp.arange(num_blocks, dtype=jnp.int32))
     if num_blocks * block < dim:
         rest = x[:, num_blocks * block :]
-        g = g + jnp.matmul(rest, rest.T, precision=precision)
+        g = g + mm(rest, rest.T)
     return g

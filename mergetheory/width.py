@@ -31,10 +31,11 @@ from the first ``m`` generators sees exactly the same :math:`z_{1:m}` as any lar
 :func:`gaussian_width` of the ``m``-prefix with the same key, ``num_samples`` and
 ``chunk_size``.
 
-The Monte Carlo is a ``jax.lax.map`` over chunks (a ``vmap`` inside each), so memory is
-set by ``chunk_size``; the per-sample values (``[M]`` or ``[M, N]``) and their reductions
-stay on device. ``jit`` is applied at the public entry points only, with the
-shape-determining arguments static.
+The Monte Carlo is a ``jax.lax.scan`` over chunks (a ``vmap`` inside each) that folds
+every chunk into running moments (:class:`SampleMoments`, :func:`stream_moments`), so
+memory is set by ``chunk_size``, not by ``M``: the per-sample values (``[c]`` or
+``[c, N]``) of one chunk are alive at a time, and everything stays on device. ``jit`` is
+applied at the public entry points only, with the shape-determining arguments static.
 
 Cones (``Span``, ``PolyhedralCone``, ``NonnegativeOrthant``, ``CircularCone``) are run
 with one program that draws :math:`\|\Pi_C g\|^2` and summarises both it and its square
@@ -87,10 +88,12 @@ from .tree import check_finite
 
 __all__ = [
     "NestedWidthEstimate",
+    "SampleMoments",
     "WidthEstimate",
     "gaussian_width",
     "nested_width",
     "statistical_dimension",
+    "stream_moments",
     "summarize_samples",
     "width_sampler",
 ]
@@ -317,8 +320,9 @@ def width_sampler(
     or ``[chunk_size, N]`` (the path over the prefix sets) when ``nested``. The
     preprocessing (Cholesky factor, Gram–Schmidt basis) runs once, when this function is
     called. The public estimators split ``key`` into ``ceil(M / chunk_size)`` chunk keys
-    (``jax.random.split``), ``lax.map`` this function over them and keep the first ``M``
-    values; a sharded Monte Carlo can shard the chunk keys and reproduce them exactly.
+    (``jax.random.split``), scan this function over them and keep the first ``M``
+    values (:func:`stream_moments`); a sharded Monte Carlo can shard the chunk keys and
+    reproduce them exactly.
 
     Args:
       set_: a generated set (:class:`~mergetheory.sets.ConvexHull`, ...) or a reference set.
@@ -381,22 +385,139 @@ def width_sampler(
 # --------------------------------------------------------------------------------------
 
 
-def _mean_stderr(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    m = v.shape[0]
-    mean = jnp.mean(v, axis=0)
-    var = jnp.sum((v - mean) ** 2, axis=0) / (m - 1)
-    return mean, jnp.sqrt(var / m)
+def _count_dtype() -> Any:
+    return jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
 
 
-def _summaries(vals: jax.Array) -> tuple[jax.Array, ...]:
-    if vals.ndim == 1:
-        return _mean_stderr(vals)
-    d1 = vals[:, 1:] - vals[:, :-1]
-    d2 = d1[:, 1:] - d1[:, :-1]
-    return (*_mean_stderr(vals), *_mean_stderr(d1), *_mean_stderr(d2))
+class SampleMoments(NamedTuple):
+    r"""Running count, mean and centred sum of squares of Monte Carlo samples.
+
+    The streaming form of the estimators: chunks of samples are summarised one at a time
+    and merged (Chan, Golub and LeVeque's pairwise update), so memory is set by the chunk
+    size, not by the number of samples, and shards on different devices merge the same
+    way. ``mean`` and ``m2`` may be pytrees (one entry per tracked statistic).
+
+    Attributes:
+      count: number of samples :math:`m` (a float scalar, float64 under x64).
+      mean: :math:`\bar x` (pytree of arrays).
+      m2: :math:`\sum_i (x_i - \bar x)^2` (same structure as ``mean``).
+    """
+
+    count: jax.Array
+    mean: Any
+    m2: Any
+
+    @classmethod
+    def from_samples(cls, values: Any, valid: jax.Array | None = None) -> SampleMoments:
+        """Moments of the samples along the leading axis of every leaf (``valid``: mask)."""
+        num = jax.tree_util.tree_leaves(values)[0].shape[0]
+        mask = jnp.ones((num,), bool) if valid is None else valid
+        count = jnp.sum(mask).astype(_count_dtype())
+
+        def one(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+            w = mask.reshape(mask.shape + (1,) * (v.ndim - 1))
+            mean = jnp.sum(jnp.where(w, v, 0), axis=0) / jnp.maximum(count, 1).astype(v.dtype)
+            m2 = jnp.sum(jnp.where(w, (v - mean) ** 2, 0), axis=0)
+            return mean, m2
+
+        pairs = jax.tree_util.tree_map(one, values)
+        mean = jax.tree_util.tree_map(lambda _, p: p[0], values, pairs)
+        m2 = jax.tree_util.tree_map(lambda _, p: p[1], values, pairs)
+        return cls(count, mean, m2)
+
+    def merge(self, other: SampleMoments) -> SampleMoments:
+        """Moments of the union of the two sample sets (exact, any order)."""
+        total = self.count + other.count
+        frac = other.count / jnp.maximum(total, 1)
+        delta = jax.tree_util.tree_map(lambda a, b: b - a, self.mean, other.mean)
+        mean = jax.tree_util.tree_map(lambda a, d: a + d * frac.astype(d.dtype), self.mean, delta)
+        m2 = jax.tree_util.tree_map(
+            lambda qa, qb, d: qa + qb + d**2 * (self.count * frac).astype(d.dtype),
+            self.m2,
+            other.m2,
+            delta,
+        )
+        return SampleMoments(total, mean, m2)
+
+    def stderr(self) -> Any:
+        r"""Standard error of the mean, :math:`\sqrt{m_2 / ((m - 1) m)}` (unbiased variance)."""
+        m = self.count
+        return jax.tree_util.tree_map(
+            lambda q: jnp.sqrt(q / ((m - 1) * m).astype(q.dtype)), self.m2
+        )
 
 
-_summaries_jit = jax.jit(_summaries)
+def _path_statistics(vals: jax.Array, both: bool) -> tuple[jax.Array, ...]:
+    """Per-sample statistics tracked by the estimators, in the order of their summaries.
+
+    ``[c]`` values -> ``(vals,)``; nested ``[c, N]`` -> ``(vals, d1, d2)`` with the paired
+    first and second differences along ``N``; ``both`` (cones) prepends the same for
+    ``sqrt(vals)`` (the width) to those of ``vals`` (the statistical dimension).
+    """
+    out: list[jax.Array] = []
+    for v in (jnp.sqrt(vals), vals) if both else (vals,):
+        out.append(v)
+        if v.ndim == 2:
+            d1 = v[:, 1:] - v[:, :-1]
+            out += [d1, d1[:, 1:] - d1[:, :-1]]
+    return tuple(out)
+
+
+def stream_moments(
+    sample_chunk: Callable[[Any], Any],
+    chunk_keys: Any,
+    *,
+    num_samples: int,
+    first_sample: Any = 0,
+    statistics: Callable[[jax.Array], Any] = lambda v: (v,),
+) -> SampleMoments:
+    """Run ``sample_chunk`` over ``chunk_keys`` with ``lax.scan``, merging moments as it goes.
+
+    Chunk ``j`` holds samples ``first_sample + j c .. + c - 1`` (``c`` its length); those
+    at index ``>= num_samples`` are masked out (padding of the last chunk). Only one
+    chunk of samples is alive at a time.
+
+    Args:
+      sample_chunk: ``key -> [c, ...]`` per-sample values (e.g. :func:`width_sampler`;
+        any pytree of ``[c, ...]`` leaves).
+      chunk_keys: ``[C]`` keys (or any ``[C, ...]`` array the chunk function takes).
+      num_samples: total number of samples that count.
+      first_sample: global index of the first sample of ``chunk_keys[0]`` (may be traced).
+      statistics: ``values -> pytree of [c, ...]`` per-sample statistics to track.
+
+    Returns:
+      :class:`SampleMoments` of ``statistics(values)``.
+    """
+    shapes = jax.eval_shape(lambda k: statistics(sample_chunk(k)), chunk_keys[0])
+    first = jax.tree_util.tree_leaves(shapes)[0]
+    chunk = first.shape[0]
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
+    init = SampleMoments(jnp.zeros((), _count_dtype()), zeros, zeros)
+
+    itype = jax.dtypes.canonicalize_dtype(jnp.int64)  # int32 unless x64 is on
+    if num_samples > jnp.iinfo(itype).max:
+        raise ValueError(f"num_samples = {num_samples} overflows {itype}; enable jax_enable_x64")
+
+    def body(acc: SampleMoments, xs: tuple[Any, jax.Array]) -> tuple[SampleMoments, None]:
+        key, j = xs
+        idx = jnp.asarray(first_sample, itype) + j * chunk + jnp.arange(chunk, dtype=itype)
+        part = SampleMoments.from_samples(statistics(sample_chunk(key)), idx < num_samples)
+        return acc.merge(part), None
+
+    index = jnp.arange(chunk_keys.shape[0], dtype=itype)
+    acc, _ = jax.lax.scan(body, init, (chunk_keys, index))
+    return acc
+
+
+def _estimates(moments: SampleMoments) -> tuple[jax.Array, ...]:
+    """``(mean, stderr)`` of every tracked statistic, flattened in order."""
+    pairs = zip(moments.mean, moments.stderr(), strict=True)
+    return tuple(x for pair in pairs for x in pair)
+
+
+@jax.jit
+def _summaries_jit(vals: jax.Array) -> tuple[jax.Array, ...]:
+    return _estimates(SampleMoments.from_samples(_path_statistics(vals, both=False)))
 
 
 def summarize_samples(values: jax.Array) -> WidthEstimate | NestedWidthEstimate:
@@ -460,12 +581,13 @@ def _monte_carlo(
         max_iter=max_iter,
         factor=factor,
     )
-    num_chunks = chunk_keys.shape[0]
-    vals = jax.lax.map(sample_chunk, chunk_keys)
-    vals = vals.reshape((num_chunks * chunk_size, *vals.shape[2:]))[:num_samples]
-    if quantity == "both":
-        return (*_summaries(jnp.sqrt(vals)), *_summaries(vals))
-    return _summaries(vals)
+    moments = stream_moments(
+        sample_chunk,
+        chunk_keys,
+        num_samples=num_samples,
+        statistics=functools.partial(_path_statistics, both=quantity == "both"),
+    )
+    return _estimates(moments)
 
 
 def _run(key: Key, set_: Any, factor: Any, static: dict[str, Any]) -> tuple[jax.Array, ...]:

@@ -75,6 +75,8 @@ def _bad_files(tmp_path):
         np.save(files[name], arr)
     files["text"] = tmp_path / "text.npy"
     files["text"].write_text("not an array")
+    files["truncated"] = tmp_path / "truncated.npy"
+    files["truncated"].write_bytes(files["good"].read_bytes()[:-20])
     return files
 
 
@@ -85,7 +87,9 @@ def _bad_files(tmp_path):
         ("rank1", [], "2-D [n, D]"),
         ("nan", [], "3 NaN"),
         ("inf", [], "3 Inf"),
-        ("text", [], "cannot read"),
+        ("text", [], "not a .npy file"),
+        ("truncated", [], "cannot read"),
+        ("good", ["--seed", str(2**70)], "--seed must be in"),
         ("good", ["--num-samples", "1"], "--num-samples must be >= 2"),
         ("good", ["--set", "ball"], "invalid choice: 'ball'"),
         ("good", ["--quantity", "statdim"], "defined for cones"),
@@ -124,3 +128,38 @@ def test_subprocess_bad_input_exit_code(tmp_path):
     assert lines[0] == (
         f"mergetheory width: error: --vectors: 1 NaN and 0 Inf value(s) in {bad} (first in row 0)"
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_width_reads_vectors_as_float64(capsys, tmp_path, dtype):
+    """Two rows 1.5 degrees apart span a plane: delta = 2 exactly, whatever the file dtype.
+
+    (In float32 the library's rank tolerance, ~2 degrees, would lump them into a line.)
+    """
+    angle = np.deg2rad(1.5)
+    rows = np.zeros((2, 6))
+    rows[0, 0] = 1.0
+    rows[1, :2] = np.cos(angle), np.sin(angle)
+    path = tmp_path / "close.npy"
+    np.save(path, rows.astype(dtype))
+    argv = ["width", "--set", "span", "--quantity", "statdim", "--vectors", str(path)]
+    rc, out, _ = _run(capsys, argv + ["--num-samples", "4000", "--seed", "0", "--json"])
+    assert rc == 0
+    res = json.loads(out)
+    assert abs(res["mean"] - 2.0) < 5 * res["stderr"]
+
+
+def test_width_nested_cone_statdim_matches_orthant(capsys, tmp_path):
+    """cone{e_1..e_n} is an n-dimensional orthant: delta = n / 2 for every prefix."""
+    path = tmp_path / "basis.npy"
+    np.save(path, np.eye(5, 8))
+    argv = ["width", "--set", "cone", "--quantity", "statdim", "--nested", "--vectors", str(path)]
+    rc, out, _ = _run(capsys, argv + ["--num-samples", "4000", "--seed", "3", "--json"])
+    assert rc == 0
+    res = json.loads(out)
+    assert res["n"] == [1, 2, 3, 4, 5]
+    err = np.abs(np.asarray(res["mean"]) - np.arange(1, 6) / 2)
+    assert np.all(err < 5 * np.asarray(res["stderr"])), err
+    # paired first differences: delta(C_{n+1}) - delta(C_n) = 1/2
+    d1 = np.abs(np.asarray(res["diff1"]) - 0.5)
+    assert np.all(d1 < 5 * np.asarray(res["diff1_stderr"])), d1

@@ -274,3 +274,77 @@ def test_hull_kinds_constructed_directly():
     for cls in (ConvexHull, ConvexHullWithOrigin, Zonotope, Span, PolyhedralCone, PointSet):
         s = cls(np.eye(2))
         assert s.kind in sets.SET_KINDS and sets.SET_KINDS[s.kind] is cls
+
+
+# --------------------------------------------------------------------------------------
+# LoRA factors and half precision as generators
+# --------------------------------------------------------------------------------------
+
+
+def _factors(seed, num=3, per_expert_scaling=True):
+    from mergetheory.lora import LoraFactors
+
+    rng = np.random.default_rng(seed)
+    scaling = jnp.asarray(rng.uniform(0.5, 2.0, num)) if per_expert_scaling else 2.0
+    return LoraFactors(
+        jnp.asarray(rng.standard_normal((num, 4, 2))),
+        jnp.asarray(rng.standard_normal((num, 2, 5))),
+        scaling,
+    )
+
+
+@pytest.mark.parametrize("per_expert_scaling", [True, False])
+def test_lora_factors_as_generators_use_the_factored_gram(per_expert_scaling):
+    from mergetheory.lora import densify
+
+    tv = {"q": _factors(0, per_expert_scaling=per_expert_scaling), "v": _factors(1)}
+    dense = densify(tv)
+    hull = ConvexHull.from_task_vectors(tv)
+    np.testing.assert_allclose(hull.gram, sets.make_set("hull", dense).gram, rtol=1e-12)
+    assert hull.points is None  # factors are not densified unless asked
+    kept = sets.make_set("cone", tv, keep_points=True)
+    flat = np.concatenate([np.asarray(dense[k]).reshape(3, -1) for k in ("q", "v")], axis=1)
+    np.testing.assert_allclose(kept.points, flat, rtol=1e-12)
+
+
+def test_mixed_dense_and_lora_generators_add_their_grams():
+    from mergetheory.lora import densify
+
+    rng = np.random.default_rng(2)
+    tv = {"q": _factors(3), "w": jnp.asarray(rng.standard_normal((3, 7)))}
+    dense = {"q": densify({"q": tv["q"]})["q"], "w": tv["w"]}
+    np.testing.assert_allclose(
+        Zonotope.from_task_vectors(tv).gram, Zonotope.from_task_vectors(dense).gram, rtol=1e-12
+    )
+    bad = {"q": tv["q"], "w": jnp.asarray(rng.standard_normal((4, 7)))}
+    with pytest.raises(TaskVectorError, match="T = 4 tasks but the LoRA factors have T = 3"):
+        ConvexHull.from_task_vectors(bad)
+
+
+def test_dense_only_functions_reject_lora_factors():
+    from mergetheory.sharding import sharded_gram_matrix
+    from mergetheory.tree import gram_matrix
+
+    tv = {"layer": {"q": _factors(4)}}
+    with pytest.raises(TaskVectorError, match=r"\['layer'\]\['q'\] is LoraFactors"):
+        gram_matrix(tv)
+    with pytest.raises(TaskVectorError, match="is LoraFactors"):
+        sharded_gram_matrix(tv)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_generators_are_widened(dtype, key):
+    from mergetheory import closed_forms
+
+    # a 6-dimensional span: float16's default rank tolerance would reject every pivot
+    span = sets.make_set("span", jnp.eye(6, dtype=dtype))
+    assert span.gram.dtype == jnp.float32
+    est = width.gaussian_width(key, span, num_samples=4000)
+    assert abs(float(est.mean) - closed_forms.subspace_width(6)) < 5 * float(est.stderr)
+    # entries of 300 over 5000 coordinates: squared norms far beyond float16's 65504
+    x = (300 * np.random.default_rng(5).standard_normal((3, 5000))).astype(np.float32)
+    half = jnp.asarray(x, dtype=dtype)
+    gram = sets.make_set("cone", half).gram
+    exact = np.asarray(half, dtype=np.float64) @ np.asarray(half, dtype=np.float64).T
+    assert gram.dtype == jnp.float32
+    np.testing.assert_allclose(gram, exact, rtol=1e-5)

@@ -380,3 +380,50 @@ def test_slow_circular_cone_and_float32_cone(key):
     est = statistical_dimension(key, orthant, num_samples=50_000)
     assert est.mean.dtype == jnp.float32
     _close(est, 4.0)
+
+
+# --------------------------------------------------------------------------------------
+# streamed moments: memory set by the chunk size
+# --------------------------------------------------------------------------------------
+
+
+def test_sample_moments_merge_equals_two_pass_statistics():
+    v = np.random.default_rng(0).standard_normal((1000, 3)) * [1.0, 10.0, 1e-3] + 5.0
+    parts = [v[:1], v[1:400], v[400:999], v[999:]]  # uneven splits, single samples too
+    acc = width.SampleMoments.from_samples(jnp.asarray(parts[0]))
+    for p in parts[1:]:
+        acc = acc.merge(width.SampleMoments.from_samples(jnp.asarray(p)))
+    assert float(acc.count) == 1000
+    np.testing.assert_allclose(acc.mean, v.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(acc.stderr(), v.std(0, ddof=1) / np.sqrt(1000), rtol=1e-12)
+
+
+def test_stream_moments_masks_the_padding_of_the_last_chunk():
+    chunk, num_chunks, num = 7, 5, 31  # 35 samples drawn, the last 4 do not count
+
+    def sample_chunk(k):
+        return jr.normal(k, (chunk, 2)) + jnp.arange(2.0)
+
+    keys = jr.split(jr.key(3), num_chunks)
+    m = width.stream_moments(sample_chunk, keys, num_samples=num, statistics=lambda v: {"v": v})
+    vals = np.concatenate([np.asarray(sample_chunk(k)) for k in keys])[:num]
+    assert float(m.count) == num
+    np.testing.assert_allclose(m.mean["v"], vals.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(m.stderr()["v"], vals.std(0, ddof=1) / np.sqrt(num), rtol=1e-12)
+
+
+def test_monte_carlo_memory_does_not_grow_with_num_samples():
+    """The compiled estimator's scratch memory is set by the chunk, not by M."""
+    hull = sets.make_set("hull", jnp.asarray(np.eye(8, 20)))
+    temps = []
+    for num in (2**14, 2**20):
+        args = width._prepare(
+            jr.key(0), hull, num_samples=num, chunk_size=1024, method="fast",
+            quantity="width", convention="sup", nested=True, rank_rtol=None, max_iter=None,
+        )  # fmt: skip
+        set_, factor, static = args
+        keys = jr.split(jr.key(0), num // 1024)
+        compiled = width._monte_carlo.lower(keys, set_, factor, **static).compile()
+        temps.append(compiled.memory_analysis().temp_size_in_bytes)
+    # [M, N] float64 per-sample values at M = 2**20, N = 8 would be 64 MiB
+    assert temps[1] < 1.5 * temps[0] and temps[1] < 8 * 1024 * 8 * 8, temps

@@ -80,12 +80,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jax.tree_util as jtu
 import numpy as np
 
 from .._types import Gram, Key
 from ..closed_forms import zonotope_width
-from ..lora import LoraFactors, lora_gram_matrix
 from ..sets import (
     SET_KINDS,
     GeneratedSet,
@@ -122,10 +120,6 @@ _ORDERINGS = ("fixed", "random_subsets")
 # --------------------------------------------------------------------------------------
 
 
-def _is_lora(x: Any) -> bool:
-    return isinstance(x, LoraFactors)
-
-
 def generator_gram(generators: Any) -> Gram:
     r"""The ``[N, N]`` Gram matrix :math:`G_{ij} = \langle\tau_i, \tau_j\rangle` of any generators.
 
@@ -138,9 +132,6 @@ def generator_gram(generators: Any) -> Gram:
     """
     if isinstance(generators, GeneratedSet):
         return validate_gram(generators.gram)
-    leaves = jtu.tree_leaves(generators, is_leaf=_is_lora)
-    if leaves and all(_is_lora(x) or x is None for x in leaves) and any(map(_is_lora, leaves)):
-        return lora_gram_matrix(generators)
     return make_set("hull", generators, keep_points=False).gram
 
 
