@@ -256,7 +256,7 @@ def _estimate_width(
     import jax.random as jr
 
     from .sets import make_set
-    from .width import NestedWidthEstimate, WidthEstimate, _estimates, _prepare
+    from .width import NestedWidthEstimate, WidthEstimate, _check_estimate, _estimates, _prepare
 
     t0 = time.perf_counter()
     naive = args.method == "naive"
@@ -313,7 +313,7 @@ def _estimate_width(
             total = part if total is None else total.merge(part)
             bar.update(min(per_block * chunk, m - first))
     assert total is not None
-    out = jax.block_until_ready(_estimates(total))
+    out = _check_estimate(jax.block_until_ready(_estimates(total)), static)
     est = NestedWidthEstimate(*out, num_samples=m) if args.nested else WidthEstimate(*out, m)
     return est, chunk, time.perf_counter() - t0
 
@@ -335,7 +335,7 @@ def _run_width(args: argparse.Namespace) -> int:
 
     try:
         est, chunk, seconds = _estimate_width(args, vectors, show)
-    except (ValueError, TypeError) as exc:  # library validation: bad input
+    except (ValueError, TypeError, FloatingPointError) as exc:  # bad input / no convergence
         raise CliError(_one_line(exc)) from None
 
     what = "statistical dimension" if args.quantity == "statdim" else "Gaussian width"

@@ -385,7 +385,9 @@ def cone_projection_sq_norm(
     Cholesky solve on its support :math:`P`, :math:`\lambda_P = G_{PP}^{-1} z_P`; if that
     is feasible its value :math:`z_P^\top G_{PP}^{-1} z_P = \|L_{PP}^{-1} z_P\|^2` is formed
     as a sum of squares (no cancellation). The larger of the two (valid) lower bounds is
-    returned, clipped at 0, so solver error only ever errs low.
+    returned, clipped at 0, so solver error only ever errs low. If the active-set solver
+    did not converge within ``max_iter`` the value is NaN (a loud failure, not a silently
+    low bound; the estimators of :mod:`mergetheory.width` then raise).
 
     Args:
       gram: ``[n, n]`` Gram matrix.
@@ -394,10 +396,11 @@ def cone_projection_sq_norm(
       rtol: see :func:`nnls_gram`.
 
     Returns:
-      ``(value, lam)``: scalar :math:`\|\Pi_C g\|^2` and the ``[n]`` coefficients.
+      ``(value, lam)``: scalar :math:`\|\Pi_C g\|^2` (NaN if not converged) and the
+      ``[n]`` coefficients.
     """
     gram, z = jnp.asarray(gram), jnp.asarray(z)
-    lam, _ = _nnls_gram(gram, z, max_iter=max_iter, rtol=rtol)
+    lam, converged = _nnls_gram(gram, z, max_iter=max_iter, rtol=rtol)
     dtype = z.dtype
     n = z.shape[-1]
     value = 2.0 * jnp.dot(lam, z) - jnp.dot(lam, gram @ lam)
@@ -411,7 +414,7 @@ def cone_projection_sq_norm(
     better = ok & (polished > value)
     value = jnp.where(better, polished, value)
     lam = jnp.where(better, lam_pol, lam)
-    return jnp.maximum(value, 0.0), lam
+    return jnp.where(converged, jnp.maximum(value, 0.0), jnp.nan), lam
 
 
 # --------------------------------------------------------------------------------------

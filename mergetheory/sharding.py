@@ -71,6 +71,7 @@ from .width import (
     NestedWidthEstimate,
     SampleMoments,
     WidthEstimate,
+    _check_estimate,
     stream_moments,
     width_sampler,
 )
@@ -561,6 +562,7 @@ def sharded_gaussian_width(
         reference=static["reference"],
     )
     mean, stderr = _sharded_chunks(keys, (set_, factor), factory, m, mesh, axis_name, per_device)
+    _check_estimate((mean, stderr), static)
     if not nested:
         return WidthEstimate(mean, stderr, m)
     return NestedWidthEstimate(

@@ -603,10 +603,29 @@ def _run(key: Key, set_: Any, factor: Any, static: dict[str, Any]) -> tuple[jax.
     if reference is None:
         target = set_
     if not target.is_cone:
-        return _monte_carlo(chunk_keys, set_, factor, **static)
+        return _check_estimate(_monte_carlo(chunk_keys, set_, factor, **static), static)
     out = _monte_carlo(chunk_keys, set_, factor, **{**static, "quantity": "both"})
+    _check_estimate(out, static)
     half = len(out) // 2
     return out[:half] if static["quantity"] == "width" else out[half:]
+
+
+def _check_estimate(out: Any, static: dict[str, Any]) -> Any:
+    """Raise on a non-finite estimate (outside transformations; tracers pass through).
+
+    The inputs were checked finite, so NaN here means a per-sample failure: the cone
+    projection's active-set solver did not converge within ``max_iter``.
+    """
+    leaves = jax.tree_util.tree_leaves(out)
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return out
+    if not all(bool(jnp.all(jnp.isfinite(x))) for x in leaves):
+        raise FloatingPointError(
+            "width estimate is not finite: the cone projection (NNLS) did not converge "
+            f"within max_iter={static['max_iter']} (None: 3n) on some samples; pass a "
+            "larger max_iter"
+        )
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -114,7 +114,6 @@ def test_sharded_width_equals_single_device_estimate(key):
         np.testing.assert_allclose(e.stderr, ref.stderr, rtol=1e-10)
 
 
-@pytest.mark.slow
 def test_sharded_nested_width_equals_single_device_estimate(key):
     x = _normal(6, (4, 30))
     ref = width.nested_width(key, x, kind="hull0", num_samples=203, chunk_size=32)

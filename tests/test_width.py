@@ -342,8 +342,7 @@ def test_bad_inputs(key, call, exc, match):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_slow_golden_table_tight(key):
+def test_golden_table_tight(key):
     est = nested_width(key, np.eye(12), kind="hull", num_samples=200_000)
     e = np.array([cf.expected_max_normal(n) for n in range(1, 13)])
     assert np.all(np.abs(_np(est.mean) - e) < 5 * _np(est.stderr))
@@ -351,9 +350,8 @@ def test_slow_golden_table_tight(key):
     assert np.all(_np(est.diff2) < 0)  # strict concavity, resolved at every n
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hull0", "zonotope", "ellipsoid", "span", "cone"])
-def test_slow_fast_equals_naive_random_sets(key, kind):
+def test_fast_equals_naive_random_sets(key, kind):
     rng = np.random.default_rng(13)
     x = rng.standard_normal((10, 30)) @ np.diag(np.linspace(0.2, 2.0, 30)) + 0.3
     s = sets.make_set(kind, x)
@@ -427,3 +425,24 @@ def test_monte_carlo_memory_does_not_grow_with_num_samples():
         temps.append(compiled.memory_analysis().temp_size_in_bytes)
     # [M, N] float64 per-sample values at M = 2**20, N = 8 would be 64 MiB
     assert temps[1] < 1.5 * temps[0] and temps[1] < 8 * 1024 * 8 * 8, temps
+
+
+def test_nested_cone_width_and_statdim_match_orthants(key):
+    """cone{e_1..e_n} in R^8 is an n-dimensional orthant: w = E||g_+||, delta = n / 2."""
+    gens = np.eye(5, 8)
+    for quantity, exact in (("width", cf.orthant_width), ("statdim", cf.orthant_statdim)):
+        est = nested_width(key, gens, kind="cone", quantity=quantity, num_samples=4000)
+        for n in range(5):
+            mean, se = float(est.mean[n]), float(est.stderr[n])
+            assert se > 0 and abs(mean - exact(n + 1)) < 5 * se, (quantity, n, mean, se)
+
+
+def test_nnls_non_convergence_raises_instead_of_a_low_estimate(key):
+    gens = np.random.default_rng(0).standard_normal((12, 12))
+    cone = sets.make_set("cone", gens)
+    ok = statistical_dimension(key, cone, num_samples=500)
+    assert np.isfinite(float(ok.mean))
+    with pytest.raises(FloatingPointError, match="did not converge within max_iter=1"):
+        statistical_dimension(key, cone, num_samples=500, max_iter=1)
+    value, _ = sets.cone_projection_sq_norm(cone.gram, jnp.ones(12), max_iter=1)
+    assert np.isnan(float(value))
