@@ -22,10 +22,13 @@ Parts and targets (targets live here only, never in unit tests):
     BLAS on the same product (``X @ X.T``), timed round-robin (ratio of the minima; the
     per-round paired median ratio recorded too). Target: ``gram / probe <= 2``. The Gram
     pass does ``T^2`` multiply-adds per column of ``4 T`` bytes, so past some ``T`` it is
-    bound by FMA throughput, not memory: each shape is classed *bandwidth-bound* (NumPy's
-    GEMM within 2x of the probe) or *compute-bound*, and the latter are also held to
-    NumPy's GEMM. A two-thread check records whether the second core adds FMA throughput
-    (on the 2-vCPU sandbox it does not: the vCPUs share one core's FMA units).
+    bound by FMA throughput, not memory: each shape is classed, *empirically*,
+    *bandwidth-bound* (NumPy's GEMM measured within 2x of the probe) or *compute-bound*,
+    and the latter are also held to NumPy's GEMM. (``[16, 1e6]`` and ``[16, 1e7]`` have
+    the same arithmetic intensity; the 64 MB array half fits the 32 MB L3 cache, so its
+    probe runs faster than DRAM and the class flips.) A two-thread check records whether
+    the second core adds FMA throughput (on the 2-vCPU sandbox it does not: the vCPUs
+    share one core's FMA units).
 (c) ``lora_gemma``: width of the hull of 10 rank-16 LoRA experts laid out like gemma-2-2b
     (26 layers x 7 modules, ~2.03e9 dense parameters = 8.1 GB float32 *per expert*),
     computed from the factors (~2.1e7 numbers per expert): time and peak memory of

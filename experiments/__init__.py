@@ -3,8 +3,8 @@
 Contract for a module ``experiments/<name>.py`` (discovered by ``experiments.run_all``):
 
 * it defines ``main(argv: list[str] | None = None) -> int`` (0 on success), built on
-  :func:`make_parser`, so it accepts ``--quick`` (a small configuration for tests) and
-  ``--out-dir DIR`` (default: the repository's ``results/``);
+  :func:`run_experiment` (hence :func:`make_parser`), so it accepts ``--quick`` (a small
+  configuration for tests) and ``--out-dir DIR`` (default: the repository's ``results/``);
 * its configuration is a frozen NamedTuple / dataclass holding one integer ``seed`` from
   which every PRNG key is derived;
 * it writes its results with :func:`mergetheory._io.save_results` and does no work at

@@ -126,6 +126,14 @@ def _add_width_arguments(p: argparse.ArgumentParser) -> None:
         help="samples per vectorised chunk (default 4096 fast, ~8e6/D naive); part of the "
         "random stream, like the seed",
     )
+    p.add_argument(
+        "--max-iter",
+        type=int,
+        default=None,
+        metavar="K",
+        help="cone projections: NNLS additions allowed (default 3n); the command fails "
+        "rather than report a low estimate when they do not suffice",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument(
@@ -191,6 +199,8 @@ def _check_width_args(args: argparse.Namespace) -> None:
         raise CliError(f"--num-samples must be < 2**32, got {args.num_samples}")
     if not 0 <= args.seed < 2**63:
         raise CliError(f"--seed must be in [0, 2**63), got {args.seed}")
+    if args.max_iter is not None and args.max_iter < 1:
+        raise CliError(f"--max-iter must be >= 1, got {args.max_iter}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise CliError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.quantity == "statdim" and args.kind not in _CONES:
@@ -272,7 +282,7 @@ def _estimate_width(
         convention="sup",
         nested=args.nested,
         rank_rtol=None,
-        max_iter=None,
+        max_iter=args.max_iter,
     )
     m, chunk = static["num_samples"], static["chunk_size"]
     num_chunks = math.ceil(m / chunk)

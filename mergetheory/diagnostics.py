@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._types import Gram, TaskVectors
-from .tree import gram_matrix, sum_tasks
+from .tree import check_dense, gram_matrix, sum_tasks
 
 __all__ = [
     "DiagnosticsOutput",
@@ -217,6 +217,7 @@ def sign_conflict(task_vectors: TaskVectors) -> SignConflictOutput:
       :class:`SignConflictOutput`. Counts use JAX's default integer (int32 without x64:
       exact below :math:`2^{31}` coordinates per expert).
     """
+    check_dense(task_vectors, name="sign_conflict: task_vectors")
     conflicts = None
     nonzero = None
     for leaf in jtu.tree_leaves(task_vectors):
@@ -313,6 +314,7 @@ def singular_interference(
       A pytree like ``task_vectors`` with a scalar at every ``[T, m, n]`` leaf and
       ``None`` at every other leaf.
     """
+    check_dense(task_vectors, name="singular_interference: task_vectors")
     if ord not in ("entrywise", "max_col"):
         raise ValueError(f"ord must be 'entrywise' or 'max_col', got {ord!r}")
     if top_k is not None and top_k < 1:

@@ -51,7 +51,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._types import Gram, Key, LoraFactors
-from .tree import TaskVectorError, check_finite
+from .tree import TaskVectorError, accumulation_dtype, check_finite
 
 __all__ = [
     "LoraFactors",
@@ -157,9 +157,15 @@ def lora_num_tasks(factors: Any) -> int:
 def _module_gram(b: jax.Array, a: jax.Array, precision: Any) -> jax.Array:
     r"""One module's Gram: :math:`\sum_{ab}(B_i^\top B_j)_{ab}(A_iA_j^\top)_{ab}`."""
     # Both contractions are single GEMMs of shape [T r, d] x [d, T r] (resp. k).
-    p = jnp.einsum("idr,jds->irjs", b, b, precision=precision)
-    q = jnp.einsum("irk,jsk->irjs", a, a, precision=precision)
-    return jnp.einsum("irjs,irjs->ij", p, q, precision=precision)
+    # accumulated in at least float32 (half-precision factors would overflow / lose digits)
+    acc = functools.partial(
+        jnp.einsum,
+        precision=precision,
+        preferred_element_type=accumulation_dtype(jnp.result_type(b.dtype, a.dtype)),
+    )
+    p = acc("idr,jds->irjs", b, b)
+    q = acc("irk,jsk->irjs", a, a)
+    return acc("irjs,irjs->ij", p, q)
 
 
 def _scaled(g: jax.Array, scaling: Any) -> jax.Array:
@@ -179,7 +185,7 @@ def _lora_gram(factors: Any, precision: Any) -> jax.Array:
                 return carry + _module_gram(ba[0], ba[1], precision), None
 
             num = f.B.shape[1]
-            dtype = jnp.result_type(f.B.dtype, f.A.dtype)
+            dtype = accumulation_dtype(jnp.result_type(f.B.dtype, f.A.dtype))
             g, _ = jax.lax.scan(body, jnp.zeros((num, num), dtype), (f.B, f.A))
         else:
             g = _module_gram(f.B, f.A, precision)
@@ -207,8 +213,8 @@ def lora_gram_matrix(factors: Any, *, precision: Any = "highest", check: bool = 
       check: validate shapes and (for concrete arrays) finiteness first.
 
     Returns:
-      ``[T, T]`` symmetric PSD matrix in the factors' result dtype; the same matrix as
-      ``tree.gram_matrix(densify(factors))``.
+      ``[T, T]`` symmetric PSD matrix in the factors' result dtype (at least float32);
+      the same matrix as ``tree.gram_matrix(densify(factors))``.
 
     Example:
       >>> f = sample_lora_factors(jr.key(0), {"q": LoraShape(8, 6, 2)}, num_tasks=3)

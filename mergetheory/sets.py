@@ -220,8 +220,13 @@ def span_pivot_mask(gram: Gram, pivots: jax.Array, rank_rtol: float) -> jax.Arra
 
 
 def nnls_gram(
-    gram: Gram, z: jax.Array, *, max_iter: int | None = None, rtol: float | None = None
-) -> jax.Array:
+    gram: Gram,
+    z: jax.Array,
+    *,
+    max_iter: int | None = None,
+    rtol: float | None = None,
+    return_converged: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Non-negative least squares in Gram form (Lawson–Hanson active set).
 
     Solves
@@ -254,14 +259,18 @@ def nnls_gram(
       z: ``[n]`` inner products :math:`T g`.
       max_iter: number of additions allowed; default ``3 n``.
       rtol: relative residual below which a generator counts as dependent.
+      return_converged: also return whether the active set converged within
+        ``max_iter`` (otherwise :math:`\lambda` is feasible but not optimal).
 
     Returns:
-      ``[n]`` non-negative coefficients :math:`\lambda^\star`.
+      ``[n]`` non-negative coefficients :math:`\lambda^\star`, and with
+      ``return_converged`` a boolean scalar.
 
     Example:
       >>> lam = nnls_gram(jnp.eye(3), jnp.array([1.0, -2.0, 0.5]))   # [1, 0, 0.5]
     """
-    return _nnls_gram(gram, z, max_iter=max_iter, rtol=rtol)[0]
+    lam, converged = _nnls_gram(gram, z, max_iter=max_iter, rtol=rtol)
+    return (lam, converged) if return_converged else lam
 
 
 def _nnls_gram(
@@ -433,8 +442,10 @@ def _ravel_generators(task_vectors: Any, precision: Any) -> jax.Array:
     dense = jtu.tree_map(
         lambda n: densify(n) if _is_factors(n) else n, task_vectors, is_leaf=_is_factors
     )
-    flat, _ = ravel_tasks(dense)
-    return flat.astype(accumulation_dtype(flat.dtype))
+    leaves = jtu.tree_leaves(dense)
+    dtype = max((accumulation_dtype(x.dtype) for x in leaves), key=lambda d: d.itemsize)
+    flat, _ = ravel_tasks(jtu.tree_map(lambda x: x.astype(dtype), dense))
+    return flat
 
 
 _gram_jit = jax.jit(gram_matrix, static_argnames=("precision",))
@@ -467,7 +478,8 @@ def _generators_gram(task_vectors: Any, name: str, precision: Any) -> jax.Array:
             )
         grams.append(_gram_jit(dense, precision=precision))
     dtype = max((accumulation_dtype(g.dtype) for g in grams), key=lambda d: d.itemsize)
-    return sum((g.astype(dtype) for g in grams[1:]), grams[0].astype(dtype))
+    gram = sum((g.astype(dtype) for g in grams[1:]), grams[0].astype(dtype))
+    return validate_gram(gram, name=f"{name}.gram")  # e.g. overflow in a huge-norm input
 
 
 def _flatten_generators(

@@ -11,8 +11,10 @@ Both passes of the width engine (DESIGN.md section 4) are embarrassingly paralle
   (a global index) draws its randomness from ``jr.fold_in(key, i)``, so the set of normals
   drawn does not depend on the number of devices, the chunk size, or where a sample runs:
   a run on 8 devices equals a run on 1 device up to the order of the final floating-point
-  sums. The mean and standard error are reduced on device with two ``psum`` s (sum, then
-  centred sum of squares).
+  sums. Each device folds its chunks into running moments
+  (:class:`mergetheory.width.SampleMoments`, one chunk alive at a time) and the devices'
+  moments are pooled exactly with ``psum`` s (counts, weighted means, centred sums of
+  squares).
 * :func:`sharded_gaussian_width` is the Monte Carlo pass of
   :mod:`mergetheory.width` for the sets of :mod:`mergetheory.sets` (hull, cone, span,
   zonotope, ..., e.g. built ``from_gram``) with its *chunk keys* sharded: the random
@@ -268,6 +270,15 @@ class _BindArgs:
         return lambda k: self.sample_fn(k, *args)
 
 
+def _check_index_range(total: int) -> None:
+    """Sample indices (padding included) must fit JAX's default int (int32 without x64)."""
+    itype = jax.dtypes.canonicalize_dtype(jnp.int64)
+    if total > jnp.iinfo(itype).max:
+        raise ValueError(
+            f"{total} sample indices (with padding) overflow {itype}; enable jax_enable_x64"
+        )
+
+
 def _psum_moments(moments: SampleMoments, axis_name: AxisName) -> tuple[Any, Any]:
     r"""Mean and standard error over all devices from each device's :class:`SampleMoments`.
 
@@ -345,6 +356,7 @@ def _run_sharded_mc(
     if num_samples > np.iinfo(np.uint32).max:
         raise ValueError(f"num_samples must be < 2**32, got {num_samples}")
     mesh, axis_name, size = _resolve(mesh, axis_name)
+    _check_index_range(-(-int(num_samples) // size) * size + (chunk_size or 0) * size)
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -370,9 +382,10 @@ def sharded_monte_carlo(
     ``sample_fn(jr.fold_in(key, i), *args)``. Device ``p`` of ``P`` evaluates indices
     ``[p m, (p + 1) m)`` with :math:`m = \lceil M / P \rceil` rounded up to a whole number
     of chunks (indices ``>= M`` are computed and masked out), ``chunk_size`` samples at a
-    time (``jax.lax.map``), so memory is set by the chunk. The draws are the same on any
-    mesh: ``P`` devices give the one-device result up to the order of the final sums
-    (two ``psum`` s: the sum, then the centred sum of squares).
+    time (a ``lax.scan`` of running moments, :func:`mergetheory.width.stream_moments`), so
+    memory is set by the chunk. The draws are the same on any mesh: ``P`` devices give the
+    one-device result up to the order of the final sums (the devices' moments are pooled
+    with ``psum`` s).
 
     Args:
       key: PRNG key.
@@ -499,8 +512,8 @@ def sharded_gaussian_width(
     the one-chunk function :func:`mergetheory.width.width_sampler` (fast path:
     :math:`z = L h \sim N(0, G)`, :math:`G = L L^\top`), and the first ``M`` samples
     count. Here the *chunk keys* are sharded over the mesh (padded with dummy chunks to a
-    multiple of the ``P`` devices, masked out), each device maps over its chunks, and two
-    ``psum`` s reduce the mean and the centred sum of squares. So for the same
+    multiple of the ``P`` devices, masked out), each device folds its chunks into running
+    moments, and ``psum`` s pool them. So for the same
     ``(key, num_samples, chunk_size)`` the estimate equals the one-device estimate up to
     the order of the float sums. Cost per device :math:`O(M n^2 / P)` plus one
     factorisation of :math:`G`; balance needs :math:`C \ge P`, i.e. ``chunk_size <= M / P``.
@@ -547,6 +560,7 @@ def sharded_gaussian_width(
     m, chunk = static["num_samples"], static["chunk_size"]
     num_chunks = -(-m // chunk)
     per_device = -(-num_chunks // size)
+    _check_index_range(per_device * size * chunk)
     keys = jr.split(key, num_chunks)  # exactly the single-device chunk keys
     if per_device * size > num_chunks:  # dummy chunks, masked out (indices >= M)
         pad = jnp.broadcast_to(keys[:1], (per_device * size - num_chunks,))

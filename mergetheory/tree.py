@@ -125,8 +125,10 @@ def validate_task_vectors(
 ) -> int:
     """Check a task-vector set and return its number of tasks ``T``.
 
-    Checks that there is at least one leaf, every leaf is a floating array with a leading
-    task axis, all leading axes agree, and (for concrete arrays, if ``finite``) that no
+    Checks that there is at least one leaf, no node is a
+    :class:`~mergetheory.lora.LoraFactors` (:func:`check_dense`; LoRA-aware functions
+    split factors off first), every leaf is a floating array with a leading task axis,
+    all leading axes agree, and (for concrete arrays, if ``finite``) that no
     value is NaN or Inf. Errors name the offending leaf path.
 
     Args:
@@ -137,6 +139,7 @@ def validate_task_vectors(
     Returns:
       ``T``, the size of the shared leading axis.
     """
+    check_dense(task_vectors, name=name)
     flat = jtu.tree_flatten_with_path(task_vectors)[0]
     if not flat:
         raise TaskVectorError(f"{name}: the pytree has no array leaves")
@@ -312,6 +315,7 @@ def ravel_tasks(task_vectors: TaskVectors) -> tuple[jax.Array, Callable[[jax.Arr
       order, promoted to a common dtype) and ``unravel`` maps a ``[T, D]`` array (or a
       ``[D]`` row) back to the pytree with (without) the task axis.
     """
+    check_dense(task_vectors, name="ravel_tasks: task_vectors")
     leaves, treedef = jtu.tree_flatten(task_vectors)
     num = leaves[0].shape[0]
     shapes = [leaf.shape[1:] for leaf in leaves]
@@ -389,10 +393,10 @@ def gram_2d(x: jax.Array, *, precision: Any = "highest") -> jax.Array:
     bandwidth (measured 3-7x the CPU time of NumPy's BLAS on ``[8, 1e7]`` float32). On
     CPU the product is therefore accumulated over column blocks of about 1 MiB,
     :math:`G = \sum_b X_{:, b} X_{:, b}^\top`, with a ``lax.scan`` whose blocks stay in
-    cache: 4-5x faster than the single matmul and within 1.5x of NumPy's BLAS
+    cache: 4-5x faster than the single matmul and within about 1.6x of NumPy's BLAS
     (``X @ X.T``) on the same data (1.0x sharded over two host devices). Against one
     NumPy ``X.sum(0)`` pass it takes about 1.0-1.4x at ``[4-8, 1e7]`` (memory-bound) and
-    2.4-3.3x at ``[16, 1e6]``, where the :math:`T^2 = 256` multiply-adds per column make
+    2.2-3.5x at ``[16, 1e6]``, where the :math:`T^2 = 256` multiply-adds per column make
     the product FMA-bound (NumPy's BLAS takes 2.3x there too; ``benchmarks/width.py``).
     On other backends, and for narrow arrays, it is one matmul.
 

@@ -255,9 +255,10 @@ def _generated_values(
 
         def cone_sq(z, g):
             def one(m):
-                lam = nnls_gram(pgram * m[:, None] * m[None, :], z * m, max_iter=max_iter)
+                sub = pgram * m[:, None] * m[None, :]
+                lam, converged = nnls_gram(sub, z * m, max_iter=max_iter, return_converged=True)
                 proj = points.T @ lam
-                return jnp.dot(proj, proj)
+                return jnp.where(converged, jnp.dot(proj, proj), jnp.nan)  # NaN: raise later
 
             if not nested:
                 return one(jnp.ones((n,), pdtype))
@@ -389,6 +390,11 @@ def _count_dtype() -> Any:
     return jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
 
 
+def _moment_dtype(dtype: Any) -> Any:
+    """Floating dtype the moments of ``dtype`` samples are kept in (ints, bools -> float)."""
+    return jnp.dtype(dtype) if jnp.issubdtype(dtype, jnp.inexact) else _count_dtype()
+
+
 class SampleMoments(NamedTuple):
     r"""Running count, mean and centred sum of squares of Monte Carlo samples.
 
@@ -415,6 +421,7 @@ class SampleMoments(NamedTuple):
         count = jnp.sum(mask).astype(_count_dtype())
 
         def one(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+            v = v.astype(_moment_dtype(v.dtype))
             w = mask.reshape(mask.shape + (1,) * (v.ndim - 1))
             mean = jnp.sum(jnp.where(w, v, 0), axis=0) / jnp.maximum(count, 1).astype(v.dtype)
             m2 = jnp.sum(jnp.where(w, (v - mean) ** 2, 0), axis=0)
@@ -491,17 +498,22 @@ def stream_moments(
     shapes = jax.eval_shape(lambda k: statistics(sample_chunk(k)), chunk_keys[0])
     first = jax.tree_util.tree_leaves(shapes)[0]
     chunk = first.shape[0]
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], _moment_dtype(s.dtype)), shapes)
     init = SampleMoments(jnp.zeros((), _count_dtype()), zeros, zeros)
 
     itype = jax.dtypes.canonicalize_dtype(jnp.int64)  # int32 unless x64 is on
-    if num_samples > jnp.iinfo(itype).max:
-        raise ValueError(f"num_samples = {num_samples} overflows {itype}; enable jax_enable_x64")
+    if max(num_samples, chunk_keys.shape[0] * chunk) > jnp.iinfo(itype).max:
+        raise ValueError(
+            f"num_samples = {num_samples} ({chunk_keys.shape[0]} chunks of {chunk}) overflows "
+            f"{itype} sample indices; enable jax_enable_x64"
+        )
+    # indices relative to first_sample: no overflow for padded chunks past num_samples
+    remaining = num_samples - jnp.asarray(first_sample, itype)
 
     def body(acc: SampleMoments, xs: tuple[Any, jax.Array]) -> tuple[SampleMoments, None]:
         key, j = xs
-        idx = jnp.asarray(first_sample, itype) + j * chunk + jnp.arange(chunk, dtype=itype)
-        part = SampleMoments.from_samples(statistics(sample_chunk(key)), idx < num_samples)
+        local = j * chunk + jnp.arange(chunk, dtype=itype)
+        part = SampleMoments.from_samples(statistics(sample_chunk(key)), local < remaining)
         return acc.merge(part), None
 
     index = jnp.arange(chunk_keys.shape[0], dtype=itype)
@@ -623,7 +635,7 @@ def _check_estimate(out: Any, static: dict[str, Any]) -> Any:
         raise FloatingPointError(
             "width estimate is not finite: the cone projection (NNLS) did not converge "
             f"within max_iter={static['max_iter']} (None: 3n) on some samples; pass a "
-            "larger max_iter"
+            "larger max_iter (CLI: --max-iter)"
         )
     return out
 
@@ -811,6 +823,10 @@ def gaussian_width(
     Raises:
       ValueError / TypeError: bad key, ``num_samples < 2``, unknown method, non-finite
         or non-PSD Gram matrix, naive path without points.
+      FloatingPointError: a non-finite estimate: the cone projection (NNLS) did not
+        converge within ``max_iter`` on some samples (checked outside ``jit`` only;
+        under a transformation the NaN is returned). The same holds for
+        :func:`statistical_dimension`, :func:`nested_width` and the sharded estimator.
 
     Example:
       >>> hull = ConvexHull.from_task_vectors(jnp.eye(10))

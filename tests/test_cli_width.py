@@ -70,6 +70,7 @@ def _bad_files(tmp_path):
         "nan": np.where(np.eye(3, 4) > 0, np.nan, good),
         "inf": np.where(np.eye(3, 4) > 0, np.inf, good),
         "good": good,
+        "square": np.random.default_rng(0).standard_normal((12, 12)),
     }.items():
         files[name] = tmp_path / f"{name}.npy"
         np.save(files[name], arr)
@@ -90,6 +91,8 @@ def _bad_files(tmp_path):
         ("text", [], "not a .npy file"),
         ("truncated", [], "cannot read"),
         ("good", ["--seed", str(2**70)], "--seed must be in"),
+        ("good", ["--set", "cone", "--max-iter", "0"], "--max-iter must be >= 1"),
+        ("square", ["--set", "cone", "--max-iter", "1"], "did not converge within max_iter=1"),
         ("good", ["--num-samples", "1"], "--num-samples must be >= 2"),
         ("good", ["--set", "ball"], "invalid choice: 'ball'"),
         ("good", ["--quantity", "statdim"], "defined for cones"),

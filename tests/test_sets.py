@@ -348,3 +348,46 @@ def test_half_precision_generators_are_widened(dtype, key):
     exact = np.asarray(half, dtype=np.float64) @ np.asarray(half, dtype=np.float64).T
     assert gram.dtype == jnp.float32
     np.testing.assert_allclose(gram, exact, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_lora_factors_accumulate_in_float32(dtype):
+    from mergetheory.lora import LoraFactors
+
+    rng = np.random.default_rng(6)
+    b = jnp.asarray(30 * rng.standard_normal((3, 64, 4)), dtype)
+    a = jnp.asarray(30 * rng.standard_normal((3, 4, 64)), dtype)
+    gram = sets.make_set("hull", {"m": LoraFactors(b, a)}).gram
+    w = np.einsum("tdr,trk->tdk", np.asarray(b, np.float64), np.asarray(a, np.float64))
+    exact = w.reshape(3, -1) @ w.reshape(3, -1).T
+    assert gram.dtype == jnp.float32 and np.isfinite(np.asarray(gram)).all()
+    np.testing.assert_allclose(gram, exact, rtol=1e-5)
+
+
+def test_mixed_precision_dense_leaves_keep_points():
+    rng = np.random.default_rng(7)
+    tv = {
+        "a": jnp.asarray(rng.standard_normal((3, 5)), jnp.bfloat16),
+        "b": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32),
+    }
+    hull = sets.make_set("hull", tv)
+    assert hull.points.dtype == jnp.float32 and hull.points.shape == (3, 9)
+    np.testing.assert_allclose(hull.points @ hull.points.T, hull.gram, rtol=1e-5)
+
+
+def test_lora_factors_are_rejected_by_dense_only_functions():
+    from mergetheory import diagnostics, merge
+    from mergetheory.tree import ravel_tasks, validate_task_vectors
+
+    tv = {"m": _factors(8)}
+    for fn in (
+        validate_task_vectors,
+        ravel_tasks,
+        diagnostics.sign_conflict,
+        diagnostics.singular_interference,
+        lambda t: merge.task_arithmetic(t, None),
+        lambda t: merge.model_stock(t, None),
+        lambda t: sets.operator_image("task_arithmetic", t, jr.key(0), grid={"scale": [1.0]}),
+    ):
+        with pytest.raises(TaskVectorError, match=r"\['m'\] is LoraFactors"):
+            fn(tv)

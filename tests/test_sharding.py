@@ -130,3 +130,18 @@ def test_sharded_width_rejects_bad_input(key):
         sh.sharded_gaussian_width(key, hull, num_samples=1)
     with pytest.raises(ValueError, match="num_samples"):
         sh.sharded_monte_carlo(key, _pair, 1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_sharded_monte_carlo_of_integer_samples(key, dtype):
+    """Indicator samples: moments in floating point, equal to NumPy on the same draws."""
+
+    def hit(k):
+        return (jr.uniform(k) < 0.3).astype(dtype)
+
+    num = 1000
+    est = sh.sharded_monte_carlo(key, hit, num, sh.make_mesh(4), chunk_size=50)
+    draws = np.array([float(hit(jr.fold_in(key, i))) for i in range(num)])
+    np.testing.assert_allclose(est.mean, draws.mean(), rtol=1e-12)
+    np.testing.assert_allclose(est.stderr, draws.std(ddof=1) / np.sqrt(num), rtol=1e-10)
+    assert jnp.issubdtype(est.mean.dtype, jnp.floating)

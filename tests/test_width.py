@@ -446,3 +446,24 @@ def test_nnls_non_convergence_raises_instead_of_a_low_estimate(key):
         statistical_dimension(key, cone, num_samples=500, max_iter=1)
     value, _ = sets.cone_projection_sq_norm(cone.gram, jnp.ones(12), max_iter=1)
     assert np.isnan(float(value))
+
+
+def test_naive_cone_non_convergence_raises(key):
+    gens = np.random.default_rng(0).standard_normal((12, 12))
+    cone = sets.make_set("cone", gens, keep_points=True)
+    with pytest.raises(FloatingPointError, match="did not converge"):
+        statistical_dimension(key, cone, num_samples=64, method="naive", max_iter=1)
+
+
+def test_stream_moments_far_from_index_zero():
+    """Masking is relative to first_sample, so huge global indices do not wrap."""
+    first = 2**40  # the tests run with x64 (int64 indices)
+    keys = jr.split(jr.key(0), 3)
+    m = width.stream_moments(
+        lambda k: jnp.ones(4) + jr.normal(k, (4,)),
+        keys,
+        num_samples=first + 6,
+        first_sample=first,
+        statistics=lambda v: v,
+    )
+    assert float(m.count) == 6  # 12 drawn, the last 6 past num_samples
