@@ -378,6 +378,8 @@ def gram_matrix(task_vectors: TaskVectors, *, precision: Any = "highest") -> Gra
 
 
 _GRAM_BLOCK_BYTES = 1 << 20  # column block of the CPU Gram kernel: ~1 MiB, cache-resident
+_GRAM_ROW_GROUP = 8  # rows per group of the CPU Gram kernel's upper-triangular blocks
+_GRAM_MAX_GROUPED_ROWS = 64  # beyond: (T / 8)^2 / 2 small products per block; one matmul
 
 
 def _on_cpu(x: Any) -> bool:
@@ -393,19 +395,24 @@ def gram_2d(x: jax.Array, *, precision: Any = "highest") -> jax.Array:
     bandwidth (measured 3-7x the CPU time of NumPy's BLAS on ``[8, 1e7]`` float32). On
     CPU the product is therefore accumulated over column blocks of about 1 MiB,
     :math:`G = \sum_b X_{:, b} X_{:, b}^\top`, with a ``lax.scan`` whose blocks stay in
-    cache: 4-5x faster than the single matmul and within about 1.6x of NumPy's BLAS
-    (``X @ X.T``) on the same data (1.0x sharded over two host devices). Against one
-    NumPy ``X.sum(0)`` pass it takes about 1.0-1.4x at ``[4-8, 1e7]`` (memory-bound) and
-    2.2-3.5x at ``[16, 1e6]``, where the :math:`T^2 = 256` multiply-adds per column make
-    the product FMA-bound (NumPy's BLAS takes 2.3x there too; ``benchmarks/width.py``).
-    On other backends, and for narrow arrays, it is one matmul.
+    cache (4-5x faster than the single matmul). For ``8 < T <= 64`` the rows are also cut
+    into groups of 8 and only the blocks on and above the diagonal are formed,
+    :math:`G_{IJ} = X_I X_J^\top` for :math:`I \le J` (a SYRK): fewer multiply-adds and
+    8-row products that XLA:CPU runs near its peak, 1.3-2x faster than one ``[T, T]``
+    product per column block at ``T = 12..64``. The result runs at about the speed of
+    NumPy's BLAS ``X @ X.T`` on the same data; against one NumPy ``X.sum(0)`` pass it
+    takes about 1.0-1.4x at ``[4-8, 1e7]`` (memory-bound) and 2-3x at ``[16, 1e6]``,
+    where the :math:`T^2 = 256` multiply-adds per column make the product FMA-bound
+    (NumPy's BLAS takes 2.2x there too; ``benchmarks/width.py``). On other backends,
+    and for narrow arrays, it is one matmul.
 
     Args:
       x: ``[T, D]`` array.
       precision: matmul precision.
 
     Returns:
-      ``[T, T]`` (not symmetrised), accumulated in :func:`accumulation_dtype` of ``x``.
+      ``[T, T]`` (symmetric up to round-off; not symmetrised), accumulated in
+      :func:`accumulation_dtype` of ``x``.
     """
     num, dim = x.shape
     block = _GRAM_BLOCK_BYTES // max(1, num * x.dtype.itemsize)
@@ -416,13 +423,28 @@ def gram_2d(x: jax.Array, *, precision: Any = "highest") -> jax.Array:
     if num_blocks < 2 or not _on_cpu(x):
         return mm(x, x.T)
 
-    def body(g: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
-        c = jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
-        return g + mm(c, c.T), None
+    group = _GRAM_ROW_GROUP if _GRAM_ROW_GROUP < num <= _GRAM_MAX_GROUPED_ROWS else num
+    bounds = [(lo, min(lo + group, num)) for lo in range(0, num, group)]
+    pairs = [(i, j) for i in range(len(bounds)) for j in range(i, len(bounds))]
 
-    init = jnp.zeros((num, num), dtype)
-    g, _ = jax.lax.scan(body, init, jnp.arange(num_blocks, dtype=jnp.int32))
+    def products(c: jax.Array) -> tuple[jax.Array, ...]:
+        rows = [c[lo:hi] for lo, hi in bounds]
+        return tuple(mm(rows[i], rows[j].T) for i, j in pairs)
+
+    def body(acc: tuple[jax.Array, ...], i: jax.Array) -> tuple[tuple[jax.Array, ...], None]:
+        c = jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
+        return tuple(a + p for a, p in zip(acc, products(c), strict=True)), None
+
+    sizes = [hi - lo for lo, hi in bounds]
+    init = tuple(jnp.zeros((sizes[i], sizes[j]), dtype) for i, j in pairs)
+    acc, _ = jax.lax.scan(body, init, jnp.arange(num_blocks, dtype=jnp.int32))
     if num_blocks * block < dim:
-        rest = x[:, num_blocks * block :]
-        g = g + mm(rest, rest.T)
-    return g
+        rest = products(x[:, num_blocks * block :])
+        acc = tuple(a + p for a, p in zip(acc, rest, strict=True))
+    blocks = dict(zip(pairs, acc, strict=True))
+    if len(bounds) == 1:
+        return blocks[0, 0]
+    return jnp.block(
+        [[blocks[i, j] if i <= j else blocks[j, i].T for j in range(len(bounds))]
+         for i in range(len(bounds))]
+    )  # fmt: skip

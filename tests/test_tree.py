@@ -118,3 +118,16 @@ def test_check_same_structure_message():
     with pytest.raises(tree.TaskVectorError, match=r"only in a: \['x'\]; only in b: \['y'\]"):
         tree.check_same_structure({"x": 1.0}, {"y": 1.0})
     tree.check_same_structure({"x": jnp.ones(2)}, {"x": jnp.zeros(3)})
+
+
+@pytest.mark.parametrize("num", [1, 8, 9, 16, 33, 64, 65])
+def test_gram_2d_blocked_kernel_matches_numpy(num):
+    """Column blocks (with a remainder) and, for 8 < T <= 64, upper-triangular row groups."""
+    from mergetheory.tree import gram_2d
+
+    block = (1 << 20) // (num * 8)  # float64 column block of the CPU kernel, at least 1024
+    dim = 2 * max(1024, 1 << (block.bit_length() - 1)) + 37  # two blocks and a remainder
+    x = np.random.default_rng(num).standard_normal((num, dim))
+    g = np.asarray(jax.jit(gram_2d)(jnp.asarray(x)))
+    np.testing.assert_allclose(g, x @ x.T, rtol=1e-12, atol=1e-10 * dim)
+    assert g.dtype == np.float64
