@@ -9,6 +9,7 @@ and :mod:`.models` feed real task vectors into the same pipeline. Submodules sta
 
 from . import merge as merge
 from . import theory as theory
+from ._types import is_lora_factors as is_lora_factors
 from .checkpoints import CheckpointError as CheckpointError
 from .checkpoints import PeftAdapter as PeftAdapter
 from .checkpoints import flatten_tree as flatten_tree
@@ -59,6 +60,8 @@ from .lora import lora_dense_size as lora_dense_size
 from .lora import lora_gram_matrix as lora_gram_matrix
 from .lora import lora_num_tasks as lora_num_tasks
 from .lora import sample_lora_factors as sample_lora_factors
+from .lora import split_factors as split_factors
+from .lora import validate_mixed_task_vectors as validate_mixed_task_vectors
 from .merge import MERGE_OPERATORS as MERGE_OPERATORS
 from .merge import MergeOperator as MergeOperator
 from .mergeability import BinomialNullTest as BinomialNullTest

@@ -41,6 +41,11 @@ class LoraFactors(NamedTuple):
     scaling: Any = 1.0
 
 
+def is_lora_factors(node: Any) -> bool:
+    """True for a :class:`LoraFactors` node (use as ``is_leaf`` when flattening)."""
+    return isinstance(node, LoraFactors)
+
+
 __all__ = [
     "ArrayLike",
     "Gram",
@@ -51,4 +56,5 @@ __all__ = [
     "Scalar",
     "TaskVectors",
     "Weights",
+    "is_lora_factors",
 ]

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._types import TaskVectors
+from ._types import TaskVectors, is_lora_factors
 from .lora import LoraFactors
 from .tree import TaskVectorError, leaf_paths
 
@@ -546,10 +546,6 @@ def _peft_scaling(r: int, alpha: float, use_rslora: bool) -> float:
     return float(alpha) / (math.sqrt(r) if use_rslora else float(r))
 
 
-def _is_factors(x: Any) -> bool:
-    return isinstance(x, LoraFactors)
-
-
 def _load_peft_config(path: Path) -> dict[str, Any]:
     cfg_path = path / PEFT_CONFIG_NAME
     _require_exists(cfg_path, kind="PEFT adapter config", is_dir=False)
@@ -700,7 +696,7 @@ def peft_dense_update(adapter: PeftAdapter | Mapping[str, Any]) -> dict[str, Any
         a = np.asarray(f.A)
         return np.asarray(f.scaling, dtype=np.result_type(b, a)) * (b @ a)
 
-    return jtu.tree_map(one, factors, is_leaf=_is_factors)
+    return jtu.tree_map(one, factors, is_leaf=is_lora_factors)
 
 
 def stack_peft_adapters(adapters: Sequence[PeftAdapter | PathLike]) -> dict[str, Any]:
@@ -725,11 +721,11 @@ def stack_peft_adapters(adapters: Sequence[PeftAdapter | PathLike]) -> dict[str,
         raise CheckpointError("stack_peft_adapters: the list of adapters is empty")
     loaded = [a if isinstance(a, PeftAdapter) else load_peft_adapter(a) for a in adapters]
     ref = loaded[0]
-    ref_flat = jtu.tree_flatten_with_path(ref.factors, is_leaf=_is_factors)[0]
+    ref_flat = jtu.tree_flatten_with_path(ref.factors, is_leaf=is_lora_factors)[0]
     ref_names = [jtu.keystr(tuple(p)) for p, _ in ref_flat]
     per_module: list[list[LoraFactors]] = [[f] for _, f in ref_flat]
     for ad in loaded[1:]:
-        flat = jtu.tree_flatten_with_path(ad.factors, is_leaf=_is_factors)[0]
+        flat = jtu.tree_flatten_with_path(ad.factors, is_leaf=is_lora_factors)[0]
         names = [jtu.keystr(tuple(p)) for p, _ in flat]
         if names != ref_names:
             diff = sorted(set(names) ^ set(ref_names))
@@ -759,5 +755,5 @@ def stack_peft_adapters(adapters: Sequence[PeftAdapter | PathLike]) -> dict[str,
             jnp.asarray(scaling),
         )
 
-    treedef = jtu.tree_structure(ref.factors, is_leaf=_is_factors)
+    treedef = jtu.tree_structure(ref.factors, is_leaf=is_lora_factors)
     return jtu.tree_unflatten(treedef, [stack(fs) for fs in per_module])

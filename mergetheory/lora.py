@@ -50,8 +50,8 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 
-from ._types import Gram, Key, LoraFactors
-from .tree import TaskVectorError, accumulation_dtype, check_finite
+from ._types import Gram, Key, LoraFactors, is_lora_factors
+from .tree import TaskVectorError, accumulation_dtype, check_finite, validate_task_vectors
 
 __all__ = [
     "LoraFactors",
@@ -62,6 +62,8 @@ __all__ = [
     "lora_gram_matrix",
     "lora_num_tasks",
     "sample_lora_factors",
+    "split_factors",
+    "validate_mixed_task_vectors",
 ]
 
 
@@ -82,16 +84,12 @@ class LoraShape(NamedTuple):
     num_layers: int | None = None
 
 
-def _is_factors(x: Any) -> bool:
-    return isinstance(x, LoraFactors)
-
-
 def _factor_leaves(factors: Any) -> list[tuple[str, LoraFactors]]:
-    flat = jtu.tree_flatten_with_path(factors, is_leaf=_is_factors)[0]
+    flat = jtu.tree_flatten_with_path(factors, is_leaf=is_lora_factors)[0]
     out = []
     for path, leaf in flat:
         name = jtu.keystr(tuple(path)) or "<root>"
-        if not _is_factors(leaf):
+        if not is_lora_factors(leaf):
             raise TaskVectorError(
                 f"factors{name}: leaf is {type(leaf).__name__}, expected LoraFactors"
             )
@@ -152,6 +150,45 @@ def lora_num_tasks(factors: Any) -> int:
     if num == 0:
         raise TaskVectorError("factors: the expert axis is empty (T = 0)")
     return num
+
+
+def split_factors(task_vectors: Any) -> tuple[Any, Any]:
+    """``(dense, factors)``: the pytree's dense leaves and its :class:`LoraFactors` nodes.
+
+    Both keep the tree structure, with ``None`` where the other part is, so paths in error
+    messages stay those of the input.
+    """
+    dense = jtu.tree_map(
+        lambda n: None if is_lora_factors(n) else n, task_vectors, is_leaf=is_lora_factors
+    )
+    factors = jtu.tree_map(
+        lambda n: n if is_lora_factors(n) else None, task_vectors, is_leaf=is_lora_factors
+    )
+    return dense, factors
+
+
+def validate_mixed_task_vectors(task_vectors: Any, *, name: str = "task_vectors") -> int:
+    """Validate a pytree of dense ``[T, ...]`` leaves and/or :class:`LoraFactors`; return ``T``.
+
+    Dense leaves are checked by :func:`mergetheory.tree.validate_task_vectors`, factored
+    nodes by :func:`lora_num_tasks` and :func:`mergetheory.tree.check_finite` (all name the
+    offending path); the two parts must agree on ``T``.
+    """
+    dense, factors = split_factors(task_vectors)
+    nums = []
+    if jtu.tree_leaves(dense):
+        nums.append(validate_task_vectors(dense, name=name))
+    if jtu.tree_leaves(factors, is_leaf=is_lora_factors):
+        nums.append(lora_num_tasks(factors))
+        check_finite(factors, name=name)
+    if not nums:
+        raise TaskVectorError(f"{name}: the pytree has no array leaves")
+    if len(set(nums)) > 1:
+        raise TaskVectorError(
+            f"{name}: the dense leaves have T = {nums[0]} tasks but the LoRA factors "
+            f"have T = {nums[1]}"
+        )
+    return nums[0]
 
 
 def _module_gram(b: jax.Array, a: jax.Array, precision: Any) -> jax.Array:
@@ -249,7 +286,7 @@ def densify(factors: Any) -> Any:
         s = jnp.asarray(f.scaling).astype(w.dtype)
         return w * (s if s.ndim == 0 else s[:, None, None])
 
-    return jtu.tree_map(one, factors, is_leaf=_is_factors)
+    return jtu.tree_map(one, factors, is_leaf=is_lora_factors)
 
 
 # --------------------------------------------------------------------------------------

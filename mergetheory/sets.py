@@ -51,7 +51,6 @@ edge"); Lawson & Hanson 1974; Bro & De Jong 1997 (Gram-form active set, as in
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -61,10 +60,9 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 
-from ._types import Gram, Key, TaskVectors
-from .lora import LoraFactors, densify, lora_gram_matrix
+from ._types import Gram, Key, TaskVectors, is_lora_factors
+from .lora import densify, lora_gram_matrix, split_factors, validate_mixed_task_vectors
 from .tree import (
-    TaskVectorError,
     accumulation_dtype,
     gram_matrix,
     ravel_tasks,
@@ -431,19 +429,13 @@ def cone_projection_sq_norm(
 # --------------------------------------------------------------------------------------
 
 
-def _is_factors(node: Any) -> bool:
-    return isinstance(node, LoraFactors)
-
-
-@functools.partial(jax.jit, static_argnames=("precision",))
-def _ravel_generators(task_vectors: Any, precision: Any) -> jax.Array:
+@jax.jit
+def _ravel_generators(task_vectors: Any) -> jax.Array:
     """Flat ``[T, D]`` generators (LoRA factors densified), at least float32."""
-    del precision  # one signature with the Gram pass
     dense = jtu.tree_map(
-        lambda n: densify(n) if _is_factors(n) else n, task_vectors, is_leaf=_is_factors
+        lambda n: densify(n) if is_lora_factors(n) else n, task_vectors, is_leaf=is_lora_factors
     )
-    leaves = jtu.tree_leaves(dense)
-    dtype = max((accumulation_dtype(x.dtype) for x in leaves), key=lambda d: d.itemsize)
+    dtype = accumulation_dtype(*(x.dtype for x in jtu.tree_leaves(dense)))
     flat, _ = ravel_tasks(jtu.tree_map(lambda x: x.astype(dtype), dense))
     return flat
 
@@ -458,26 +450,14 @@ def _generators_gram(task_vectors: Any, name: str, precision: Any) -> jax.Array:
     nodes through :func:`mergetheory.lora.lora_gram_matrix` (``B A`` never formed); a
     pytree mixing both gets the sum (inner products add over leaves).
     """
-    nodes = jtu.tree_leaves(task_vectors, is_leaf=_is_factors)
-    has_factors = any(map(_is_factors, nodes))
+    validate_mixed_task_vectors(task_vectors, name=name)
+    dense, factors = split_factors(task_vectors)
     grams = []
-    if has_factors:
-        factors = jtu.tree_map(
-            lambda n: n if _is_factors(n) else None, task_vectors, is_leaf=_is_factors
-        )
-        grams.append(lora_gram_matrix(factors, precision=precision))
-    if not all(map(_is_factors, nodes)):
-        dense = jtu.tree_map(
-            lambda n: None if _is_factors(n) else n, task_vectors, is_leaf=_is_factors
-        )
-        num = validate_task_vectors(dense, name=name)
-        if grams and num != grams[0].shape[0]:
-            raise TaskVectorError(
-                f"{name}: the dense leaves have T = {num} tasks but the LoRA factors "
-                f"have T = {grams[0].shape[0]}"
-            )
+    if jtu.tree_leaves(factors, is_leaf=is_lora_factors):
+        grams.append(lora_gram_matrix(factors, precision=precision, check=False))
+    if jtu.tree_leaves(dense):
         grams.append(_gram_jit(dense, precision=precision))
-    dtype = max((accumulation_dtype(g.dtype) for g in grams), key=lambda d: d.itemsize)
+    dtype = accumulation_dtype(*(g.dtype for g in grams))
     gram = sum((g.astype(dtype) for g in grams[1:]), grams[0].astype(dtype))
     return validate_gram(gram, name=f"{name}.gram")  # e.g. overflow in a huge-norm input
 
@@ -496,8 +476,9 @@ def _flatten_generators(
         task_vectors = jnp.asarray(task_vectors)
     gram = _generators_gram(task_vectors, name, precision)
     if keep_points is None:
-        keep_points = not any(map(_is_factors, jtu.tree_leaves(task_vectors, is_leaf=_is_factors)))
-    flat = _ravel_generators(task_vectors, precision) if keep_points else None
+        nodes = jtu.tree_leaves(task_vectors, is_leaf=is_lora_factors)
+        keep_points = not any(map(is_lora_factors, nodes))
+    flat = _ravel_generators(task_vectors) if keep_points else None
     return flat, gram
 
 

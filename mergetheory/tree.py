@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._types import Gram, LoraFactors, Merged, TaskVectors
+from ._types import Gram, Merged, TaskVectors, is_lora_factors
 
 __all__ = [
     "TaskVectorError",
@@ -181,9 +181,8 @@ def check_dense(task_vectors: TaskVectors, *, name: str = "task_vectors") -> Non
     Raises:
       TaskVectorError: naming the path of the first factored node.
     """
-    is_factors = lambda n: isinstance(n, LoraFactors)  # noqa: E731
-    for path, node in jtu.tree_flatten_with_path(task_vectors, is_leaf=is_factors)[0]:
-        if is_factors(node):
+    for path, node in jtu.tree_flatten_with_path(task_vectors, is_leaf=is_lora_factors)[0]:
+        if is_lora_factors(node):
             raise TaskVectorError(
                 f"{name}{_path_str(path)} is LoraFactors, not a dense task vector: use "
                 "lora.lora_gram_matrix (B A never formed) or sets.make_set / "
@@ -335,14 +334,15 @@ def ravel_tasks(task_vectors: TaskVectors) -> tuple[jax.Array, Callable[[jax.Arr
     return flat, unravel
 
 
-def accumulation_dtype(dtype: Any) -> np.dtype:
-    """The dtype sums of products of ``dtype`` values are accumulated in: at least float32.
+def accumulation_dtype(*dtypes: Any) -> np.dtype:
+    """The dtype sums of products of ``dtypes`` values are accumulated in: the widest
+    of them, at least float32.
 
     float16 / bfloat16 task vectors would overflow (float16 tops out at 65504) and lose
     most digits in a Gram matrix; float32 and float64 are kept as they are.
     """
-    dtype = jnp.dtype(dtype)
-    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    widest = max((jnp.dtype(d) for d in dtypes), key=lambda d: jnp.finfo(d).bits)
+    return widest if jnp.finfo(widest).bits >= 32 else jnp.dtype(jnp.float32)
 
 
 def gram_matrix(task_vectors: TaskVectors, *, precision: Any = "highest") -> Gram:
@@ -368,7 +368,7 @@ def gram_matrix(task_vectors: TaskVectors, *, precision: Any = "highest") -> Gra
     check_dense(task_vectors, name="gram_matrix: task_vectors")
     leaves = jtu.tree_leaves(task_vectors)
     num = leaves[0].shape[0]
-    dtype = max((accumulation_dtype(leaf.dtype) for leaf in leaves), key=lambda d: d.itemsize)
+    dtype = accumulation_dtype(*(leaf.dtype for leaf in leaves))
     acc = None
     for leaf in leaves:
         x = leaf.reshape(num, -1)

@@ -81,7 +81,7 @@ import jax.tree_util as jtu
 from .._types import Key, Merged, TaskVectors
 from ._common import check_choice, check_density
 from ._sparsify import dare_keep_mask, magnitude_threshold, num_kept
-from .svd import _HI, _rank_tol, check_matrix_task_vectors, is_factored
+from .svd import _HI, _rank_tol, check_matrix_task_vectors, is_lora_factors
 from .ties import _merge_pruned, prune_by_threshold
 
 __all__ = ["knots", "knots_coordinates", "knots_dare_ties", "knots_ties_pool"]
@@ -105,7 +105,7 @@ def knots_coordinates(x: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
       (``min(d, T r, T k)`` for factors); rows of ``s`` whose singular value is below the
       rank tolerance are zero and marked unoccupied.
     """
-    if is_factored(x):
+    if is_lora_factors(x):
         b, a = x.B, x.A.astype(x.B.dtype)
         num, d, rank = b.shape
         k_in = a.shape[-1]
@@ -193,7 +193,7 @@ def _knots(
     scale: Any,
     trim_scope: str,
 ) -> Merged:
-    leaves, treedef = jtu.tree_flatten(task_vectors, is_leaf=is_factored)
+    leaves, treedef = jtu.tree_flatten(task_vectors, is_leaf=is_lora_factors)
     # leaf i draws from fold_in(key, i), as _common.leaf_keys does for dense trees
     keys = [None if key is None else jr.fold_in(key, i) for i in range(len(leaves))]
 
@@ -206,14 +206,14 @@ def _knots(
     # pools of (leaf index, layer index or None, basis or None, coordinates, entries counted)
     matrices, others = [], []
     for i, (leaf, k) in enumerate(zip(leaves, keys, strict=True)):
-        if is_factored(leaf) and leaf.B.ndim == 4:  # stacked: one basis per layer
+        if is_lora_factors(leaf) and leaf.B.ndim == 4:  # stacked: one basis per layer
             layer_keys = jr.split(k, leaf.B.shape[0]) if k is not None else None
             for layer in range(leaf.B.shape[0]):
                 f = leaf._replace(B=leaf.B[layer], A=leaf.A[layer])
                 u, s, occ = knots_coordinates(f)
                 kk = layer_keys[layer] if layer_keys is not None else None
                 matrices.append((i, layer, u, dare(s, kk), jnp.sum(occ) * s.shape[-1]))
-        elif is_factored(leaf) or leaf.ndim == 3:
+        elif is_lora_factors(leaf) or leaf.ndim == 3:
             u, s, occ = knots_coordinates(leaf)
             matrices.append((i, None, u, dare(s, k), jnp.sum(occ) * s.shape[-1]))
         else:
@@ -240,7 +240,7 @@ def _knots(
         m = merged[i]
         if isinstance(m, dict):
             m = jnp.stack([m[layer] for layer in range(len(m))])
-        dtype = leaf.B.dtype if is_factored(leaf) else leaf.dtype
+        dtype = leaf.B.dtype if is_lora_factors(leaf) else leaf.dtype
         outs.append(m.astype(dtype))
     return jtu.tree_unflatten(treedef, outs)
 

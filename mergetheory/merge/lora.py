@@ -32,20 +32,16 @@ import jax.random as jr
 import jax.tree_util as jtu
 
 from .. import tree as mtree
-from .._types import Key
+from .._types import Key, is_lora_factors
 from ..lora import LoraFactors, densify, lora_num_tasks
 
 __all__ = ["lora_delta", "lora_deltawise", "lora_factorwise"]
 
 
-def _is_factors(node: Any) -> bool:
-    return isinstance(node, LoraFactors)
-
-
 def _split_factors(factors: Any) -> tuple[Any, Any, Any, Any]:
     """``(treedef, Bs, As, scalings)`` with per-expert scalings folded into ``B``."""
     lora_num_tasks(factors)  # validates shapes, T, scaling
-    nodes, treedef = jtu.tree_flatten(factors, is_leaf=_is_factors)
+    nodes, treedef = jtu.tree_flatten(factors, is_leaf=is_lora_factors)
     bs, as_, scalings = [], [], []
     for node in nodes:
         if node.B.ndim != 3:
@@ -101,7 +97,7 @@ def lora_delta(merged: Any) -> Any:
     """
 
     def one(node: Any) -> jax.Array:
-        if not _is_factors(node):
+        if not is_lora_factors(node):
             raise mtree.TaskVectorError(
                 f"lora_delta: expected LoraFactors nodes, got {type(node).__name__}"
             )
@@ -113,7 +109,7 @@ def lora_delta(merged: Any) -> Any:
         w = jnp.matmul(node.B, node.A, precision="highest")
         return w * jnp.asarray(node.scaling).astype(w.dtype)
 
-    return jtu.tree_map(one, merged, is_leaf=_is_factors)
+    return jtu.tree_map(one, merged, is_leaf=is_lora_factors)
 
 
 def lora_deltawise(merge_fn: Callable[..., Any], factors: Any, key: Key, **hparams: Any) -> Any:

@@ -74,16 +74,16 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from .._types import Key, Merged, TaskVectors, Weights
-from ..lora import LoraFactors, lora_num_tasks
-from ..tree import TaskVectorError, check_finite, sum_tasks
-from ._common import check_task_vectors, check_weights
+from .._types import Key, Merged, TaskVectors, Weights, is_lora_factors
+from ..lora import LoraFactors, validate_mixed_task_vectors
+from ..tree import sum_tasks
+from ._common import check_weights
 
 __all__ = [
     "TSVFactors",
     "check_matrix_task_vectors",
     "factored_singular_triplets",
-    "is_factored",
+    "is_lora_factors",
     "iso_c",
     "iso_cts",
     "iso_cts_factors",
@@ -117,11 +117,6 @@ class TSVFactors(NamedTuple):
 # --------------------------------------------------------------------------------------
 # linear-algebra helpers
 # --------------------------------------------------------------------------------------
-
-
-def is_factored(x: Any) -> bool:
-    """True for a factored LoRA leaf (:class:`~mergetheory.lora.LoraFactors`)."""
-    return isinstance(x, LoraFactors)
 
 
 def _rank_tol(smax: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
@@ -385,37 +380,22 @@ def _map_leaves(
         return out.astype(b.dtype)
 
     return jtu.tree_map(
-        lambda leaf: factored(leaf) if is_factored(leaf) else dense(leaf),
+        lambda leaf: factored(leaf) if is_lora_factors(leaf) else dense(leaf),
         task_vectors,
-        is_leaf=is_factored,
+        is_leaf=is_lora_factors,
     )
 
 
 def check_matrix_task_vectors(task_vectors: Any, weights: Any = None) -> int:
     """Validate a task-vector set whose leaves may be :class:`LoraFactors`; return ``T``.
 
-    Dense leaves are checked as in :func:`mergetheory.tree.validate_task_vectors`, factored
-    ones as in :func:`mergetheory.lora.lora_num_tasks` (both name the offending leaf path);
-    the two must agree on ``T``; ``weights`` must be None or ``[T]``.
+    :func:`mergetheory.lora.validate_mixed_task_vectors` (dense leaves and factored nodes
+    must agree on ``T``; errors name the offending leaf path); ``weights`` must be None or
+    ``[T]``.
     """
-    dense = jtu.tree_map(lambda x: None if is_factored(x) else x, task_vectors, is_leaf=is_factored)
-    factors = jtu.tree_map(
-        lambda x: x if is_factored(x) else None, task_vectors, is_leaf=is_factored
-    )
-    nums = []
-    if jtu.tree_leaves(dense):
-        nums.append(check_task_vectors(dense))
-    if jtu.tree_leaves(factors, is_leaf=is_factored):
-        nums.append(lora_num_tasks(factors))
-        check_finite(factors, name="task_vectors")
-    if not nums:
-        raise TaskVectorError("task_vectors: the pytree has no array leaves")
-    if len(set(nums)) > 1:
-        raise TaskVectorError(
-            f"task_vectors: dense leaves have T = {nums[0]} but LoRA factors have T = {nums[1]}"
-        )
-    check_weights(weights, nums[0])
-    return nums[0]
+    num = validate_mixed_task_vectors(task_vectors)
+    check_weights(weights, num)
+    return num
 
 
 # --------------------------------------------------------------------------------------
@@ -547,7 +527,7 @@ def _tsv_c(task_vectors: Any, sv_reduction: float | None, factored: bool) -> Any
         return jnp.matmul(b, vt.astype(dtype), precision=_HI)
 
     def one(leaf: Any) -> Any:
-        if is_factored(leaf):
+        if is_lora_factors(leaf):
             if leaf.B.ndim == 4:
                 raise ValueError("tsv_c: stacked LoraFactors [L, T, ...] are not supported")
             num, d, _ = leaf.B.shape
@@ -564,7 +544,7 @@ def _tsv_c(task_vectors: Any, sv_reduction: float | None, factored: bool) -> Any
         u, s, vt = task_singular_triplets(leaf, rank)
         return compress(u, s, vt, rank, leaf.dtype)
 
-    return jtu.tree_map(one, task_vectors, is_leaf=is_factored)
+    return jtu.tree_map(one, task_vectors, is_leaf=is_lora_factors)
 
 
 def _iso_from_svd(u: jax.Array, s: jax.Array, vt: jax.Array, shape: tuple[int, int]) -> jax.Array:
