@@ -312,7 +312,7 @@ def _estimate_width(
             first = b * per_block * chunk
             part = kernel(
                 keys[b * per_block : (b + 1) * per_block],
-                jnp.asarray(first, jax.dtypes.canonicalize_dtype(jnp.int64)),
+                first,
                 set_,
                 factor,
                 chunk_size=chunk,
@@ -323,7 +323,7 @@ def _estimate_width(
             total = part if total is None else total.merge(part)
             bar.update(min(per_block * chunk, m - first))
     assert total is not None
-    out = _check_estimate(jax.block_until_ready(_estimates(total)), static)
+    out = _check_estimate(jax.block_until_ready(_estimates(total.mean, total.stderr())), static)
     est = NestedWidthEstimate(*out, num_samples=m) if args.nested else WidthEstimate(*out, m)
     return est, chunk, time.perf_counter() - t0
 

@@ -74,6 +74,8 @@ from .width import (
     SampleMoments,
     WidthEstimate,
     _check_estimate,
+    _estimates,
+    _path_statistics,
     stream_moments,
     width_sampler,
 )
@@ -177,7 +179,6 @@ def shard_task_vectors(
       List of ``[T, D_l_padded]`` sharded arrays; their Gram matrix is the input's.
     """
     mesh, axis_name, size = _resolve(mesh, axis_name)
-    check_dense(task_vectors, name="shard_task_vectors: task_vectors")
     num = validate_task_vectors(task_vectors)
     sharding = NamedSharding(mesh, P(None, axis_name))
     out = []
@@ -248,9 +249,10 @@ def sharded_gram_matrix(
       Array(1001., dtype=float32)
     """
     mesh, axis_name, size = _resolve(mesh, axis_name)
-    check_dense(task_vectors, name="sharded_gram_matrix: task_vectors")
     if check:
-        validate_task_vectors(task_vectors)
+        validate_task_vectors(task_vectors)  # includes check_dense
+    else:
+        check_dense(task_vectors, name="sharded_gram_matrix: task_vectors")
     leaves = list(jtu.tree_leaves(task_vectors))
     return _sharded_gram(leaves, mesh, axis_name, size, precision)
 
@@ -328,7 +330,7 @@ def _sharded_mc(
             jax.vmap(lambda i: sample(jr.fold_in(key, i))),
             idx.reshape(per_device // chunk, chunk),
             num_samples=num_samples,
-            first_sample=start.astype(jax.dtypes.canonicalize_dtype(jnp.int64)),
+            first_sample=start,
             statistics=lambda v: v,
         )
         return _psum_moments(moments, axis_name)
@@ -445,15 +447,7 @@ class _WidthChunkFactory:
             max_iter=self.max_iter,
             factor=factor,
         )
-        if not self.nested:
-            return sample_chunk
-
-        def paths(k: Key) -> tuple[jax.Array, jax.Array, jax.Array]:
-            v = sample_chunk(k)  # [chunk, N]
-            d1 = v[:, 1:] - v[:, :-1]
-            return v, d1, d1[:, 1:] - d1[:, :-1]  # differences per sample path (paired)
-
-        return paths
+        return sample_chunk
 
 
 @functools.partial(
@@ -474,7 +468,11 @@ def _sharded_chunks(
         sample_chunk = factory(*args)  # per-set preprocessing: once per device
         start = jax.lax.axis_index(axis_name).astype(jnp.int32) * (chunks_per_device * chunk)
         moments = stream_moments(
-            sample_chunk, keys, num_samples=num_samples, first_sample=start, statistics=lambda v: v
+            sample_chunk,
+            keys,
+            num_samples=num_samples,
+            first_sample=start,
+            statistics=functools.partial(_path_statistics, both=False),  # paired differences
         )
         return _psum_moments(moments, axis_name)
 
@@ -576,9 +574,5 @@ def sharded_gaussian_width(
         reference=static["reference"],
     )
     mean, stderr = _sharded_chunks(keys, (set_, factor), factory, m, mesh, axis_name, per_device)
-    _check_estimate((mean, stderr), static)
-    if not nested:
-        return WidthEstimate(mean, stderr, m)
-    return NestedWidthEstimate(
-        mean[0], stderr[0], mean[1], stderr[1], mean[2], stderr[2], num_samples=m
-    )
+    out = _check_estimate(_estimates(mean, stderr), static)
+    return NestedWidthEstimate(*out, num_samples=m) if nested else WidthEstimate(*out, m)

@@ -420,16 +420,15 @@ class SampleMoments(NamedTuple):
         mask = jnp.ones((num,), bool) if valid is None else valid
         count = jnp.sum(mask).astype(_count_dtype())
 
-        def one(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-            v = v.astype(_moment_dtype(v.dtype))
+        def masked_sum(v: jax.Array) -> jax.Array:
             w = mask.reshape(mask.shape + (1,) * (v.ndim - 1))
-            mean = jnp.sum(jnp.where(w, v, 0), axis=0) / jnp.maximum(count, 1).astype(v.dtype)
-            m2 = jnp.sum(jnp.where(w, (v - mean) ** 2, 0), axis=0)
-            return mean, m2
+            return jnp.sum(jnp.where(w, v, 0), axis=0)
 
-        pairs = jax.tree_util.tree_map(one, values)
-        mean = jax.tree_util.tree_map(lambda _, p: p[0], values, pairs)
-        m2 = jax.tree_util.tree_map(lambda _, p: p[1], values, pairs)
+        values = jax.tree_util.tree_map(lambda v: v.astype(_moment_dtype(v.dtype)), values)
+        mean = jax.tree_util.tree_map(
+            lambda v: masked_sum(v) / jnp.maximum(count, 1).astype(v.dtype), values
+        )
+        m2 = jax.tree_util.tree_map(lambda v, mu: masked_sum((v - mu) ** 2), values, mean)
         return cls(count, mean, m2)
 
     def merge(self, other: SampleMoments) -> SampleMoments:
@@ -521,15 +520,16 @@ def stream_moments(
     return acc
 
 
-def _estimates(moments: SampleMoments) -> tuple[jax.Array, ...]:
-    """``(mean, stderr)`` of every tracked statistic, flattened in order."""
-    pairs = zip(moments.mean, moments.stderr(), strict=True)
-    return tuple(x for pair in pairs for x in pair)
+def _estimates(mean: tuple[Any, ...], stderr: tuple[Any, ...]) -> tuple[jax.Array, ...]:
+    """``(mean, stderr)`` of every tracked statistic, interleaved in order (the fields of
+    :class:`WidthEstimate` / :class:`NestedWidthEstimate`)."""
+    return tuple(x for pair in zip(mean, stderr, strict=True) for x in pair)
 
 
 @jax.jit
 def _summaries_jit(vals: jax.Array) -> tuple[jax.Array, ...]:
-    return _estimates(SampleMoments.from_samples(_path_statistics(vals, both=False)))
+    moments = SampleMoments.from_samples(_path_statistics(vals, both=False))
+    return _estimates(moments.mean, moments.stderr())
 
 
 def summarize_samples(values: jax.Array) -> WidthEstimate | NestedWidthEstimate:
@@ -599,7 +599,7 @@ def _monte_carlo(
         num_samples=num_samples,
         statistics=functools.partial(_path_statistics, both=quantity == "both"),
     )
-    return _estimates(moments)
+    return _estimates(moments.mean, moments.stderr())
 
 
 def _run(key: Key, set_: Any, factor: Any, static: dict[str, Any]) -> tuple[jax.Array, ...]:
