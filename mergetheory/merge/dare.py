@@ -75,15 +75,13 @@ def dare_rescale(x: jax.Array, keep_mask: jax.Array, density: Any) -> jax.Array:
 
 def _rescaled_parts(key: Key | None, x: jax.Array, density: Any, keep_mask: Any) -> list[jax.Array]:
     r"""Per-task :math:`m_t \odot x_t / \rho` (see ``ties._parts`` for why per task)."""
-    d = jnp.asarray(density).astype(x.dtype)
-    zero = jnp.zeros((), x.dtype)
     if keep_mask is not None:
         masks = [jnp.asarray(keep_mask, dtype=bool)[t] for t in range(x.shape[0])]
     elif key is None:
         raise ValueError("DARE needs a PRNG key (or an explicit keep_mask)")
     else:
         masks = dare_keep_mask_rows(key, x.shape, density)
-    return [jnp.where(m, x[t] / d, zero) for t, m in enumerate(masks)]
+    return [dare_rescale(x[t], m, density) for t, m in enumerate(masks)]
 
 
 def dare_linear_array(

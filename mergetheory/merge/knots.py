@@ -81,8 +81,9 @@ import jax.tree_util as jtu
 from .._types import Key, Merged, TaskVectors
 from ._common import check_choice, check_density
 from ._sparsify import dare_keep_mask, magnitude_threshold, num_kept
+from .dare import dare_rescale
 from .svd import _HI, _rank_tol, check_matrix_task_vectors, is_lora_factors
-from .ties import _merge_pruned, prune_by_threshold
+from .ties import _merge_pruned, _prune_parts
 
 __all__ = ["knots", "knots_coordinates", "knots_dare_ties", "knots_ties_pool"]
 
@@ -169,7 +170,7 @@ def knots_ties_pool(xs: list[jax.Array], density: Any, num_entries: Any = None) 
     # the code's rule: kthvalue(N - k) with ">=" keeps k + 1 entries (capped at N)
     thr = magnitude_threshold(xs, jnp.minimum(k + 1, n_eff))
     return _merge_pruned(
-        [prune_by_threshold(x, thr) for x in xs],
+        [_prune_parts(x, thr) for x in xs],
         None,
         jnp.asarray(1.0),
         weights_before_election=False,
@@ -200,8 +201,7 @@ def _knots(
     def dare(s: jax.Array, k: Key | None) -> jax.Array:
         if k is None:
             return s
-        rho = jnp.asarray(dare_density).astype(s.dtype)
-        return jnp.where(dare_keep_mask(k, s.shape, dare_density), s / rho, jnp.zeros((), s.dtype))
+        return dare_rescale(s, dare_keep_mask(k, s.shape, dare_density), dare_density)
 
     # pools of (leaf index, layer index or None, basis or None, coordinates, entries counted)
     matrices, others = [], []

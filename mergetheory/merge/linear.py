@@ -171,13 +171,8 @@ def _base_knowledge_core(
     weights: jax.Array | None,
     scale: jax.Array,
 ) -> Merged:
-    num = mtree.num_tasks(task_vectors)
     omega = base_knowledge_weights(base_accuracy, temperature=temperature, weights=weights)
-
-    def leaf(x: jax.Array) -> jax.Array:
-        return scale.astype(x.dtype) * mtree.sum_tasks(x, as_weights(omega, num, x.dtype))
-
-    return jtu.tree_map(leaf, task_vectors)
+    return _task_arithmetic_core(task_vectors, omega, scale)  # Task Arithmetic with omega
 
 
 def base_knowledge_weighted(

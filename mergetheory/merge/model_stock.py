@@ -54,7 +54,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._types import Key, Merged, TaskVectors
-from ..tree import gram_matrix, sum_tasks
+from ..tree import gram_matrix, num_tasks, sum_tasks
 from ._common import check_choice, check_task_vectors
 
 __all__ = ["model_stock", "model_stock_ratio", "pairwise_cosine"]
@@ -140,16 +140,15 @@ def model_stock(
     Reference: Jang et al., ECCV 2024 (``jang2024modelstock``).
     """
     del key
-    num = check_task_vectors(task_vectors)
+    check_task_vectors(task_vectors)
     check_choice(cosine_average, ("cosines", "angles"), name="cosine_average")
     check_choice(granularity, ("tensor", "row", "global"), name="granularity")
-    return _model_stock(task_vectors, cosine_average, granularity, num)
+    return _model_stock(task_vectors, cosine_average, granularity)
 
 
-@functools.partial(jax.jit, static_argnames=("cosine_average", "granularity", "num"))
-def _model_stock(
-    task_vectors: TaskVectors, cosine_average: str, granularity: str, num: int
-) -> Merged:
+@functools.partial(jax.jit, static_argnames=("cosine_average", "granularity"))
+def _model_stock(task_vectors: TaskVectors, cosine_average: str, granularity: str) -> Merged:
+    num = num_tasks(task_vectors)
 
     if granularity == "global":
         cos = pairwise_cosine(gram_matrix(task_vectors), cosine_average)

@@ -77,7 +77,7 @@ import jax.tree_util as jtu
 from .._types import Key, Merged, TaskVectors, Weights, is_lora_factors
 from ..lora import LoraFactors, validate_mixed_task_vectors
 from ..tree import sum_tasks
-from ._common import check_weights
+from ._common import as_weights, check_weights, task_broadcast
 
 __all__ = [
     "TSVFactors",
@@ -320,18 +320,6 @@ def iso_cts_factors(x: jax.Array, *, common_space_fraction: float = 0.8) -> TSVF
 # --------------------------------------------------------------------------------------
 
 
-def _task_weights(weights: Weights | None, num: int, dtype: Any) -> jax.Array | None:
-    if weights is None:
-        return None
-    return jnp.broadcast_to(jnp.asarray(weights).astype(dtype), (num,))
-
-
-def _scale_tasks(x: jax.Array, w: jax.Array | None) -> jax.Array:
-    if w is None:
-        return x
-    return x * w.reshape((-1,) + (1,) * (x.ndim - 1))
-
-
 def _mean_tasks(x: jax.Array) -> jax.Array:
     return sum_tasks(x) / x.shape[0]
 
@@ -357,7 +345,8 @@ def _map_leaves(
     """
 
     def dense(leaf: jax.Array) -> jax.Array:
-        x = _scale_tasks(leaf, _task_weights(weights, leaf.shape[0], leaf.dtype))
+        w = as_weights(weights, leaf.shape[0], leaf.dtype)
+        x = leaf if w is None else leaf * task_broadcast(w, leaf.ndim)
         out = matrix_fn(x) if leaf.ndim == 3 else other_fn(x)
         return out.astype(leaf.dtype)
 
@@ -366,7 +355,7 @@ def _map_leaves(
         stacked = b.ndim == 4
         num = b.shape[1] if stacked else b.shape[0]
         scale = jnp.broadcast_to(jnp.asarray(f.scaling).astype(b.dtype), (num,))
-        w = _task_weights(weights, num, b.dtype)
+        w = as_weights(weights, num, b.dtype)
         if w is not None:
             scale = scale * w
 
