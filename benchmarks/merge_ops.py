@@ -37,7 +37,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -270,20 +269,6 @@ def run(
     return results
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, default=10_000_000, help="entries per expert")
@@ -300,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ops = [o for o in args.ops.split(",") if o] or None
     results = run(args.dim, args.num_experts, args.repeat, ops, args.max_seconds)
-    _write_atomic(args.out, results)
+    from mergetheory._io import atomic_write
+
+    with atomic_write(args.out, "w") as fh:
+        json.dump(results, fh, indent=2)
+        fh.write("\n")
     rows = []
     for name, e in results["operators"].items():
         if "ratio_of_minima" in e:

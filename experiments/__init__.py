@@ -10,8 +10,9 @@ Contract for a module ``experiments/<name>.py`` (discovered by ``experiments.run
 * it writes its results with :func:`mergetheory._io.save_results` and does no work at
   import time.
 
-Global JAX flags are set by :func:`configure_jax` (called by ``run_all`` and by each
-script's ``__main__`` block), never by the library.
+Global JAX flags are set by :func:`configure_jax`, which :func:`run_experiment` calls
+first (so every experiment, run alone or by ``run_all``, runs under them), never by the
+library.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def run_experiment(
     """
     from mergetheory._io import save_results
 
+    configure_jax()
     args = make_parser((description or name).splitlines()[0]).parse_args(argv)
     cfg = quick_config if args.quick else config
     start = time.perf_counter()

@@ -31,7 +31,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, run_experiment
+from experiments import run_experiment
 from mergetheory.sets import ConvexHull
 from mergetheory.tasks import (
     CorrelatedSpec,
@@ -334,5 +334,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

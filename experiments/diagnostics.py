@@ -32,7 +32,7 @@ import jax.tree_util as jtu
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, run_experiment
+from experiments import run_experiment
 from mergetheory.diagnostics import interference_diagnostics, mean_off_diagonal
 from mergetheory.tasks import CorrelatedSpec, expected_sign_conflict, sample_task_vectors
 
@@ -153,5 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

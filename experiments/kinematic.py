@@ -35,7 +35,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, run_experiment
+from experiments import run_experiment
 from mergetheory.closed_forms import kinematic_a_eta as a_eta
 from mergetheory.sets import PolyhedralCone
 from mergetheory.tasks import GaussianSpec, sample_task_vectors
@@ -253,5 +253,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

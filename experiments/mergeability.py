@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from experiments import configure_jax, run_experiment
+from experiments import run_experiment
 from mergetheory._types import Key
 from mergetheory.checkpoints import load_checkpoint, task_vectors_from_checkpoints
 from mergetheory.mergeability import (
@@ -476,5 +476,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

@@ -31,7 +31,7 @@ import jax.tree_util as jtu
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, run_experiment
+from experiments import run_experiment
 from mergetheory import tree
 from mergetheory.merge import MERGE_OPERATORS
 from mergetheory.tasks import CorrelatedSpec, sample_task_vectors
@@ -146,5 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

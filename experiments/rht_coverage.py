@@ -34,8 +34,8 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, run_experiment
-from mergetheory.tasks import CorrelatedSpec, sample_task_vectors
+from experiments import run_experiment
+from experiments.concavity import draw_family
 from mergetheory.theory.rht import (
     REPARAMETERIZATIONS,
     coverage_gain,
@@ -107,11 +107,6 @@ QUICK_CONFIG = RHTCoverageConfig(
 )
 
 
-def _family(key, rho: float, num: int, shape, dtype):
-    spec = CorrelatedSpec(num, float(rho), exact_norm=True)
-    return sample_task_vectors(key, spec, {"w": tuple(shape)}, dtype)
-
-
 def run(config: RHTCoverageConfig, *, progress: bool = True) -> tuple[dict, dict]:
     """Run the sweeps; return ``(arrays, summary)``."""
     dtype = jnp.dtype(config.dtype)
@@ -152,8 +147,9 @@ def run(config: RHTCoverageConfig, *, progress: bool = True) -> tuple[dict, dict
     for f, rho in enumerate(config.rhos):
         for r in range(num_r):
             # replicate r: a fresh draw of the experts and of the reparameterization keys
-            tv = _family(
+            tv = draw_family(
                 jr.fold_in(jr.fold_in(key_tasks, f), r),
+                "correlated",
                 rho,
                 config.num_experts,
                 config.shape,
@@ -249,7 +245,9 @@ def run(config: RHTCoverageConfig, *, progress: bool = True) -> tuple[dict, dict
 
     # coverage curves of correlated experts before / after
     nc = config.curve_num_experts
-    tvc = _family(jr.fold_in(key_tasks, 10_000), config.curve_rho, nc, config.shape, dtype)
+    tvc = draw_family(
+        jr.fold_in(key_tasks, 10_000), "correlated", config.curve_rho, nc, config.shape, dtype
+    )
     curves = np.zeros((len(CURVE_METHODS), nc))
     curves_se = np.zeros((len(CURVE_METHODS), nc))
     for i, name in enumerate(CURVE_METHODS):
@@ -414,5 +412,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 import experiments
-from experiments import configure_jax, make_parser
+from experiments import make_parser
 
 _SELF = "run_all"
 
@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", metavar="NAME", help="run only these experiments (module names)"
     )
     args = parser.parse_args(argv)
-    configure_jax()
 
     mains = discover()
     if args.only:

@@ -33,7 +33,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, run_experiment
+from experiments import run_experiment
 from experiments.concavity import draw_family
 from mergetheory.closed_forms import expected_chi, expected_max_normal
 from mergetheory.sets import ConvexHull
@@ -311,5 +311,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

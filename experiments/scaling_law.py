@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from experiments import configure_jax, run_experiment
+from experiments import run_experiment
 from mergetheory.theory.scaling_law import (
     check_scaling_law,
     expected_merge_loss,
@@ -230,5 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

@@ -36,7 +36,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import configure_jax, run_experiment
+from experiments import run_experiment
 from mergetheory.lora import lora_gram_matrix
 from mergetheory.sets import ConvexHullWithOrigin
 from mergetheory.tasks import (
@@ -378,5 +378,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    configure_jax()
     sys.exit(main())

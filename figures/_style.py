@@ -110,6 +110,8 @@ def run_figure(
 ) -> int:
     """The ``main`` of a one-results figure script: parse, load, draw, save atomically.
 
+    ``make_figure`` runs, and the figure is saved, under ``plt.rc_context(STYLE)``.
+
     Args:
       argv: command-line arguments (``--results-dir``, ``--out-dir``).
       doc: the script's module docstring (its first line is the ``--help`` text).
@@ -126,9 +128,10 @@ def run_figure(
     args = make_parser(doc.splitlines()[0]).parse_args(argv)
     results = load_results(args.results_dir / results_name)
     extra = (results.metadata,) if with_metadata else ()
-    fig = make_figure(results.arrays, *extra)
-    try:
-        atomic_savefig(fig, args.out_dir / name)
-    finally:
-        plt.close(fig)
+    with plt.rc_context(STYLE):  # drawing *and* saving: STYLE has savefig.* / pdf.* keys
+        fig = make_figure(results.arrays, *extra)
+        try:
+            atomic_savefig(fig, args.out_dir / name)
+        finally:
+            plt.close(fig)
     return 0

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from figures._style import STYLE, plt, rho_colors, run_figure
+from figures._style import plt, rho_colors, run_figure
 
 NAME = "fig_diagnostics"
 RESULTS = ("diagnostics",)
@@ -36,31 +36,30 @@ def make_figure(arrays: dict[str, np.ndarray]):
     ns = arrays["num_tasks_grid"]
     rhos = arrays["rho_grid"]
     colors = rho_colors(len(rhos))
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.0), sharex=True)
-        for ax, (metric, title, theory, logy) in zip(axes.flat, _PANELS, strict=True):
-            mean, err = arrays[f"{metric}_mean"], arrays[f"{metric}_stderr"]
-            for j, rho in enumerate(rhos):
-                ax.errorbar(
-                    ns,
-                    mean[:, j],
-                    yerr=err[:, j],
-                    color=colors[j],
-                    marker="o",
-                    label=rf"$\rho$ = {rho:g}",
-                )
-                if theory is not None:
-                    ax.plot(ns, arrays[theory][:, j], color=colors[j], ls="--", lw=0.9)
-            ax.set_title(title)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ns, [str(int(n)) for n in ns])
-            if logy:
-                ax.set_yscale("log")
-        for ax in axes[-1]:
-            ax.set_xlabel("number of experts n")
-        axes.flat[0].legend(loc="best", title="dashed: theory")
-        fig.suptitle("Interference diagnostics of correlated synthetic task vectors")
-        fig.tight_layout()
+    fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.0), sharex=True)
+    for ax, (metric, title, theory, logy) in zip(axes.flat, _PANELS, strict=True):
+        mean, err = arrays[f"{metric}_mean"], arrays[f"{metric}_stderr"]
+        for j, rho in enumerate(rhos):
+            ax.errorbar(
+                ns,
+                mean[:, j],
+                yerr=err[:, j],
+                color=colors[j],
+                marker="o",
+                label=rf"$\rho$ = {rho:g}",
+            )
+            if theory is not None:
+                ax.plot(ns, arrays[theory][:, j], color=colors[j], ls="--", lw=0.9)
+        ax.set_title(title)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(int(n)) for n in ns])
+        if logy:
+            ax.set_yscale("log")
+    for ax in axes[-1]:
+        ax.set_xlabel("number of experts n")
+    axes.flat[0].legend(loc="best", title="dashed: theory")
+    fig.suptitle("Interference diagnostics of correlated synthetic task vectors")
+    fig.tight_layout()
     return fig
 
 

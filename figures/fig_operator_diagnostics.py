@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from figures._style import STYLE, plt, run_figure
+from figures._style import plt, run_figure
 
 NAME = "fig_operator_diagnostics"
 RESULTS = ("operator_diagnostics",)
@@ -32,27 +32,26 @@ def make_figure(arrays: dict[str, np.ndarray]):
     j = len(arrays["rho_grid"]) - 1
     rho = float(arrays["rho_grid"][j])
     cmap = plt.get_cmap("tab20")
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.2), sharex=True)
-        for ax, (metric, title) in zip(axes, _PANELS, strict=True):
-            mean, err = arrays[f"{metric}_mean"], arrays[f"{metric}_stderr"]
-            for a, name in enumerate(names):
-                ax.errorbar(
-                    ns,
-                    mean[a, :, j],
-                    yerr=err[a, :, j],
-                    marker="o",
-                    ms=3,
-                    color=cmap(a % 20),
-                    label=name,
-                )
-            ax.set_title(title)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ns, [str(int(n)) for n in ns])
-            ax.set_xlabel("number of experts n")
-        axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
-        fig.suptitle(rf"All registered merge operators, correlated experts ($\rho$ = {rho:g})")
-        fig.tight_layout()
+    fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.2), sharex=True)
+    for ax, (metric, title) in zip(axes, _PANELS, strict=True):
+        mean, err = arrays[f"{metric}_mean"], arrays[f"{metric}_stderr"]
+        for a, name in enumerate(names):
+            ax.errorbar(
+                ns,
+                mean[a, :, j],
+                yerr=err[a, :, j],
+                marker="o",
+                ms=3,
+                color=cmap(a % 20),
+                label=name,
+            )
+        ax.set_title(title)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(int(n)) for n in ns])
+        ax.set_xlabel("number of experts n")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
+    fig.suptitle(rf"All registered merge operators, correlated experts ($\rho$ = {rho:g})")
+    fig.tight_layout()
     return fig
 
 

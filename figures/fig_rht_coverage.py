@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from figures._style import STYLE, plt, run_figure
+from figures._style import plt, run_figure
 
 NAME = "fig_rht_coverage"
 RESULTS = ("rht_coverage",)
@@ -35,82 +35,79 @@ def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
     dens = arrays["densities"]
     nus = arrays["nus"]
     corr = int(np.argmax(rhos)) if np.any(rhos > 0) else 0
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 4, figsize=(15.0, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(15.0, 3.8))
 
-        ax = axes[0]
-        m = _METHODS.index("rht")
-        ax.plot(dens, arrays["density_log_total"][corr, m], "k-o", label="total")
-        ax.plot(dens, arrays["density_log_rescale"][corr, m], "b--s", label="rescaling")
-        ax.errorbar(
-            dens,
-            arrays["density_log_geometry"][corr, m],
-            yerr=z * arrays["density_log_geometry_se"][corr, m],
-            color="tab:green",
-            marker="^",
-            label="geometry (equal budget)",
-        )
-        ax.set_title(rf"RHT, $\rho$ = {rhos[corr]:g}: log-gain of the hull width")
-        ax.set_xlabel("density")
-        ax.legend(fontsize=6)
+    ax = axes[0]
+    m = _METHODS.index("rht")
+    ax.plot(dens, arrays["density_log_total"][corr, m], "k-o", label="total")
+    ax.plot(dens, arrays["density_log_rescale"][corr, m], "b--s", label="rescaling")
+    ax.errorbar(
+        dens,
+        arrays["density_log_geometry"][corr, m],
+        yerr=z * arrays["density_log_geometry_se"][corr, m],
+        color="tab:green",
+        marker="^",
+        label="geometry (equal budget)",
+    )
+    ax.set_title(rf"RHT, $\rho$ = {rhos[corr]:g}: log-gain of the hull width")
+    ax.set_xlabel("density")
+    ax.legend(fontsize=6)
 
-        ax = axes[1]
-        for f, rho in enumerate(rhos):
-            ls = "-" if rho > 0 else "--"
-            for name in ("rht", "dare"):
-                m = _METHODS.index(name)
-                ax.errorbar(
-                    dens,
-                    arrays["density_log_geometry"][f, m],
-                    yerr=z * arrays["density_log_geometry_se"][f, m],
-                    color=_COLORS[name],
-                    ls=ls,
-                    marker="o",
-                    label=rf"{name}, $\rho$ = {rho:g}" + (" (dashed)" if rho == 0 else ""),
-                )
-                ax.plot(
-                    dens, arrays["density_predicted_geometry"][f, m], color=_COLORS[name], ls=":"
-                )
-        ax.axhline(0.0, color="k", lw=0.8)
-        ax.set_title("geometric log-gain (dotted: prediction)")
-        ax.set_xlabel("density")
-        ax.legend(fontsize=6)
-
-        ax = axes[2]
-        finite = np.isfinite(nus)
-        x = np.where(finite, nus, 2.0 * np.max(nus[finite]) if np.any(finite) else 1.0)
-        for f, rho in enumerate(rhos):
-            ls = "-" if rho > 0 else "--"
+    ax = axes[1]
+    for f, rho in enumerate(rhos):
+        ls = "-" if rho > 0 else "--"
+        for name in ("rht", "dare"):
+            m = _METHODS.index(name)
             ax.errorbar(
-                x,
-                arrays["heavy_log_geometry"][f],
-                yerr=z * arrays["heavy_log_geometry_se"][f],
-                color="tab:purple",
+                dens,
+                arrays["density_log_geometry"][f, m],
+                yerr=z * arrays["density_log_geometry_se"][f, m],
+                color=_COLORS[name],
                 ls=ls,
                 marker="o",
-                label=rf"$\rho$ = {rho:g}",
+                label=rf"{name}, $\rho$ = {rho:g}" + (" (dashed)" if rho == 0 else ""),
             )
-            ax.plot(x, arrays["heavy_predicted_geometry"][f], color="tab:purple", ls=":")
-        ax.axhline(0.0, color="k", lw=0.8)
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(x, [f"{v:g}" if np.isfinite(v) else r"$\infty$" for v in nus])
-        ax.set_title(r"Student-t mixing: geometric log-gain vs $\nu$")
-        ax.set_xlabel(r"tail index $\nu$")
-        ax.legend(fontsize=6)
+            ax.plot(dens, arrays["density_predicted_geometry"][f, m], color=_COLORS[name], ls=":")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_title("geometric log-gain (dotted: prediction)")
+    ax.set_xlabel("density")
+    ax.legend(fontsize=6)
 
-        ax = axes[3]
-        ns = arrays["curve_ns"]
-        names = ("original", "rht", "dare", "heavy_tailed")
-        for i, name in enumerate(names):
-            cov, se = arrays["curve_coverage"][i], arrays["curve_coverage_se"][i]
-            ax.plot(ns, cov, marker="o", ms=3, label=name)
-            ax.fill_between(ns, cov - 2 * se, cov + 2 * se, alpha=0.2, lw=0)
-        ax.set_title(rf"coverage w/max||t||, $\rho$ = {cfg['curve_rho']:g}")
-        ax.set_xlabel("number of experts n")
-        ax.legend(fontsize=6)
-        fig.suptitle("H-RHT: coverage gain = rescaling + geometry (bars: z s.e. over draws)")
-        fig.tight_layout()
+    ax = axes[2]
+    finite = np.isfinite(nus)
+    x = np.where(finite, nus, 2.0 * np.max(nus[finite]) if np.any(finite) else 1.0)
+    for f, rho in enumerate(rhos):
+        ls = "-" if rho > 0 else "--"
+        ax.errorbar(
+            x,
+            arrays["heavy_log_geometry"][f],
+            yerr=z * arrays["heavy_log_geometry_se"][f],
+            color="tab:purple",
+            ls=ls,
+            marker="o",
+            label=rf"$\rho$ = {rho:g}",
+        )
+        ax.plot(x, arrays["heavy_predicted_geometry"][f], color="tab:purple", ls=":")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(x, [f"{v:g}" if np.isfinite(v) else r"$\infty$" for v in nus])
+    ax.set_title(r"Student-t mixing: geometric log-gain vs $\nu$")
+    ax.set_xlabel(r"tail index $\nu$")
+    ax.legend(fontsize=6)
+
+    ax = axes[3]
+    ns = arrays["curve_ns"]
+    names = ("original", "rht", "dare", "heavy_tailed")
+    for i, name in enumerate(names):
+        cov, se = arrays["curve_coverage"][i], arrays["curve_coverage_se"][i]
+        ax.plot(ns, cov, marker="o", ms=3, label=name)
+        ax.fill_between(ns, cov - 2 * se, cov + 2 * se, alpha=0.2, lw=0)
+    ax.set_title(rf"coverage w/max||t||, $\rho$ = {cfg['curve_rho']:g}")
+    ax.set_xlabel("number of experts n")
+    ax.legend(fontsize=6)
+    fig.suptitle("H-RHT: coverage gain = rescaling + geometry (bars: z s.e. over draws)")
+    fig.tight_layout()
     return fig
 
 

@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from figures._style import STYLE, plt, rho_colors, run_figure
+from figures._style import plt, rho_colors, run_figure
 
 NAME = "fig_saturation"
 RESULTS = ("saturation",)
@@ -48,42 +48,41 @@ def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
     """Build the figure from the saved arrays and the config in ``metadata``."""
     cfg = metadata["config"]
     labels = [f[0] for f in cfg["families"]]
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 4, figsize=(15.0, 3.8))
-        _bounds_panel(axes[0], arrays, labels, 0, "hull: bounds (dotted: lower)")
-        _bounds_panel(axes[1], arrays, labels, 1, "hull0: bounds (dotted: lower)")
-        axes[0].legend(loc="upper left", fontsize=6)
+    fig, axes = plt.subplots(1, 4, figsize=(15.0, 3.8))
+    _bounds_panel(axes[0], arrays, labels, 0, "hull: bounds (dotted: lower)")
+    _bounds_panel(axes[1], arrays, labels, 1, "hull0: bounds (dotted: lower)")
+    axes[0].legend(loc="upper left", fontsize=6)
 
-        ax = axes[2]
-        ns = arrays["corr_ns"]
-        rhos = arrays["rho_grid"]
-        colors = rho_colors(len(rhos))
-        for r, rho in enumerate(rhos):
-            cov, se = arrays["corr_coverage"][r], arrays["corr_coverage_stderr"][r]
-            ax.plot(ns, cov, color=colors[r], label=rf"$\rho$ = {rho:g}")
-            ax.fill_between(ns, cov - 2 * se, cov + 2 * se, color=colors[r], alpha=0.2, lw=0)
-            ax.plot(ns, arrays["corr_predicted"][r], color=colors[r], ls="--", lw=0.9)
-        ax.set_title(r"correlated: dashed $\sqrt{1-\rho}\,E_n$")
-        ax.set_xlabel("number of experts n")
-        ax.legend(loc="upper left", fontsize=6)
+    ax = axes[2]
+    ns = arrays["corr_ns"]
+    rhos = arrays["rho_grid"]
+    colors = rho_colors(len(rhos))
+    for r, rho in enumerate(rhos):
+        cov, se = arrays["corr_coverage"][r], arrays["corr_coverage_stderr"][r]
+        ax.plot(ns, cov, color=colors[r], label=rf"$\rho$ = {rho:g}")
+        ax.fill_between(ns, cov - 2 * se, cov + 2 * se, color=colors[r], alpha=0.2, lw=0)
+        ax.plot(ns, arrays["corr_predicted"][r], color=colors[r], ls="--", lw=0.9)
+    ax.set_title(r"correlated: dashed $\sqrt{1-\rho}\,E_n$")
+    ax.set_xlabel("number of experts n")
+    ax.legend(loc="upper left", fontsize=6)
 
-        ax = axes[3]
-        ns = arrays["cap_ns"]
-        dims = arrays["cap_dims"]
-        colors = rho_colors(len(dims))
-        for j, d in enumerate(dims):
-            cov, se = arrays["cap_coverage"][j], arrays["cap_coverage_stderr"][j]
-            ax.plot(ns, cov, color=colors[j], label=f"d = {d}")
-            ax.fill_between(ns, cov - 2 * se, cov + 2 * se, color=colors[j], alpha=0.2, lw=0)
-            ax.axhline(arrays["cap_value"][j], color=colors[j], ls="--", lw=0.9)
-        ax.plot(ns, arrays["cap_upper_log"][0], color="0.5", lw=0.9, label=r"$\sqrt{2\log n}$")
-        ax.set_ylim(0, 1.15 * float(np.max(arrays["cap_value"])))
-        ax.set_xscale("log", base=2)
-        ax.set_title(r"effective dimension d: cap $\mathbb{E}\chi_d$ (dashed)")
-        ax.set_xlabel("number of experts n")
-        ax.legend(loc="lower right", fontsize=6)
-        fig.suptitle("Saturation of the coverage w(S_n) / max||t|| (bands: 2 s.e.)")
-        fig.tight_layout()
+    ax = axes[3]
+    ns = arrays["cap_ns"]
+    dims = arrays["cap_dims"]
+    colors = rho_colors(len(dims))
+    for j, d in enumerate(dims):
+        cov, se = arrays["cap_coverage"][j], arrays["cap_coverage_stderr"][j]
+        ax.plot(ns, cov, color=colors[j], label=f"d = {d}")
+        ax.fill_between(ns, cov - 2 * se, cov + 2 * se, color=colors[j], alpha=0.2, lw=0)
+        ax.axhline(arrays["cap_value"][j], color=colors[j], ls="--", lw=0.9)
+    ax.plot(ns, arrays["cap_upper_log"][0], color="0.5", lw=0.9, label=r"$\sqrt{2\log n}$")
+    ax.set_ylim(0, 1.15 * float(np.max(arrays["cap_value"])))
+    ax.set_xscale("log", base=2)
+    ax.set_title(r"effective dimension d: cap $\mathbb{E}\chi_d$ (dashed)")
+    ax.set_xlabel("number of experts n")
+    ax.legend(loc="lower right", fontsize=6)
+    fig.suptitle("Saturation of the coverage w(S_n) / max||t|| (bands: 2 s.e.)")
+    fig.tight_layout()
     return fig
 
 
