@@ -33,12 +33,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jax.tree_util as jtu
 import numpy as np
 import optax
 
+from .._io import atomic_write
 from .._types import Key
-from ..tree import tree_unstack
+from ..tree import tree_stack, tree_unstack
 from .mlp import init_mlp, mlp_apply
 
 __all__ = [
@@ -394,7 +394,7 @@ def train_digits_experts(key: Key, spec: DigitsSpec | None = None) -> DigitsExpe
     sets = [
         make_dataset(x_tr[y_tr == c], y_tr[y_tr == c], pad_to=n_max) for c in range(NUM_CLASSES)
     ]
-    task_sets = jtu.tree_map(lambda *xs: jnp.stack(xs), *sets)
+    task_sets = tree_stack(sets)
 
     def one_expert(k: Key, d: Dataset) -> TrainOutput:
         return train_classifier(
@@ -449,5 +449,6 @@ def save_digits_checkpoints(
         "tasks": [f"class {t}" for t in range(len(expert_paths))],
         "base_class_counts": np.asarray(result.base_class_counts).tolist(),
     }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with atomic_write(directory / "manifest.json", "w") as f:
+        f.write(json.dumps(manifest, indent=2))
     return base_path, expert_paths

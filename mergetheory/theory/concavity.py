@@ -620,11 +620,8 @@ def check_concavity(
     """
     if ordering not in _ORDERINGS:
         raise ValueError(f"ordering must be one of {_ORDERINGS}, got {ordering!r}")
-    if ordering == "fixed":
-        gram = generator_gram(generators)
-        curve = nested_width(
-            key, SET_KINDS[kind].from_gram(gram), kind=kind, num_samples=num_samples
-        )
+    if ordering == "fixed":  # nested_width builds (and validates) the Gram matrix once
+        curve = nested_width(key, generators, kind=kind, num_samples=num_samples)
     else:
         curve = subset_mean_width(
             key, generators, kind=kind, num_samples=num_samples, method=method

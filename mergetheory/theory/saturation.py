@@ -235,7 +235,7 @@ def check_width_bounds(
     else:
         gram_j = generator_gram(generators)
         gram = np.asarray(gram_j, np.float64)
-        curve = nested_width(key, ConvexHull.from_gram(gram_j), kind=kind, num_samples=num_samples)
+        curve = nested_width(key, ConvexHull(gram=gram_j), kind=kind, num_samples=num_samples)
     n = gram.shape[0]
     ns = np.arange(1, n + 1)
     width = np.asarray(curve.mean, np.float64)
