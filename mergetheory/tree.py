@@ -85,8 +85,10 @@ def check_finite(tree: Any, *, name: str = "tree") -> None:
         if not _is_concrete(leaf):
             continue
         arr = np.asarray(leaf)
-        if not np.issubdtype(arr.dtype, np.inexact):
+        if not jnp.issubdtype(arr.dtype, jnp.inexact):
             continue
+        if not np.issubdtype(arr.dtype, np.inexact):  # ml_dtypes (bfloat16, float8, ...)
+            arr = arr.astype(np.float32)
         if not np.all(np.isfinite(arr)):
             num_nan = int(np.isnan(arr).sum())
             num_inf = int(np.isinf(arr).sum())

@@ -131,3 +131,10 @@ def test_gram_2d_blocked_kernel_matches_numpy(num):
     g = np.asarray(jax.jit(gram_2d)(jnp.asarray(x)))
     np.testing.assert_allclose(g, x @ x.T, rtol=1e-12, atol=1e-10 * dim)
     assert g.dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_validate_rejects_nan_in_half_precision(dtype):
+    x = jnp.asarray(np.array([[1.0, np.nan], [np.inf, 2.0]]), dtype)
+    with pytest.raises(tree.TaskVectorError, match=r"\['w'\]: 1 NaN and 1 Inf"):
+        tree.validate_task_vectors({"w": x})
