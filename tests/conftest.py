@@ -33,3 +33,46 @@ import pytest  # noqa: E402
 def key():
     """The fixed PRNG key every test derives its randomness from."""
     return jax.random.key(20261123)
+
+
+# --- traced-once probe -------------------------------------------------------------------
+# JAX records one '/jax/core/compile/jaxpr_trace_duration' event per trace of a jitted
+# function (public `jax.monitoring` API), so counting those events tells whether a call
+# traced anything, without probing any function's private cache.
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+_trace_count = [0]
+
+
+def _on_event(name, _duration, **_kwargs):
+    if name == _TRACE_EVENT:
+        _trace_count[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def count_traces(fn, *args, **kwargs):
+    """Call ``fn(*args, **kwargs)``; return ``(result, number of jit traces it caused)``."""
+    before = _trace_count[0]
+    out = fn(*args, **kwargs)
+    jax.block_until_ready(out)
+    return out, _trace_count[0] - before
+
+
+@pytest.fixture
+def assert_traced_once():
+    """``assert_traced_once(fn, *args, **kw)``: call twice; the second call must trace nothing.
+
+    Returns the second result. Fails if the first call traced nothing either when
+    ``fn`` is expected to be jitted (pass ``expect_first_trace=False`` to allow a warm cache).
+    """
+
+    def check(fn, *args, expect_first_trace=False, **kwargs):
+        _, first = count_traces(fn, *args, **kwargs)
+        if expect_first_trace:
+            assert first > 0, "the first call traced nothing: is the function jitted?"
+        out, second = count_traces(fn, *args, **kwargs)
+        assert second == 0, f"the second call traced {second} more program(s)"
+        return out
+
+    return check
