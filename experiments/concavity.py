@@ -33,14 +33,7 @@ from tqdm import tqdm
 
 from experiments import run_experiment
 from mergetheory.sets import ConvexHull
-from mergetheory.tasks import (
-    CorrelatedSpec,
-    GaussianSpec,
-    HeavyTailedSpec,
-    LoRASpec,
-    SparseSpec,
-    sample_task_vectors,
-)
+from mergetheory.tasks import family_spec, sample_task_vectors
 from mergetheory.theory.concavity import (
     check_concavity,
     check_submodularity,
@@ -117,18 +110,9 @@ QUICK_CONFIG = ConcavityConfig(
 
 
 def draw_family(key, family: str, param: Any, num: int, shape, dtype) -> Any:
-    """Task vectors ``[num, *shape]`` (or LoRA factors) of one sampler family."""
-    shapes = {"w": tuple(shape)}
-    specs = {
-        "gaussian": lambda: GaussianSpec(num, exact_norm=True),
-        "correlated": lambda: CorrelatedSpec(num, float(param), exact_norm=True),
-        "sparse": lambda: SparseSpec(num, float(param), exact_norm=True),
-        "heavy": lambda: HeavyTailedSpec(num, float(param), exact_norm=True),
-        "lora": lambda: LoRASpec(num, int(param)),
-    }
-    if family not in specs:
-        raise ValueError(f"unknown family {family!r}")
-    return sample_task_vectors(key, specs[family](), shapes, dtype)
+    """Task vectors ``[num, *shape]`` (or LoRA factors) of one sampler family, unit norm."""
+    spec = family_spec(family, param, num, exact_norm=True)
+    return sample_task_vectors(key, spec, {"w": tuple(shape)}, dtype)
 
 
 def _verdict_code(verdict: str) -> int:

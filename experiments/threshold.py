@@ -39,14 +39,7 @@ from tqdm import tqdm
 from experiments import run_experiment
 from mergetheory.lora import lora_gram_matrix
 from mergetheory.sets import ConvexHullWithOrigin
-from mergetheory.tasks import (
-    CorrelatedSpec,
-    GaussianSpec,
-    HeavyTailedSpec,
-    LoRASpec,
-    SparseSpec,
-    sample_task_vectors,
-)
+from mergetheory.tasks import family_spec, sample_task_vectors
 from mergetheory.theory.threshold import (
     WidthCurve,
     threshold_gain_ratio,
@@ -126,22 +119,8 @@ QUICK_CONFIG = ThresholdConfig(
 )
 
 
-def _spec(family: str, param: float, num: int):
-    if family == "gaussian":
-        return GaussianSpec(num)
-    if family == "correlated":
-        return CorrelatedSpec(num, float(param))
-    if family == "sparse":
-        return SparseSpec(num, float(param))
-    if family == "heavy":
-        return HeavyTailedSpec(num, float(param))
-    if family == "lora":
-        return LoRASpec(num, int(param))
-    raise ValueError(f"unknown family {family!r}")
-
-
 def _curve(key_tasks, key_width, family, param, dim, config):
-    spec = _spec(family, param, config.num_experts)
+    spec = family_spec(family, param, config.num_experts)
     if family == "lora":
         side = int(round(dim**0.5))
         factors = sample_task_vectors(key_tasks, spec, {"w": (side, side)}, jnp.float64)
@@ -223,7 +202,7 @@ def run(config: ThresholdConfig, *, progress: bool = True) -> tuple[dict, dict]:
     # definition (ii): nested cones of isotropic experts
     gens = sample_task_vectors(
         key_cone_tasks,
-        GaussianSpec(config.cone_num_experts),
+        family_spec("gaussian", None, config.cone_num_experts),
         {"w": (config.cone_dim,)},
         jnp.float64,
     )

@@ -74,6 +74,7 @@ __all__ = [
     "expected_sign_agreement",
     "expected_sign_conflict",
     "expected_support_overlap",
+    "family_spec",
     "sample_task_vectors",
     "shape_tree",
 ]
@@ -521,6 +522,41 @@ def _sample_leaves(key, dynamic, *, spec_type, static, leaf_shapes, dtype):
 # --------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------
+
+
+FAMILIES = ("gaussian", "correlated", "sparse", "heavy", "lora")
+"""Sampler families by name, as experiments and their configs spell them."""
+
+
+def family_spec(family: str, param: Any, num: int, *, exact_norm: bool = False) -> TaskSpec:
+    """The spec of a sampler family by name: one place for experiments' ``(family, param)``.
+
+    Args:
+      family: one of :data:`FAMILIES`: ``"gaussian"`` (``param`` ignored),
+        ``"correlated"`` (``param`` = ``rho``), ``"sparse"`` (``fraction``), ``"heavy"``
+        (``nu``), ``"lora"`` (``rank``).
+      param: the family's parameter.
+      num: number of tasks ``T``.
+      exact_norm: rescale every dense task vector to unit norm (ignored for ``"lora"``).
+
+    Returns:
+      The spec, to pass to :func:`sample_task_vectors`.
+
+    Example:
+      >>> family_spec("correlated", 0.5, 4)
+      CorrelatedSpec(num_tasks=4, rho=0.5, exact_norm=False)
+    """
+    if family == "gaussian":
+        return GaussianSpec(num, exact_norm=exact_norm)
+    if family == "correlated":
+        return CorrelatedSpec(num, float(param), exact_norm=exact_norm)
+    if family == "sparse":
+        return SparseSpec(num, float(param), exact_norm=exact_norm)
+    if family == "heavy":
+        return HeavyTailedSpec(num, float(param), exact_norm=exact_norm)
+    if family == "lora":
+        return LoRASpec(num, int(param))
+    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
 def sample_task_vectors(

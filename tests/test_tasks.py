@@ -286,3 +286,26 @@ def test_bad_inputs(key):
         sample_task_vectors(key, GaussianSpec(2), {"w": (4, -3)})
     with pytest.raises(ValueError, match="not a shape"):
         sample_task_vectors(key, GaussianSpec(2), {"w": "4x3"})
+
+
+@pytest.mark.parametrize(
+    "family, param, expected",
+    [
+        ("gaussian", None, GaussianSpec(3, exact_norm=True)),
+        ("correlated", 0.25, CorrelatedSpec(3, 0.25, exact_norm=True)),
+        ("sparse", 0.1, SparseSpec(3, 0.1, exact_norm=True)),
+        ("heavy", 2.5, HeavyTailedSpec(3, 2.5, exact_norm=True)),
+        ("lora", 2, LoRASpec(3, 2)),
+    ],
+)
+def test_family_spec_maps_names_to_specs(family, param, expected):
+    from mergetheory.tasks import family_spec
+
+    assert family_spec(family, param, 3, exact_norm=True) == expected
+
+
+def test_family_spec_rejects_unknown_family():
+    from mergetheory.tasks import family_spec
+
+    with pytest.raises(ValueError, match="unknown family 'cauchy'"):
+        family_spec("cauchy", 1.0, 3)
