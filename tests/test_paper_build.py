@@ -39,3 +39,20 @@ def test_missing_key_and_missing_results_are_errors(tmp_path):
     with pytest.raises(pb.PaperBuildError, match="absent.json"):
         pb.build(res, out, sections_dir=sec)
     assert not out.exists()
+
+
+def test_readme_docs_and_report_stand_alone():
+    """No project document sends its reader outside the repository (to notes they lack)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = [root / "README.md", *root.glob("docs/*.md"), *root.glob("paper/sections/*.md")]
+    outside = re.compile(r"\.\./shared|THEORY\.md|OPERATORS\.md|PEERS\.md|DESIGN\.md")
+    offenders = [
+        f"{p.relative_to(root)}: {m.group(0)}"
+        for p in docs
+        for m in [outside.search(p.read_text())]
+        if m
+    ]
+    assert not offenders, offenders
