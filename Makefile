@@ -25,9 +25,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# Benchmarks write to BENCH_OUT (default benchmarks/out/, not committed); the committed
+# reference numbers in benchmarks/results/ change only by `make benchmarks BENCH_OUT=benchmarks/results`.
+BENCH_OUT ?= benchmarks/out
 benchmarks: $(STAMP)
-	$(PY) -m benchmarks.merge_ops
-	$(PY) -m benchmarks.width
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m benchmarks.merge_ops --out $(BENCH_OUT)/merge_ops.json
+	$(PY) -m benchmarks.width --out $(BENCH_OUT)/width.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mergetheory tests experiments figures benchmarks
