@@ -35,11 +35,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
 
 
-def configure_jax(*, x64: bool = True) -> None:
-    """Set the global JAX flags the experiments run under (x64 by default)."""
+COMPILE_CACHE_DIR = DEFAULT_RESULTS_DIR / ".jax_cache"
+"""JAX's persistent compilation cache for experiments (``MERGETHEORY_COMPILE_CACHE=0`` or
+``--no-compile-cache`` turns it off; ``MERGETHEORY_COMPILE_CACHE=/path`` moves it)."""
+
+
+def configure_jax(*, x64: bool = True, compile_cache: bool = True) -> None:
+    """Set the global JAX flags the experiments run under (x64 by default).
+
+    With ``compile_cache`` (and ``MERGETHEORY_COMPILE_CACHE`` not ``0``), compiled programs
+    are kept in JAX's persistent cache (:data:`COMPILE_CACHE_DIR`), so a second
+    ``make reproduce`` skips most XLA compiles. Results are the same either way: the cache
+    stores the same executables.
+    """
     import jax
 
     jax.config.update("jax_enable_x64", x64)
+    setting = os.environ.get("MERGETHEORY_COMPILE_CACHE", "1")
+    if compile_cache and setting != "0":
+        path = Path(setting) if setting not in ("", "1") else COMPILE_CACHE_DIR
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def make_parser(description: str) -> argparse.ArgumentParser:
@@ -55,6 +71,11 @@ def make_parser(description: str) -> argparse.ArgumentParser:
         help=f"directory for the results files (default: {DEFAULT_RESULTS_DIR})",
     )
     parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache (results/.jax_cache)",
+    )
     return parser
 
 
@@ -83,8 +104,8 @@ def run_experiment(
     """
     from mergetheory._io import save_results
 
-    configure_jax()
     args = make_parser((description or name).splitlines()[0]).parse_args(argv)
+    configure_jax(compile_cache=not args.no_compile_cache)
     cfg = quick_config if args.quick else config
     start = time.perf_counter()
     out = run(cfg, args)

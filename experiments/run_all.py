@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         passthrough.append("--quick")
     if args.no_progress:
         passthrough.append("--no-progress")
+    if args.no_compile_cache:
+        passthrough.append("--no-compile-cache")
 
     failed: list[str] = []
     timings: dict[str, float] = {}
