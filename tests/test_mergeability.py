@@ -333,7 +333,7 @@ def test_experiment_quick_and_figure(tmp_path):
         pytest.skip("merge operators not registered yet")
     from experiments import mergeability as experiment
     from figures import fig_mergeability
-    from mergetheory._io import load_results
+    from mergetheory.io import load_results
 
     assert experiment.main(["--quick", "--out-dir", str(tmp_path)]) == 0
     res = load_results(tmp_path / "mergeability")

@@ -6,7 +6,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from mergetheory.checkpoints import load_orbax, task_vectors_from_checkpoints
+from mergetheory.io import load_orbax, task_vectors_from_checkpoints
 from mergetheory.models.mlp import init_mlp, mlp_apply, mlp_dims
 from mergetheory.models.train import (
     DigitsSpec,

@@ -1,4 +1,4 @@
-"""Tests for mergetheory._io: round trip, provenance, atomicity and clear errors."""
+"""Tests for mergetheory.io.results: round trip, provenance, atomicity and clear errors."""
 
 import json
 import os
@@ -8,14 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from mergetheory import _io
-from mergetheory._io import (
+from mergetheory.io import (
     CorruptResultsError,
     ResultsNotFoundError,
     atomic_write,
     load_results,
     save_results,
 )
+from mergetheory.io import results as _io
 
 
 class _Config(NamedTuple):
