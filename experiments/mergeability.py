@@ -56,11 +56,8 @@ from mergetheory.io import load_checkpoint, task_vectors_from_checkpoints
 from mergetheory.mergeability import (
     base_margin,
     binomial_null_test,
-    bootstrap_correlation,
-    hypothesis_verdict,
     mergeability,
     moderation_test,
-    spearman_correlation,
 )
 from mergetheory.models.mlp import mlp_apply
 from mergetheory.models.train import (
@@ -72,6 +69,7 @@ from mergetheory.models.train import (
     save_digits_checkpoints,
     train_digits_experts,
 )
+from mergetheory.stats import bootstrap_correlation, hypothesis_verdict, spearman_correlation
 
 NAME = "mergeability"
 

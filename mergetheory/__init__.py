@@ -86,17 +86,19 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "mergeability": (
         "BinomialNullTest",
-        "CorrelationEstimate",
         "MergeabilityEstimate",
         "ModerationTest",
         "base_margin",
         "binomial_null_test",
+        "moderation_test",
+        "sample_partners",
+    ),
+    "stats": (
+        "CorrelationEstimate",
         "bootstrap_correlation",
         "hypothesis_verdict",
-        "moderation_test",
         "pearson_correlation",
         "rankdata",
-        "sample_partners",
         "spearman_correlation",
     ),
     "sets": (
