@@ -204,7 +204,7 @@ def test_interference_diagnostics_bundle_and_trace_once(assert_traced_once):
     np.testing.assert_allclose(out.singular_interference, per_leaf["w"], rtol=1e-12)
     np.testing.assert_allclose(out.kinship.pcc, model_kinship(tv).pcc, rtol=1e-12)
     # a second call with new values and the same shapes does not retrace
-    new_values = iter([jax.tree.map(lambda x: c * x, tv) for c in (2.0, 3.0)])
+    new_values = iter([jax.tree.map(lambda x: 2.0 * x, tv), jax.tree.map(lambda x: 3.0 * x, tv)])
     assert_traced_once(lambda: interference_diagnostics(next(new_values)))
     # no matrix leaf: total interference is 0
     vec = interference_diagnostics({"b": tv["b"]})
