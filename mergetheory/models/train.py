@@ -124,8 +124,17 @@ def load_digits_split(key: Key, *, test_fraction: float = 0.3) -> DigitsData:
 
     Returns:
       :class:`DigitsData` (features divided by 16, float32; labels int32).
+
+    Raises:
+      ImportError: scikit-learn is not installed (``pip install 'mergetheory[experiments]'``).
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError(
+            "load_digits_split needs scikit-learn, an optional dependency: "
+            "pip install 'mergetheory[experiments]'"
+        ) from err
 
     bunch = load_digits()
     x = np.asarray(bunch.data, np.float32) / np.float32(16.0)
