@@ -22,3 +22,22 @@ def test_library_imports_no_optional_dependency():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_top_level_name_resolves_to_its_module():
+    import importlib
+
+    import pytest
+
+    import mergetheory
+
+    for name in mergetheory.__all__:
+        assert getattr(mergetheory, name) is not None, name
+    # the names that moved resolve to their new homes
+    for module, name in [("stats", "rankdata"), ("io", "load_orbax"), ("io", "CheckpointError")]:
+        assert getattr(mergetheory, name) is getattr(
+            importlib.import_module(f"mergetheory.{module}"), name
+        )
+    assert set(mergetheory.__all__) <= set(dir(mergetheory))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        mergetheory.no_such_name  # noqa: B018
