@@ -51,7 +51,5 @@ def check_finite_checkpoint(tree: Any, source: PathLike | str) -> None:
     """
     try:
         check_finite(tree, name=f"{source}: leaf ")
-    except CheckpointError:
-        raise
     except TaskVectorError as err:
         raise CheckpointError(str(err)) from None
