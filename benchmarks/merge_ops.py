@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ops = [o for o in args.ops.split(",") if o] or None
     results = run(args.dim, args.num_experts, args.repeat, ops, args.max_seconds)
-    from mergetheory._io import atomic_write
+    from mergetheory.io import atomic_write
 
     with atomic_write(args.out, "w") as fh:
         json.dump(results, fh, indent=2)

@@ -463,7 +463,7 @@ def part_lora_gemma(quick: bool) -> dict[str, Any]:
 
 
 def _machine() -> dict[str, Any]:
-    from mergetheory._io import provenance
+    from mergetheory.io import provenance
 
     info: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine()}
     try:
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text)  # noqa: T201
         return 0
 
-    from mergetheory._io import atomic_write
+    from mergetheory.io import atomic_write
 
     load_before = os.getloadavg()
     results: dict[str, Any] = {"quick": args.quick, "parts": {}}

@@ -7,7 +7,7 @@ Contract for a module ``experiments/<name>.py`` (discovered by ``experiments.run
   configuration for tests) and ``--out-dir DIR`` (default: the repository's ``results/``);
 * its configuration is a frozen NamedTuple / dataclass holding one integer ``seed`` from
   which every PRNG key is derived;
-* it writes its results with :func:`mergetheory._io.save_results` and does no work at
+* it writes its results with :func:`mergetheory.io.save_results` and does no work at
   import time.
 
 Global JAX flags are set by :func:`configure_jax`, which :func:`run_experiment` calls
@@ -102,7 +102,7 @@ def run_experiment(
     returns one, ``summary`` (with the wall time ``elapsed_s`` added; the arrays get an
     ``elapsed_s`` entry too).
     """
-    from mergetheory._io import save_results
+    from mergetheory.io import save_results
 
     args = make_parser((description or name).splitlines()[0]).parse_args(argv)
     configure_jax(compile_cache=not args.no_compile_cache)

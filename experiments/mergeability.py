@@ -7,7 +7,7 @@ Pipeline (all keys from ``config.seed``: one key per replicate, split by purpose
 1. train a small Flax MLP base model on an unbalanced subset of scikit-learn's digits and
    one expert per class (:func:`mergetheory.models.train.train_digits_experts`); save all
    of them as orbax checkpoints under ``<out-dir>/checkpoints/rep_<r>`` and **reload** them through
-   :func:`mergetheory.checkpoints.task_vectors_from_checkpoints` (so the real load path,
+   :func:`mergetheory.io.task_vectors_from_checkpoints` (so the real load path,
    lineage check included, is what the analysis uses);
 2. base knowledge of task ``t`` = the base model's accuracy on class ``t``'s test images;
 3. mergeability :math:`\hat S(\tau_t)` (:func:`mergetheory.mergeability.mergeability`,
@@ -52,15 +52,12 @@ import numpy as np
 
 from experiments import run_experiment
 from mergetheory._types import Key
-from mergetheory.checkpoints import load_checkpoint, task_vectors_from_checkpoints
+from mergetheory.io import load_checkpoint, task_vectors_from_checkpoints
 from mergetheory.mergeability import (
     base_margin,
     binomial_null_test,
-    bootstrap_correlation,
-    hypothesis_verdict,
     mergeability,
     moderation_test,
-    spearman_correlation,
 )
 from mergetheory.models.mlp import mlp_apply
 from mergetheory.models.train import (
@@ -72,6 +69,7 @@ from mergetheory.models.train import (
     save_digits_checkpoints,
     train_digits_experts,
 )
+from mergetheory.stats import bootstrap_correlation, hypothesis_verdict, spearman_correlation
 
 NAME = "mergeability"
 
@@ -161,7 +159,7 @@ def run_replicate(
 
     k_train, k_partners, k_weighted = jr.split(key, 3)
 
-    # 1. train, save with orbax, reload through checkpoints.py --------------------------
+    # 1. train, save with orbax, reload through mergetheory.io --------------------------
     t0 = time.perf_counter()
     trained = train_digits_experts(k_train, config.digits)
     base_path, expert_paths = save_digits_checkpoints(ckpt_dir, trained)

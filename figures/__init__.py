@@ -6,7 +6,7 @@ Contract for ``figures/fig_<name>.py`` (discovered by ``figures.run_all``):
   ``results/diagnostics.npz`` + ``.json``), checked before it runs;
 * ``main(argv: list[str] | None = None) -> int`` accepting ``--results-dir`` and
   ``--out-dir`` (see :func:`figures._style.make_parser`), reading its data with
-  :func:`mergetheory._io.load_results` and writing ``<out-dir>/fig_<name>.png`` + ``.pdf``
+  :func:`mergetheory.io.load_results` and writing ``<out-dir>/fig_<name>.png`` + ``.pdf``
   with :func:`figures._style.atomic_savefig`.
 
 No figure computes anything beyond light reshaping of saved arrays; plotting never lives

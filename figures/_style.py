@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from figures import DEFAULT_OUT_DIR, DEFAULT_RESULTS_DIR  # noqa: E402
-from mergetheory._io import atomic_write  # noqa: E402
+from mergetheory.io import atomic_write  # noqa: E402
 
 __all__ = ["STYLE", "atomic_savefig", "make_parser", "plt", "rho_colors"]
 
@@ -123,7 +123,7 @@ def run_figure(
     Returns:
       0 on success.
     """
-    from mergetheory._io import load_results
+    from mergetheory.io import load_results
 
     args = make_parser(doc.splitlines()[0]).parse_args(argv)
     results = load_results(args.results_dir / results_name)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import figures
 from figures._style import make_parser
-from mergetheory._io import ResultsNotFoundError
+from mergetheory.io import ResultsNotFoundError
 
 
 def discover() -> dict[str, ModuleType]:

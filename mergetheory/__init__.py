@@ -2,152 +2,97 @@
 
 Layers (imports flow one way): :mod:`.tree` (pytree maths) <- :mod:`.tasks` (samplers) <-
 :mod:`.merge` (operators, ``MERGE_OPERATORS``) <- :mod:`.sets` <- :mod:`.width` (Gaussian
-width, statistical dimension) <- :mod:`.theory` / :mod:`.mergeability`. :mod:`.checkpoints`
+width, statistical dimension) <- :mod:`.theory` / :mod:`.mergeability`. :mod:`.io`
 and :mod:`.models` feed real task vectors into the same pipeline. Submodules stay importable
-(``mergetheory.theory``, ``mergetheory.models``); the most used names are re-exported here.
+(``mergetheory.theory``, ``mergetheory.models``); the most used names are re-exported here,
+imported on first use (PEP 562), so that ``import mergetheory`` (and the ``mergetheory``
+command's ``--help``) does not import JAX.
 """
 
-from . import merge as merge
-from . import theory as theory
-from ._types import is_lora_factors as is_lora_factors
-from .checkpoints import CheckpointError as CheckpointError
-from .checkpoints import PeftAdapter as PeftAdapter
-from .checkpoints import flatten_tree as flatten_tree
-from .checkpoints import load_checkpoint as load_checkpoint
-from .checkpoints import load_msgpack as load_msgpack
-from .checkpoints import load_orbax as load_orbax
-from .checkpoints import load_peft_adapter as load_peft_adapter
-from .checkpoints import load_safetensors as load_safetensors
-from .checkpoints import peft_dense_update as peft_dense_update
-from .checkpoints import save_msgpack as save_msgpack
-from .checkpoints import save_orbax as save_orbax
-from .checkpoints import save_peft_adapter as save_peft_adapter
-from .checkpoints import save_safetensors as save_safetensors
-from .checkpoints import stack_peft_adapters as stack_peft_adapters
-from .checkpoints import task_vectors_from_checkpoints as task_vectors_from_checkpoints
-from .checkpoints import unflatten_tree as unflatten_tree
-from .checkpoints import validate_lineage as validate_lineage
-from .closed_forms import circular_cone_statdim as circular_cone_statdim
-from .closed_forms import circular_cone_statdim_approx as circular_cone_statdim_approx
-from .closed_forms import circular_cone_width as circular_cone_width
-from .closed_forms import expected_chi as expected_chi
-from .closed_forms import expected_max_normal as expected_max_normal
-from .closed_forms import expected_max_normal_with_zero as expected_max_normal_with_zero
-from .closed_forms import finite_set_width_bound as finite_set_width_bound
-from .closed_forms import kinematic_a_eta as kinematic_a_eta
-from .closed_forms import l1_ball_width as l1_ball_width
-from .closed_forms import l2_ball_width as l2_ball_width
-from .closed_forms import linf_ball_width as linf_ball_width
-from .closed_forms import orthant_statdim as orthant_statdim
-from .closed_forms import orthant_width as orthant_width
-from .closed_forms import subspace_statdim as subspace_statdim
-from .closed_forms import subspace_width as subspace_width
-from .closed_forms import zonotope_width as zonotope_width
-from .diagnostics import DiagnosticsOutput as DiagnosticsOutput
-from .diagnostics import KinshipOutput as KinshipOutput
-from .diagnostics import SignConflictOutput as SignConflictOutput
-from .diagnostics import cosine_matrix as cosine_matrix
-from .diagnostics import interference_diagnostics as interference_diagnostics
-from .diagnostics import mean_off_diagonal as mean_off_diagonal
-from .diagnostics import model_kinship as model_kinship
-from .diagnostics import sign_conflict as sign_conflict
-from .diagnostics import singular_interference as singular_interference
-from .lora import LoraFactors as LoraFactors
-from .lora import LoraShape as LoraShape
-from .lora import densify as densify
-from .lora import gemma2_2b_lora_shapes as gemma2_2b_lora_shapes
-from .lora import lora_dense_size as lora_dense_size
-from .lora import lora_gram_matrix as lora_gram_matrix
-from .lora import lora_num_tasks as lora_num_tasks
-from .lora import sample_lora_factors as sample_lora_factors
-from .lora import split_factors as split_factors
-from .lora import validate_mixed_task_vectors as validate_mixed_task_vectors
-from .merge import MERGE_OPERATORS as MERGE_OPERATORS
-from .merge import MergeOperator as MergeOperator
-from .mergeability import BinomialNullTest as BinomialNullTest
-from .mergeability import CorrelationEstimate as CorrelationEstimate
-from .mergeability import MergeabilityEstimate as MergeabilityEstimate
-from .mergeability import ModerationTest as ModerationTest
-from .mergeability import base_margin as base_margin
-from .mergeability import binomial_null_test as binomial_null_test
-from .mergeability import bootstrap_correlation as bootstrap_correlation
-from .mergeability import hypothesis_verdict as hypothesis_verdict
-from .mergeability import moderation_test as moderation_test
-from .mergeability import pearson_correlation as pearson_correlation
-from .mergeability import rankdata as rankdata
-from .mergeability import sample_partners as sample_partners
-from .mergeability import spearman_correlation as spearman_correlation
-from .sets import SET_KINDS as SET_KINDS
-from .sets import CircularCone as CircularCone
-from .sets import ConvexHull as ConvexHull
-from .sets import ConvexHullWithOrigin as ConvexHullWithOrigin
-from .sets import Ellipsoid as Ellipsoid
-from .sets import GeneratedSet as GeneratedSet
-from .sets import L1Ball as L1Ball
-from .sets import L2Ball as L2Ball
-from .sets import LinfBall as LinfBall
-from .sets import NonnegativeOrthant as NonnegativeOrthant
-from .sets import PointSet as PointSet
-from .sets import PolyhedralCone as PolyhedralCone
-from .sets import ReferenceSet as ReferenceSet
-from .sets import Span as Span
-from .sets import Zonotope as Zonotope
-from .sets import cone_projection_sq_norm as cone_projection_sq_norm
-from .sets import default_rank_rtol as default_rank_rtol
-from .sets import make_set as make_set
-from .sets import nnls_gram as nnls_gram
-from .sets import operator_image as operator_image
-from .sets import psd_cholesky as psd_cholesky
-from .sets import span_pivot_mask as span_pivot_mask
-from .sets import validate_gram as validate_gram
-from .sharding import DEFAULT_AXIS as DEFAULT_AXIS
-from .sharding import MonteCarloEstimate as MonteCarloEstimate
-from .sharding import make_mesh as make_mesh
-from .sharding import shard_task_vectors as shard_task_vectors
-from .sharding import sharded_gaussian_width as sharded_gaussian_width
-from .sharding import sharded_gram_matrix as sharded_gram_matrix
-from .sharding import sharded_monte_carlo as sharded_monte_carlo
-from .tasks import CorrelatedSpec as CorrelatedSpec
-from .tasks import GaussianSpec as GaussianSpec
-from .tasks import HeavyTailedSpec as HeavyTailedSpec
-from .tasks import LoRASpec as LoRASpec
-from .tasks import SignConflictSpec as SignConflictSpec
-from .tasks import SparseSpec as SparseSpec
-from .tasks import TaskSpec as TaskSpec
-from .tasks import expected_sign_agreement as expected_sign_agreement
-from .tasks import expected_sign_conflict as expected_sign_conflict
-from .tasks import expected_support_overlap as expected_support_overlap
-from .tasks import sample_task_vectors as sample_task_vectors
-from .tasks import shape_tree as shape_tree
-from .tree import TaskVectorError as TaskVectorError
-from .tree import accumulation_dtype as accumulation_dtype
-from .tree import check_dense as check_dense
-from .tree import check_finite as check_finite
-from .tree import check_same_structure as check_same_structure
-from .tree import gram_2d as gram_2d
-from .tree import gram_matrix as gram_matrix
-from .tree import leaf_paths as leaf_paths
-from .tree import num_tasks as num_tasks
-from .tree import ravel_tasks as ravel_tasks
-from .tree import sum_tasks as sum_tasks
-from .tree import tree_add as tree_add
-from .tree import tree_norm as tree_norm
-from .tree import tree_scale as tree_scale
-from .tree import tree_stack as tree_stack
-from .tree import tree_sub as tree_sub
-from .tree import tree_unstack as tree_unstack
-from .tree import tree_vdot as tree_vdot
-from .tree import tree_weighted_sum as tree_weighted_sum
-from .tree import tree_zeros_like as tree_zeros_like
-from .tree import validate_task_vectors as validate_task_vectors
-from .width import NestedWidthEstimate as NestedWidthEstimate
-from .width import SampleMoments as SampleMoments
-from .width import WidthEstimate as WidthEstimate
-from .width import gaussian_width as gaussian_width
-from .width import nested_width as nested_width
-from .width import statistical_dimension as statistical_dimension
-from .width import stream_moments as stream_moments
-from .width import summarize_samples as summarize_samples
-from .width import width_sampler as width_sampler
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("merge", "theory")
+
+_EXPORTS: dict[str, str] = {
+    "_types": "is_lora_factors",
+    "closed_forms": (
+        "circular_cone_statdim circular_cone_statdim_approx circular_cone_width expected_chi "
+        "expected_max_normal expected_max_normal_with_zero finite_set_width_bound "
+        "kinematic_a_eta l1_ball_width l2_ball_width linf_ball_width orthant_statdim "
+        "orthant_width subspace_statdim subspace_width zonotope_width"
+    ),
+    "diagnostics": (
+        "DiagnosticsOutput KinshipOutput SignConflictOutput cosine_matrix "
+        "interference_diagnostics mean_off_diagonal model_kinship sign_conflict "
+        "singular_interference"
+    ),
+    "io": (
+        "CheckpointError PeftAdapter flatten_tree load_checkpoint load_msgpack load_orbax "
+        "load_peft_adapter load_safetensors peft_dense_update save_msgpack save_orbax "
+        "save_peft_adapter save_safetensors stack_peft_adapters task_vectors_from_checkpoints "
+        "unflatten_tree validate_lineage"
+    ),
+    "lora": (
+        "LoraFactors LoraShape densify gemma2_2b_lora_shapes lora_dense_size lora_gram_matrix "
+        "lora_num_tasks sample_lora_factors split_factors validate_mixed_task_vectors"
+    ),
+    "merge": "MERGE_OPERATORS MergeOperator",
+    "mergeability": (
+        "BinomialNullTest MergeabilityEstimate ModerationTest base_margin binomial_null_test "
+        "moderation_test sample_partners"
+    ),
+    "stats": (
+        "CorrelationEstimate bootstrap_correlation hypothesis_verdict pearson_correlation "
+        "rankdata spearman_correlation"
+    ),
+    "sets": (
+        "SET_KINDS CircularCone ConvexHull ConvexHullWithOrigin Ellipsoid GeneratedSet L1Ball "
+        "L2Ball LinfBall NonnegativeOrthant PointSet PolyhedralCone ReferenceSet Span "
+        "Zonotope cone_projection_sq_norm default_rank_rtol make_set nnls_gram operator_image "
+        "psd_cholesky span_pivot_mask validate_gram"
+    ),
+    "sharding": (
+        "DEFAULT_AXIS MonteCarloEstimate make_mesh shard_task_vectors sharded_gaussian_width "
+        "sharded_gram_matrix sharded_monte_carlo"
+    ),
+    "tasks": (
+        "CorrelatedSpec GaussianSpec HeavyTailedSpec LoRASpec SignConflictSpec SparseSpec "
+        "TaskSpec expected_sign_agreement expected_sign_conflict expected_support_overlap "
+        "sample_task_vectors shape_tree"
+    ),
+    "tree": (
+        "TaskVectorError accumulation_dtype check_dense check_finite check_same_structure "
+        "gram_2d gram_matrix leaf_paths num_tasks ravel_tasks sum_tasks tree_add tree_norm "
+        "tree_scale tree_stack tree_sub tree_unstack tree_vdot tree_weighted_sum "
+        "tree_zeros_like validate_task_vectors"
+    ),
+    "width": (
+        "NestedWidthEstimate SampleMoments WidthEstimate gaussian_width nested_width "
+        "statistical_dimension stream_moments summarize_samples width_sampler"
+    ),
+}
+"""Re-exported names (space-separated) by the submodule that defines them."""
+
+_ORIGIN = {name: module for module, names in _EXPORTS.items() for name in names.split()}
+
+__all__ = sorted([*_SUBMODULES, *_ORIGIN])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    module = _ORIGIN.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -25,17 +25,19 @@ partner sets (common random numbers), so operators are compared on paired draws.
 (example) survived each merge independently with one common probability :math:`\bar p`,
 the success counts :math:`c_u = N \hat S_u` would be :math:`\mathrm{Binomial}(N, \bar p)`.
 :func:`binomial_null_test` compares the histogram of :math:`c_u` with that law by a
-likelihood-ratio (G) and a Pearson :math:`\chi^2` statistic, and reports the dispersion
-index :math:`\widehat{\mathrm{Var}}(c) / (N\bar p(1-\bar p))` (1 under the null, > 1 when
+likelihood-ratio (G) and a Pearson :math:`\chi^2` statistic
+(:func:`mergetheory.stats.g_test`), and reports the dispersion index
+:math:`\widehat{\mathrm{Var}}(c) / (N\bar p(1-\bar p))` (1 under the null, > 1 when
 mergeability is a trait of the unit).
 
 **Base knowledge** (hypothesis H-BK, reconstruction of THEORY.md 10.5): *updates
 fine-tuned on tasks the base model knows better are more mergeable*, i.e.
 :math:`\mathrm{corr}(\mathrm{acc}_{\theta_0}(t), \hat S(\tau_t)) > 0`.
-:func:`bootstrap_correlation` gives Spearman / Pearson with a percentile-bootstrap CI, and
-:func:`base_margin` the example-level measure :math:`\Delta_\text{base} = p_{\theta_0}(\text{top}) -
-p_{\theta_0}(y)` (H-BK predicts a *negative* correlation of :math:`\Delta_\text{base}` with
-:math:`\hat S` over examples the fine-tune fixed).
+:func:`mergetheory.stats.bootstrap_correlation` gives Spearman / Pearson with a
+percentile-bootstrap CI, and :func:`base_margin` the example-level measure
+:math:`\Delta_\text{base} = p_{\theta_0}(\text{top}) - p_{\theta_0}(y)`
+(H-BK predicts a *negative* correlation of :math:`\Delta_\text{base}` with :math:`\hat S`
+over examples the fine-tune fixed).
 
 **Moderation** (hypothesis H-MOD, [inferred] from the ACTMat replication, THEORY.md 10.8):
 *the base-knowledge correlation shrinks for operators that reduce interference (TIES)
@@ -63,23 +65,25 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._types import Key, TaskVectors
+from .stats import (
+    CorrelationEstimate,
+    bootstrap_correlation,
+    default_float_dtype,
+    g_test,
+    percentile_ci,
+    pool_bins,
+)
 from .tree import TaskVectorError, check_same_structure, leaf_paths, validate_task_vectors
 
 __all__ = [
     "BinomialNullTest",
-    "CorrelationEstimate",
     "MergeabilityEstimate",
     "ModerationTest",
     "base_margin",
     "binomial_null_test",
-    "bootstrap_correlation",
-    "hypothesis_verdict",
     "mergeability",
     "moderation_test",
-    "pearson_correlation",
-    "rankdata",
     "sample_partners",
-    "spearman_correlation",
 ]
 
 
@@ -145,10 +149,6 @@ def sample_partners(
     return _sample_partners(key, index, num_tasks, num_partners, tuple(shape))
 
 
-def _float_dtype() -> Any:
-    return jnp.result_type(float)
-
-
 @functools.partial(
     jax.jit,
     static_argnames=(
@@ -176,7 +176,7 @@ def _mergeability_scores(
     batch_size: int | None,
 ) -> tuple[jax.Array, jax.Array]:
     num = jtu.tree_leaves(task_vectors)[0].shape[0]
-    fdtype = _float_dtype()
+    fdtype = default_float_dtype()
     # Keys split by purpose; all partner draws come from ONE RNG call outside the vmaps
     # (RNG inside a vmapped body multiplies XLA:CPU compile time).
     key_partners, key_merge = jr.split(key)
@@ -350,43 +350,6 @@ class BinomialNullTest(NamedTuple):
     dispersion: float
 
 
-def _pool_bins(observed: np.ndarray, expected: np.ndarray, min_expected: float):
-    """Merge adjacent bins (from both tails inwards) until every expected count >= min."""
-    obs, exp_ = [], []
-    o_acc = e_acc = 0.0
-    for o, e in zip(observed, expected, strict=True):
-        o_acc += o
-        e_acc += e
-        if e_acc >= min_expected:
-            obs.append(o_acc)
-            exp_.append(e_acc)
-            o_acc = e_acc = 0.0
-    if e_acc > 0 or o_acc > 0:
-        if obs:
-            obs[-1] += o_acc
-            exp_[-1] += e_acc
-        else:
-            obs.append(o_acc)
-            exp_.append(e_acc)
-    return np.asarray(obs), np.asarray(exp_)
-
-
-def _chi2_log10_sf(x: float, dof: int) -> float:
-    r""":math:`\log_{10} P(\chi^2_k \ge x)`, finite far into the tail.
-
-    SciPy's ``logsf`` is used while it is finite; beyond, the asymptotic expansion of the
-    upper incomplete gamma function, :math:`\Gamma(s, z) \approx z^{s-1} e^{-z}
-    (1 + (s-1)/z)` with :math:`s = k/2`, :math:`z = x/2`.
-    """
-    from scipy import special, stats
-
-    val = float(stats.chi2.logsf(x, dof))
-    if not np.isfinite(val):
-        s_, z = dof / 2.0, x / 2.0
-        val = (s_ - 1.0) * np.log(z) - z + np.log1p((s_ - 1.0) / z) - special.gammaln(s_)
-    return float(val / np.log(10.0))
-
-
 def binomial_null_test(
     successes: Any, num_trials: int, *, min_expected: float = 5.0
 ) -> BinomialNullTest:
@@ -428,158 +391,13 @@ def binomial_null_test(
     p_bar = float(c.sum() / (num_units * num_trials))
     observed = np.bincount(c, minlength=num_trials + 1).astype(np.float64)
     expected = num_units * stats.binom.pmf(np.arange(num_trials + 1), num_trials, p_bar)
-    obs, exp_ = _pool_bins(observed, expected, min_expected)
-    dof = int(obs.size - 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g_terms = np.where(obs > 0, obs * np.log(obs / exp_), 0.0)
-    g = float(2.0 * g_terms.sum())
-    chi2 = float(((obs - exp_) ** 2 / exp_).sum())
-    p_value = float(stats.chi2.sf(g, dof)) if dof > 0 else float("nan")
-    log10_p = _chi2_log10_sf(g, dof) if dof > 0 else float("nan")
+    obs, exp_ = pool_bins(observed, expected, min_expected)
+    g, chi2, dof, p_value, log10_p = g_test(obs, exp_, ddof=1)  # p_bar is fitted
     null_var = num_trials * p_bar * (1.0 - p_bar)
     dispersion = float(c.var(ddof=1) / null_var) if null_var > 0 else float("nan")
     return BinomialNullTest(
         observed, expected, p_bar, num_units, num_trials, g, chi2, dof, p_value, log10_p, dispersion
     )
-
-
-# --------------------------------------------------------------------------------------
-# correlations with a bootstrap CI
-# --------------------------------------------------------------------------------------
-
-
-def _rank_sorted_1d(xs: jax.Array) -> jax.Array:
-    """Average 1-based ranks of the entries of an ascending 1-D array (ties share)."""
-    left = jnp.searchsorted(xs, xs, side="left")
-    right = jnp.searchsorted(xs, xs, side="right")
-    return (left + right + 1).astype(xs.dtype) / 2
-
-
-def rankdata(x: jax.Array) -> jax.Array:
-    """Average ranks (1-based, ties share the mean rank) along the last axis.
-
-    ``O(n log n)``: sort, give each sorted entry the mean of the first and last position of
-    its value (two ``searchsorted``), scatter back. Traceable and ``vmap``-able; matches
-    ``scipy.stats.rankdata(method="average")``.
-    """
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(_float_dtype())
-    order = jnp.argsort(x, axis=-1)
-    xs = jnp.take_along_axis(x, order, axis=-1)
-    flat = xs.reshape((-1, xs.shape[-1]))
-    ranks_sorted = jax.vmap(_rank_sorted_1d)(flat).reshape(xs.shape)
-    inverse = jnp.argsort(order, axis=-1)
-    return jnp.take_along_axis(ranks_sorted, inverse, axis=-1)
-
-
-def pearson_correlation(x: jax.Array, y: jax.Array) -> jax.Array:
-    r"""Pearson correlation over the last axis (NaN when either input is constant).
-
-    .. math::  r = \frac{\sum_j (x_j-\bar x)(y_j-\bar y)}{\|x-\bar x\|\,\|y-\bar y\|}.
-    """
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
-    # the wider float of the two (explicit: strict dtype promotion forbids mixing them)
-    floats = [d if jnp.issubdtype(d, jnp.floating) else _float_dtype() for d in (x.dtype, y.dtype)]
-    dtype = max(floats, key=lambda d: jnp.dtype(d).itemsize)
-    x = x.astype(dtype)
-    y = y.astype(dtype)
-    xc = x - x.mean(-1, keepdims=True)
-    yc = y - y.mean(-1, keepdims=True)
-    den = jnp.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
-    return jnp.where(den > 0, (xc * yc).sum(-1) / jnp.where(den > 0, den, 1), jnp.nan)
-
-
-def spearman_correlation(x: jax.Array, y: jax.Array) -> jax.Array:
-    r"""Spearman :math:`\rho`: Pearson correlation of average ranks, over the last axis."""
-    return pearson_correlation(rankdata(x), rankdata(y))
-
-
-class CorrelationEstimate(NamedTuple):
-    """A correlation (or a difference of correlations) with a percentile-bootstrap CI.
-
-    Attributes:
-      value: ``[...]`` the statistic on the full sample.
-      ci_low: ``[...]`` lower percentile-bootstrap bound.
-      ci_high: ``[...]`` upper bound.
-      stderr: ``[...]`` standard deviation of the bootstrap replicates.
-      samples: ``[B, ...]`` bootstrap replicates (NaN where a resample was degenerate).
-      confidence: the CI's nominal coverage.
-      num_points: ``n``, the number of paired observations.
-    """
-
-    value: jax.Array
-    ci_low: jax.Array
-    ci_high: jax.Array
-    stderr: jax.Array
-    samples: jax.Array
-    confidence: float
-    num_points: int
-
-
-_CORRELATIONS = {"spearman": spearman_correlation, "pearson": pearson_correlation}
-
-
-@functools.partial(jax.jit, static_argnames=("confidence",))
-def _ci(samples: jax.Array, confidence: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    alpha = 100.0 * (1.0 - confidence) / 2.0
-    lo = jnp.nanpercentile(samples, alpha, axis=0)
-    hi = jnp.nanpercentile(samples, 100.0 - alpha, axis=0)
-    return lo, hi, jnp.nanstd(samples, axis=0, ddof=1)
-
-
-@functools.partial(jax.jit, static_argnames=("method", "num_resamples", "batch_size"))
-def _bootstrap(
-    key: Key, x: jax.Array, y: jax.Array, method: str, num_resamples: int, batch_size: int
-) -> tuple[jax.Array, jax.Array]:
-    corr = _CORRELATIONS[method]
-    n = x.shape[-1]
-    idx = jr.randint(key, (num_resamples, n), 0, n, jnp.int32)
-    # chunked: memory is set by batch_size resamples, not by num_resamples
-    samples = jax.lax.map(lambda i: corr(x[..., i], y[..., i]), idx, batch_size=batch_size)
-    return corr(x, y), samples
-
-
-def bootstrap_correlation(
-    key: Key,
-    x: Any,
-    y: Any,
-    *,
-    method: str = "spearman",
-    num_resamples: int = 2000,
-    confidence: float = 0.95,
-) -> CorrelationEstimate:
-    r"""Correlation of ``x`` and ``y`` with a paired percentile-bootstrap CI.
-
-    The ``n`` pairs :math:`(x_j, y_j)` are resampled with replacement ``B`` times; the CI
-    is the :math:`[\alpha/2, 1-\alpha/2]` percentile interval of the replicates,
-    :math:`\alpha = 1 - \text{confidence}`. Leading axes of ``x`` / ``y`` broadcast and
-    share the same resamples, so correlations of several series (e.g. one per merge
-    operator) against one ``x`` are *paired*: differences of their replicates give valid
-    CIs for differences (see :func:`moderation_test`).
-
-    Args:
-      key: PRNG key of the resampling.
-      x: ``[..., n]`` (e.g. base accuracy per expert).
-      y: ``[..., n]`` (e.g. mergeability per expert; ``[K, n]`` for ``K`` operators).
-      method: ``"spearman"`` or ``"pearson"``.
-      num_resamples: ``B``.
-      confidence: nominal coverage of the CI.
-
-    Returns:
-      :class:`CorrelationEstimate`; ``value`` has the broadcast leading shape.
-    """
-    if method not in _CORRELATIONS:
-        raise ValueError(f"method must be one of {sorted(_CORRELATIONS)}, got {method!r}")
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
-    n = x.shape[-1]
-    if y.shape[-1] != n or n < 3:
-        raise ValueError(f"x and y need the same last axis n >= 3; got {x.shape} and {y.shape}")
-    value, samples = _bootstrap(key, x, y, method, num_resamples, min(num_resamples, 256))
-    lo, hi, se = _ci(samples, confidence)
-    return CorrelationEstimate(value, lo, hi, se, samples, confidence, n)
 
 
 class ModerationTest(NamedTuple):
@@ -639,26 +457,11 @@ def moderation_test(
         confidence=confidence,
     )
     diff_samples = corr.samples - corr.samples[:, reference : reference + 1]
-    lo, hi, se = _ci(diff_samples, confidence)
+    lo, hi, se = percentile_ci(diff_samples, confidence)
     diff = CorrelationEstimate(
         corr.value - corr.value[reference], lo, hi, se, diff_samples, confidence, corr.num_points
     )
     return ModerationTest(corr, diff, reference)
-
-
-def hypothesis_verdict(ci_low: float, ci_high: float, *, predicted_sign: int) -> str:
-    """Verdict of a directional hypothesis from a CI of its effect.
-
-    Returns ``"holds"`` if the CI excludes 0 on the predicted side, ``"fails"`` if it
-    excludes 0 on the other side (the opposite effect), ``"inconclusive"`` otherwise
-    (including NaN bounds).
-    """
-    lo, hi = float(ci_low), float(ci_high)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "inconclusive"
-    if predicted_sign > 0:
-        return "holds" if lo > 0 else ("fails" if hi < 0 else "inconclusive")
-    return "holds" if hi < 0 else ("fails" if lo > 0 else "inconclusive")
 
 
 # --------------------------------------------------------------------------------------

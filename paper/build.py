@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from mergetheory._io import atomic_write
+from mergetheory.io import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION_ORDER = [

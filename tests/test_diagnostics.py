@@ -193,7 +193,7 @@ def test_sti_errors():
 # --------------------------------------------------------------------------------------
 
 
-def test_interference_diagnostics_bundle_and_trace_once():
+def test_interference_diagnostics_bundle_and_trace_once(assert_traced_once):
     tv = {"w": _normal(3, 9, 6), "b": _normal(3, 6)}
     out = interference_diagnostics(tv)
     assert isinstance(out, DiagnosticsOutput)
@@ -204,9 +204,8 @@ def test_interference_diagnostics_bundle_and_trace_once():
     np.testing.assert_allclose(out.singular_interference, per_leaf["w"], rtol=1e-12)
     np.testing.assert_allclose(out.kinship.pcc, model_kinship(tv).pcc, rtol=1e-12)
     # a second call with new values and the same shapes does not retrace
-    size = interference_diagnostics._cache_size()
-    interference_diagnostics(jax.tree.map(lambda x: 2.0 * x, tv))
-    assert interference_diagnostics._cache_size() == size
+    new_values = iter([jax.tree.map(lambda x: 2.0 * x, tv), jax.tree.map(lambda x: 3.0 * x, tv)])
+    assert_traced_once(lambda: interference_diagnostics(next(new_values)))
     # no matrix leaf: total interference is 0
     vec = interference_diagnostics({"b": tv["b"]})
     assert float(vec.singular_interference) == 0.0

@@ -7,7 +7,7 @@ from experiments import run_all as experiments_run_all
 from experiments.diagnostics import METRICS, QUICK_CONFIG
 from figures import run_all as figures_run_all
 from figures._style import atomic_savefig, plt
-from mergetheory._io import load_results
+from mergetheory.io import load_results
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_operator_diagnostics_covers_every_registered_operator(tmp_path):
     """Issue 5: the operator sweep knows every registry entry by name, with finite values."""
     from experiments import operator_diagnostics as od
     from figures import fig_operator_diagnostics as fod
-    from mergetheory._io import load_results
+    from mergetheory.io import load_results
     from mergetheory.merge import MERGE_OPERATORS
 
     assert od.main(["--quick", "--out-dir", str(tmp_path), "--no-progress"]) == 0

@@ -36,8 +36,8 @@ import jax.random as jr
 import numpy as np
 import optax
 
-from .._io import atomic_write
 from .._types import Key
+from ..io import atomic_write
 from ..tree import tree_stack, tree_unstack
 from .mlp import init_mlp, mlp_apply
 
@@ -124,8 +124,17 @@ def load_digits_split(key: Key, *, test_fraction: float = 0.3) -> DigitsData:
 
     Returns:
       :class:`DigitsData` (features divided by 16, float32; labels int32).
+
+    Raises:
+      ImportError: scikit-learn is not installed (``pip install 'mergetheory[experiments]'``).
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError(
+            "load_digits_split needs scikit-learn, an optional dependency: "
+            "pip install 'mergetheory[experiments]'"
+        ) from err
 
     bunch = load_digits()
     x = np.asarray(bunch.data, np.float32) / np.float32(16.0)
@@ -426,7 +435,7 @@ def save_digits_checkpoints(
     """Save the base and every expert as orbax checkpoints, plus a ``manifest.json``.
 
     Layout: ``<directory>/base/``, ``<directory>/expert_00/``, ... (one orbax directory
-    each, written atomically by :func:`mergetheory.checkpoints.save_orbax`).
+    each, written atomically by :func:`mergetheory.io.save_orbax`).
 
     Args:
       directory: where to write (e.g. ``results/checkpoints``; not committed).
@@ -436,7 +445,7 @@ def save_digits_checkpoints(
     Returns:
       ``(base_path, [expert_paths])``.
     """
-    from ..checkpoints import save_orbax
+    from ..io import save_orbax
 
     directory = Path(directory)
     base_path = save_orbax(directory / "base", result.base, overwrite=overwrite)

@@ -6,7 +6,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from mergetheory.checkpoints import load_orbax, task_vectors_from_checkpoints
+from mergetheory.io import load_orbax, task_vectors_from_checkpoints
 from mergetheory.models.mlp import init_mlp, mlp_apply, mlp_dims
 from mergetheory.models.train import (
     DigitsSpec,
@@ -96,3 +96,13 @@ def test_checkpoints_round_trip_to_task_vectors(trained, tmp_path):
     tv = task_vectors_from_checkpoints(base_path, expert_paths[:3])
     expected = jax.tree.map(lambda e, b: e[:3] - b[None], trained.experts, trained.base)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), tv, expected)
+
+
+def test_digits_without_scikit_learn_names_the_extra(monkeypatch, key):
+    import sys
+
+    from mergetheory.models.train import load_digits_split
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import raises ImportError
+    with pytest.raises(ImportError, match=r"mergetheory\[experiments\]"):
+        load_digits_split(key)

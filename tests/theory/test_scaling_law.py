@@ -150,7 +150,7 @@ def test_quick_experiment_figure_and_paper_section(tmp_path):
 
     from experiments import scaling_law as experiment
     from figures import fig_scaling_law as figure
-    from mergetheory._io import load_results
+    from mergetheory.io import load_results
     from paper.build import render_section
 
     assert experiment.main(["--quick", "--out-dir", str(tmp_path), "--no-progress"]) == 0

@@ -1,4 +1,4 @@
-"""Tests for mergetheory._io: round trip, provenance, atomicity and clear errors."""
+"""Tests for mergetheory.io.results: round trip, provenance, atomicity and clear errors."""
 
 import json
 import os
@@ -8,14 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from mergetheory import _io
-from mergetheory._io import (
+from mergetheory.io import (
     CorruptResultsError,
     ResultsNotFoundError,
     atomic_write,
     load_results,
     save_results,
 )
+from mergetheory.io import results as results_module
 
 
 class _Config(NamedTuple):
@@ -64,7 +64,7 @@ def test_seed_argument_and_dict_config(tmp_path):
 
 
 def test_git_unknown_fallback(tmp_path, monkeypatch):
-    monkeypatch.setattr(_io, "_git", lambda args, cwd: None)
+    monkeypatch.setattr(results_module, "_git", lambda args, cwd: None)
     save_results(tmp_path / "r", {"x": np.zeros(1)}, {})
     meta = load_results(tmp_path / "r").metadata
     assert meta["git_revision"] == "unknown" and meta["git_dirty"] is None
@@ -94,7 +94,7 @@ def test_save_failure_keeps_previous_results(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip")
         raise OSError("disk full")
 
-    monkeypatch.setattr(_io, "_write_npz", broken_write)
+    monkeypatch.setattr(results_module, "_write_npz", broken_write)
     with pytest.raises(OSError, match="disk full"):
         save_results(tmp_path / "r", {"x": np.zeros(2)}, {"v": 2})
     res = load_results(tmp_path / "r")  # still the first, complete run

@@ -13,7 +13,7 @@ import pytest
 from mergetheory import cli, width
 from mergetheory.sets import ConvexHull
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

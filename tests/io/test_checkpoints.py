@@ -1,4 +1,4 @@
-"""Tests for mergetheory.checkpoints: round trips, PEFT adapters, lineage, every error path."""
+"""Tests for mergetheory.io (checkpoints): round trips, PEFT adapters, lineage, every error path."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from mergetheory import checkpoints as ck
+from mergetheory import io as ck
 from mergetheory.lora import densify, lora_gram_matrix
 from mergetheory.tree import TaskVectorError, gram_matrix
 

@@ -1,8 +1,9 @@
 """Results files: ``<stem>.npz`` arrays plus a ``<stem>.json`` provenance sidecar.
 
 Experiments and benchmarks write their numbers with :func:`save_results`; figures read
-them with :func:`load_results` and nothing else. Both files are written atomically (a
-temporary file in the destination directory, flushed and fsynced, then ``os.replace``),
+them with :func:`load_results` and nothing else. Both files are written atomically
+(:func:`mergetheory.io.atomic.atomic_write`: a temporary file in the destination
+directory, flushed and fsynced, then ``os.replace``),
 so a reader never sees a half-written file, and an exception during writing leaves any
 previous results untouched and no temporary file behind. The two files carry the same
 random ``run_id``; :func:`load_results` refuses a pair whose ids differ (e.g. after a
@@ -12,13 +13,13 @@ The sidecar records the config, the seed, the JAX / NumPy / Python versions, the
 platform and JAX devices, the git revision (``git rev-parse HEAD``, or ``"unknown"``) and
 whether the work tree was dirty, and a UTC timestamp.
 
-Nothing here imports matplotlib: figure files go through :func:`atomic_write` from
-``figures/_style.py`` (plotting never lives in the library).
+Nothing here imports matplotlib: figure files go through
+:func:`~mergetheory.io.atomic.atomic_write` from ``figures/_style.py`` (plotting never
+lives in the library).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -26,20 +27,20 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import numpy as np
 
+from .atomic import atomic_write
+
 __all__ = [
     "CorruptResultsError",
     "Results",
     "ResultsNotFoundError",
-    "atomic_write",
     "load_results",
     "provenance",
     "save_results",
@@ -73,55 +74,6 @@ def _stem(path_stem: str | os.PathLike[str]) -> Path:
     if p.suffix in (".npz", ".json"):
         p = p.with_suffix("")
     return p
-
-
-def _file_mode(path: Path) -> int:
-    """Mode for a new file: the existing file's, else ``0o666`` minus the umask.
-
-    ``mkstemp`` creates files with mode ``0o600``; results are meant to be shared.
-    """
-    try:
-        return os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        pass
-    try:  # Linux: read the umask without changing it
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success move it onto ``path`` atomically.
-
-    On an exception inside the ``with`` block the temporary file is removed and ``path``
-    is left as it was.
-
-    Args:
-      path: destination file; its directory is created if needed.
-      mode: ``"wb"`` or ``"w"``.
-
-    Yields:
-      The open temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

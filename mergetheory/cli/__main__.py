@@ -1,0 +1,5 @@
+"""``python -m mergetheory.cli``."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Atomic writes: a temporary sibling, flushed and fsynced, then renamed onto the target.
+
+A reader never sees a half-written file or directory under the real name, and an exception
+during writing leaves any previous version untouched and no temporary behind. Every
+temporary is named ``.<name>.tmp-<random>`` in the destination's directory (one naming
+rule for files and directories, so stale ones are recognisable as ours).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_dir", "temp_sibling"]
+
+
+def temp_sibling(path: str | os.PathLike[str]) -> Path:
+    """A fresh temporary name ``.<name>.tmp-<random>`` next to ``path`` (not created)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+def _file_mode(path: Path) -> int:
+    """Mode for a new file: the existing file's, else ``0o666`` minus the umask.
+
+    The temporary is created with mode ``0o600``; results are meant to be shared.
+    """
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        pass
+    try:  # Linux: read the umask without changing it
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on success move it onto ``path`` atomically.
+
+    On an exception inside the ``with`` block the temporary file is removed and ``path``
+    is left as it was.
+
+    Args:
+      path: destination file; its directory is created if needed.
+      mode: ``"wb"`` or ``"w"``.
+
+    Yields:
+      The open temporary file.
+
+    Example:
+      >>> with atomic_write("out/table.txt", "w") as f:
+      ...     f.write("done\\n")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def atomic_write_dir(path: str | os.PathLike[str], write_fn: Callable[[Path], None]) -> None:
+    """Run ``write_fn(tmp_dir)`` (it creates ``tmp_dir``), then rename ``tmp_dir`` onto ``path``.
+
+    If ``path`` exists, the old directory is first moved aside (another atomic rename) and
+    deleted only after the new one is in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        write_fn(tmp)
+        old = None
+        if path.exists():
+            old = temp_sibling(path)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,145 @@
+r"""Any checkpoint format, the lineage check, and task vectors from checkpoints.
+
+:func:`load_checkpoint` picks the format from the path (an orbax directory, a ``.msgpack``
+or a ``.safetensors`` file). :func:`task_vectors_from_checkpoints` loads a base model and
+``T`` experts (paths in any of these formats, or in-memory pytrees) and returns
+:math:`\tau_t = \theta_t - \theta_0` stacked as ``[T, ...]``, after a fail-fast *lineage
+check*: every expert must have exactly the base's tree structure, leaf shapes and dtypes;
+the error names the first mismatching leaf path and the expert's file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from .._types import TaskVectors
+from ..tree import leaf_paths
+from .common import CheckpointError, check_finite_checkpoint
+from .flat import unflatten_tree
+from .msgpack import load_msgpack
+from .orbax import load_orbax
+from .safetensors import load_safetensors
+
+__all__ = ["load_checkpoint", "task_vectors_from_checkpoints", "validate_lineage"]
+
+
+def load_checkpoint(source: Any, *, check_finite: bool = True) -> Any:
+    """Load a checkpoint of any supported format, chosen from the path.
+
+    * a directory -> orbax;
+    * ``*.msgpack`` -> flax msgpack;
+    * ``*.safetensors`` -> safetensors, unflattened on ``"."`` into nested dicts;
+    * anything that is not a path (a pytree already in memory) is returned as is (after
+      the finiteness check).
+
+    Raises:
+      CheckpointError: missing file, unknown extension, corrupt file, non-finite values.
+    """
+    if not isinstance(source, str | os.PathLike):
+        if check_finite:
+            check_finite_checkpoint(source, "<in-memory pytree>")
+        return source
+    path = Path(source).absolute()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        return load_orbax(path, check_finite=check_finite)
+    if path.suffix == ".msgpack":
+        return load_msgpack(path, check_finite=check_finite)
+    if path.suffix == ".safetensors":
+        return unflatten_tree(load_safetensors(path, check_finite=check_finite))
+    raise CheckpointError(
+        f"unknown checkpoint format for {path}: expected an orbax directory, "
+        "a .msgpack or a .safetensors file"
+    )
+
+
+def _describe(source: Any, index: int | None = None) -> str:
+    if isinstance(source, str | os.PathLike):
+        return str(Path(source).absolute())
+    return "<in-memory pytree>" if index is None else f"<in-memory expert {index}>"
+
+
+def validate_lineage(base: Any, expert: Any, *, expert_name: str = "expert") -> None:
+    """Check that ``expert`` is a fine-tune of ``base``: same structure, shapes and dtypes.
+
+    Args:
+      base: the base model's pytree.
+      expert: an expert's pytree.
+      expert_name: what to call the expert (its file) in error messages.
+
+    Raises:
+      CheckpointError: naming the first mismatching leaf path and ``expert_name``.
+    """
+    pb, pe = leaf_paths(base), leaf_paths(expert)
+    if jtu.tree_structure(base) != jtu.tree_structure(expert):
+        set_b, set_e = set(pb), set(pe)
+        missing = [p for p in pb if p not in set_e]
+        extra = [p for p in pe if p not in set_b]
+        if missing:
+            what = f"leaf {missing[0]} of the base is missing"
+        elif extra:
+            what = f"leaf {extra[0]} is not in the base"
+        else:
+            what = "the tree structures differ (same leaf names, different containers)"
+        raise CheckpointError(f"lineage check failed for {expert_name}: {what}")
+    for p, a, b in zip(pb, jtu.tree_leaves(base), jtu.tree_leaves(expert), strict=True):
+        if np.shape(a) != np.shape(b):
+            raise CheckpointError(
+                f"lineage check failed for {expert_name}: leaf {p} has shape {np.shape(b)} "
+                f"but the base has {np.shape(a)}"
+            )
+        da, db = np.asarray(a).dtype, np.asarray(b).dtype
+        if da != db:
+            raise CheckpointError(
+                f"lineage check failed for {expert_name}: leaf {p} has dtype {db} "
+                f"but the base has {da}"
+            )
+
+
+def task_vectors_from_checkpoints(
+    base: Any, experts: Sequence[Any], *, check_finite: bool = True
+) -> TaskVectors:
+    r"""Task vectors :math:`\tau_t = \theta_t - \theta_0` of ``T`` experts, stacked ``[T, ...]``.
+
+    Each of ``base`` and ``experts`` is a path (orbax directory, ``.msgpack`` or
+    ``.safetensors``; see :func:`load_checkpoint`) or a pytree already in memory. Every
+    expert goes through :func:`validate_lineage` against the base before any subtraction,
+    so a checkpoint from another model fails fast, naming its file and the first
+    mismatching leaf.
+
+    Args:
+      base: the base model :math:`\theta_0`.
+      experts: the ``T`` fine-tuned models :math:`\theta_t`.
+      check_finite: reject NaN / Inf in any checkpoint.
+
+    Returns:
+      A task-vector set: the base's pytree with every leaf ``[T, ...]`` (``jax.Array``, the
+      base's dtypes).
+
+    Raises:
+      CheckpointError: empty expert list, unreadable file, lineage mismatch, non-finite
+        values.
+
+    Example:
+      >>> tv = task_vectors_from_checkpoints("ckpt/base", ["ckpt/expert_00", "ckpt/expert_01"])
+    """
+    if len(experts) == 0:
+        raise CheckpointError("task_vectors_from_checkpoints: the list of experts is empty")
+    theta0 = load_checkpoint(base, check_finite=check_finite)
+    if not jtu.tree_leaves(theta0):
+        raise CheckpointError(f"base checkpoint {_describe(base)} holds no arrays")
+    taus = []
+    for t, src in enumerate(experts):
+        theta = load_checkpoint(src, check_finite=check_finite)
+        validate_lineage(theta0, theta, expert_name=f"expert {t} ({_describe(src, t)})")
+        # NumPy on the host: no per-leaf XLA compilation for a one-off subtraction
+        taus.append(jtu.tree_map(lambda a, b: np.asarray(b) - np.asarray(a), theta0, theta))
+    return jtu.tree_map(lambda *xs: jnp.asarray(np.stack(xs)), *taus)

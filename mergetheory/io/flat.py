@@ -1,0 +1,82 @@
+"""Flat ``{"a.b.c": array}`` names <-> nested pytrees (the safetensors layout).
+
+Both directions go through flax (``flax.serialization.to_state_dict`` and
+``flax.traverse_util.flatten_dict`` / ``unflatten_dict``), under checks that the names
+invert: no key may contain the separator, no two leaves may share a name, and no name may
+be an array and a group at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .common import CheckpointError
+
+__all__ = ["flatten_tree", "unflatten_tree"]
+
+
+def flatten_tree(tree: Any, *, sep: str = ".") -> dict[str, np.ndarray]:
+    """Flatten a nested pytree to ``{"a.b.c": array}`` (the safetensors layout).
+
+    Lists and tuples are numbered (``"layers.0.w"``), NamedTuples keyed by field, as in
+    ``flax.serialization.to_state_dict``; ``None`` leaves are dropped, as in ``jax.tree``.
+
+    Args:
+      tree: nested dicts / lists / tuples of arrays.
+      sep: the separator joining key-path parts.
+
+    Returns:
+      A flat dict of NumPy arrays, in the tree's order.
+
+    Raises:
+      CheckpointError: if a key contains ``sep`` (the flattening would not invert) or two
+        leaves get the same name.
+
+    Example:
+      >>> flatten_tree({"dense": {"kernel": np.ones((2, 3))}})["dense.kernel"].shape
+      (2, 3)
+    """
+    from flax import serialization, traverse_util
+
+    state = serialization.to_state_dict(tree)
+    if not isinstance(state, dict):
+        return {} if state is None else {"<root>": np.asarray(state)}
+    out: dict[str, np.ndarray] = {}
+    for path, leaf in traverse_util.flatten_dict(state).items():
+        if leaf is None:
+            continue
+        parts = [str(k) for k in path]
+        for p in parts:
+            if sep in p or p == "":
+                raise CheckpointError(
+                    f"cannot flatten key {p!r}: it is empty or contains the separator {sep!r}"
+                )
+        name = sep.join(parts)
+        if name in out:
+            raise CheckpointError(f"two leaves flatten to the same name {name!r}")
+        out[name] = np.asarray(leaf)
+    return out
+
+
+def unflatten_tree(flat: Mapping[str, Any], *, sep: str = ".") -> dict[str, Any]:
+    """Invert :func:`flatten_tree` into nested dicts (keys stay strings, sorted).
+
+    Raises:
+      CheckpointError: if one name is a prefix of another (``"a"`` and ``"a.b"``).
+
+    Example:
+      >>> unflatten_tree({"a.b": 1, "a.c": 2})
+      {'a': {'b': 1, 'c': 2}}
+    """
+    from flax import traverse_util
+
+    names = set(flat)
+    for name in sorted(flat):
+        parts = name.split(sep)
+        for i in range(1, len(parts)):
+            if sep.join(parts[:i]) in names:
+                raise CheckpointError(f"name {name!r} nests under the array {parts[i - 1]!r}")
+    return traverse_util.unflatten_dict({name: flat[name] for name in sorted(flat)}, sep=sep)

@@ -1,0 +1,45 @@
+"""The top-level ``mergetheory`` command: help and version without JAX, the subcommand table."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mergetheory import __version__
+from mergetheory.cli import SUBCOMMANDS
+from mergetheory.cli.merge import OPERATOR_NAMES
+from mergetheory.merge import MERGE_OPERATORS
+
+REPO = Path(__file__).resolve().parents[2]
+
+_PARSE_ONLY = """
+import sys
+from mergetheory.cli import main
+rc = main(sys.argv[1:])
+print("RC", rc, "JAX", "jax" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], *[[name, "--help"] for name in sorted(SUBCOMMANDS)]]
+)
+def test_help_and_version_do_not_import_jax(argv):
+    proc = subprocess.run(
+        [sys.executable, "-c", _PARSE_ONLY, *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "RC 0 JAX False"
+    if argv == ["--version"]:
+        assert proc.stdout.splitlines()[0] == f"mergetheory {__version__}"
+    else:
+        assert "usage: mergetheory" in proc.stdout
+
+
+def test_operator_names_match_the_registry():
+    # the CLI lists the operators without importing JAX: the list must follow the registry
+    assert list(OPERATOR_NAMES) == sorted(MERGE_OPERATORS)
