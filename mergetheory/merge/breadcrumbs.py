@@ -36,7 +36,7 @@ The band is found by thresholds, not by sorting indices: an entry is kept iff
 :math:`\theta_{\text{top}+\text{keep}} \le |x| < \theta_{\text{top}}` with
 :math:`\theta_k` the :math:`k`-th largest magnitude of its row (one value sort per row;
 rows or tensors longer than ``2**15`` use the exact count search of
-:func:`mergetheory.merge._sparsify.magnitude_threshold` instead of a 26 s sort,
+:func:`mergetheory.merge.magnitude_threshold` instead of a 26 s sort,
 DESIGN.md section 8). This equals the index-based rule of the references except when
 non-zero magnitudes tie exactly at a band edge (``torch.topk`` breaks such ties in an
 unspecified order; here tied entries fall on the same side). ``beta``, ``gamma`` and
@@ -64,7 +64,7 @@ import numpy as np
 from .._types import Key, Merged, TaskVectors, Weights
 from ..tree import sum_tasks
 from ._common import as_weights, check_choice, check_task_vectors, check_weights, is_concrete
-from ._sparsify import magnitude_threshold, num_kept
+from .topk import magnitude_threshold, num_kept
 
 __all__ = ["breadcrumbs", "breadcrumbs_mask"]
 

@@ -64,7 +64,8 @@ import numpy as np
 
 from .._types import Key, Merged, TaskVectors
 from ..tree import sum_tasks
-from ._common import check_choice, check_task_vectors, max_tasks
+from ._common import check_choice, check_task_vectors
+from .kernels import max_tasks
 
 __all__ = ["EMROutput", "emr", "emr_merge", "emr_task_update"]
 
