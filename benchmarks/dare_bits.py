@@ -5,7 +5,7 @@ For a ``[8, D]`` float32 leaf (``D = 1e7`` by default) it times, in one process,
 and warm, the DARE step ``where(mask, x / rho, 0)`` with the mask from
 
 * ``hash``: :func:`mergetheory.merge.dare_keep_mask` (the library's counter-based hash);
-* ``threefry``, ``rbg``, ``unsafe_rbg``: ``jax.random.bernoulli(key, rho, shape)`` with a
+* ``threefry2x32``, ``rbg``, ``unsafe_rbg``: ``jax.random.bernoulli(key, rho, shape)`` with a
   key of that implementation (``jax.random.key(seed, impl=...)``);
 
 and the NumPy probe ``X.sum(0)`` (one read of the data, DESIGN.md section 8). Timings are
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("hash", "threefry", "rbg", "unsafe_rbg")
+VARIANTS = ("hash", "threefry2x32", "rbg", "unsafe_rbg")
 
 
 def _timed(fn, *args) -> float:

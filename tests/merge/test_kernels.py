@@ -85,3 +85,59 @@ def test_hash_bits_match_numpy_reference(key, impl):
     # the offset form continues the counter: row t equals the slice of the full draw
     row = np.asarray(kernels.hash_uniform_bits_offset(k, (1000,), 2000))
     np.testing.assert_array_equal(row, got[2])
+
+
+# --------------------------------------------------------------------------------------
+# statistics of the hash bits beyond the mean (the DARE masks use bits 8..31)
+# --------------------------------------------------------------------------------------
+
+_NUM = 1 << 20  # draws per stream
+
+
+def _chi2_pvalue(counts, expected):
+    from scipy import stats
+
+    stat = float(np.sum((counts - expected) ** 2 / expected))
+    return stats.chi2.sf(stat, counts.size - 1)
+
+
+def test_hash_bits_each_position_is_fair(key):
+    bits = np.asarray(kernels.hash_uniform_bits(key, (_NUM,)))
+    ones = np.array([np.mean((bits >> np.uint32(j)) & np.uint32(1)) for j in range(32)])
+    stderr = np.sqrt(0.25 / _NUM)
+    assert np.all(np.abs(ones - 0.5) < 5 * stderr), np.abs(ones - 0.5).max() / stderr
+
+
+@pytest.mark.parametrize("shift", [24, 16, 8])
+def test_hash_bytes_uniform_chi_square(key, shift):
+    bits = np.asarray(kernels.hash_uniform_bits(key, (_NUM,)))
+    byte = (bits >> np.uint32(shift)) & np.uint32(255)
+    counts = np.bincount(byte, minlength=256).astype(np.float64)
+    assert _chi2_pvalue(counts, np.full(256, _NUM / 256)) > 1e-6
+
+
+def _pair_pvalue(a, b):
+    """Chi-square of the 16 x 16 table of the top nibbles of two streams against uniform."""
+    cell = (a >> np.uint32(28)) * 16 + (b >> np.uint32(28))
+    counts = np.bincount(cell.astype(np.int64), minlength=256).astype(np.float64)
+    return _chi2_pvalue(counts, np.full(256, a.size / 256))
+
+
+def test_hash_bits_pairwise_independent_across_positions_rows_and_keys(key):
+    k0, k1 = jr.fold_in(key, 0), jr.fold_in(key, 1)
+    full = np.asarray(kernels.hash_uniform_bits(k0, (2, _NUM)))
+    other = np.asarray(kernels.hash_uniform_bits(k1, (_NUM,)))
+    row = full[0]
+    pvalues = {
+        "adjacent positions": _pair_pvalue(row[:-1:2], row[1::2]),
+        "positions 1000 apart": _pair_pvalue(row[: _NUM - 1000], row[1000:]),
+        "two task rows": _pair_pvalue(full[0], full[1]),
+        "two fold_in keys": _pair_pvalue(row, other),
+    }
+    for what, p in pvalues.items():
+        assert p > 1e-6, (what, p)
+    # the bits the masks use (8..31) are uncorrelated between neighbours: |r| < 5 / sqrt(n)
+    u = (row >> np.uint32(8)).astype(np.float64)
+    for lag in (1, 2, 7, 64):
+        r = np.corrcoef(u[:-lag], u[lag:])[0, 1]
+        assert abs(r) < 5 / np.sqrt(_NUM - lag), (lag, r)
