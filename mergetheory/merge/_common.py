@@ -131,7 +131,7 @@ def as_weights(weights: Any, num_tasks: int, dtype: Any) -> jax.Array | None:
 
 def checked(
     *,
-    densities: tuple[str, ...] = ("density",),
+    densities: tuple[str, ...] = (),
     choices: Mapping[str, tuple[str, ...]] | None = None,
     validate: Callable[[Any], int] = check_task_vectors,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -144,7 +144,7 @@ def checked(
     then calls the operator's jitted core (``jax.jit`` with the static options).
 
     Example:
-      >>> @checked(choices={"trim": ("tensor", "global")})
+      >>> @checked(densities=("density",), choices={"trim": ("tensor", "global")})
       ... def op(task_vectors, key, *, weights=None, density=0.2, trim="tensor"):
       ...     return task_vectors
     """

@@ -148,7 +148,7 @@ def _dare_core(
     return jtu.tree_map(leaf, task_vectors, keys)
 
 
-@checked()
+@checked(densities=("density",))
 def dare_linear(
     task_vectors: TaskVectors,
     key: Key,
@@ -177,7 +177,10 @@ def dare_linear(
     )
 
 
-@checked(choices={"election": ELECTIONS, "aggregate": AGGREGATES, "zero_sign": ZERO_SIGNS})
+@checked(
+    densities=("density",),
+    choices={"election": ELECTIONS, "aggregate": AGGREGATES, "zero_sign": ZERO_SIGNS},
+)
 def dare_ties(
     task_vectors: TaskVectors,
     key: Key,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from .._types import Key, Merged, TaskVectors, Weights
 from ..tree import sum_tasks
+from ._common import checked
 from .svd import (
     HIGHEST,
     TSVFactors,
@@ -106,6 +107,7 @@ def _iso_from_svd(u: jax.Array, s: jax.Array, vt: jax.Array, shape: tuple[int, i
     return sbar * jnp.matmul(uo, vt, precision=HIGHEST)
 
 
+@checked(validate=check_matrix_task_vectors)
 def iso_c(
     task_vectors: TaskVectors,
     key: Key,
@@ -147,7 +149,6 @@ def iso_c(
     Reference: Marczak et al., ICML 2025 (``marczak2025iso``).
     """
     del key
-    check_matrix_task_vectors(task_vectors, weights)
     return _iso_c(task_vectors, weights, alpha)
 
 
@@ -174,6 +175,7 @@ def _iso_c(task_vectors: Any, weights: Any, alpha: Any) -> Merged:
     )
 
 
+@checked(validate=check_matrix_task_vectors)
 def iso_cts(
     task_vectors: TaskVectors,
     key: Key,
@@ -214,7 +216,6 @@ def iso_cts(
     Reference: Marczak et al., ICML 2025 (``marczak2025iso``).
     """
     del key
-    check_matrix_task_vectors(task_vectors, weights)
     return _iso_cts(task_vectors, weights, alpha, common_space_fraction)
 
 

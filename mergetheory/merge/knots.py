@@ -247,7 +247,9 @@ def _knots(
 _knots_jit = jax.jit(_knots, static_argnames=("trim_scope",))
 
 
-@checked(choices={"trim_scope": _TRIM_SCOPES}, validate=check_matrix_task_vectors)
+@checked(
+    densities=("density",), choices={"trim_scope": _TRIM_SCOPES}, validate=check_matrix_task_vectors
+)
 def knots(
     task_vectors: TaskVectors,
     key: Key,

@@ -84,7 +84,7 @@ def _rht_core(
     return jtu.tree_unflatten(treedef, out)
 
 
-@checked()
+@checked(densities=("density",))
 def rht(task_vectors: TaskVectors, key: Key, *, weights: Any = None, density: Any = 0.7) -> Merged:
     r"""Code-level RHT (``dare_ties_magnitude_with_rescaler`` of the seed repository).
 

@@ -210,13 +210,14 @@ def _ties_core(
 
 
 @checked(
+    densities=("density",),
     choices={
         "trim": TRIMS,
         "election": ELECTIONS,
         "aggregate": AGGREGATES,
         "zero_sign": ZERO_SIGNS,
         "keep_rule": KEEP_RULES,
-    }
+    },
 )
 def ties(
     task_vectors: TaskVectors,
@@ -290,7 +291,7 @@ def _magnitude_prune_core(
     return jtu.tree_unflatten(treedef, out)
 
 
-@checked(choices={"trim": TRIMS, "keep_rule": KEEP_RULES})
+@checked(densities=("density",), choices={"trim": TRIMS, "keep_rule": KEEP_RULES})
 def magnitude_prune(
     task_vectors: TaskVectors,
     key: Key,

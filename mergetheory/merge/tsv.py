@@ -32,6 +32,7 @@ import jax.tree_util as jtu
 
 from .._types import Key, Merged, TaskVectors, Weights
 from ..lora import LoraFactors
+from ._common import checked
 from .svd import (
     HIGHEST,
     TSVFactors,
@@ -95,6 +96,7 @@ def tsv_m_factors(x: jax.Array, *, sv_reduction: float | None = None) -> TSVFact
     return _tsv_from_triplets(u, s, vt, (m, n), rank)
 
 
+@checked(validate=check_matrix_task_vectors)
 def tsv_m(
     task_vectors: TaskVectors,
     key: Key,
@@ -144,7 +146,6 @@ def tsv_m(
     Reference: Gargiulo et al., CVPR 2025 (``gargiulo2025tsv``).
     """
     del key
-    check_matrix_task_vectors(task_vectors, weights)
     return _tsv_m(task_vectors, weights, alpha, sv_reduction)
 
 
