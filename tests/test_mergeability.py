@@ -299,10 +299,10 @@ def test_base_margin():
 
 @pytest.mark.slow
 def test_experiment_quick_and_figure(tmp_path):
-    merge = pytest.importorskip("mergetheory.merge")
+    from mergetheory.merge import MERGE_OPERATORS
+
     needed = {"average", "task_arithmetic", "ties", "base_knowledge_weighted"}
-    if not needed <= set(getattr(merge, "MERGE_OPERATORS", {})):
-        pytest.skip("merge operators not registered yet")
+    assert needed <= set(MERGE_OPERATORS), needed - set(MERGE_OPERATORS)
     from experiments import mergeability as experiment
     from figures import fig_mergeability
     from mergetheory.io import load_results

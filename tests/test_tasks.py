@@ -22,7 +22,6 @@ from mergetheory.tasks import (
     LoRASpec,
     SignConflictSpec,
     SparseSpec,
-    _sample_leaves,
     expected_sign_agreement,
     expected_support_overlap,
     sample_task_vectors,
@@ -119,12 +118,10 @@ def test_jit_vmap_over_keys_and_rho(key):
     np.testing.assert_allclose(out["w"][2, 0], out["w"][2, 1], rtol=1e-6)
 
 
-def test_traced_once(key):
+def test_traced_once(key, assert_traced_once):
     """Continuous spec fields are traced: a new rho or norm does not retrace."""
-    sample_task_vectors(key, CorrelatedSpec(T, 0.1), SHAPES, F64)
-    size = _sample_leaves._cache_size()
-    sample_task_vectors(key, CorrelatedSpec(T, 0.7, norm=3.0), SHAPES, F64)
-    assert _sample_leaves._cache_size() == size
+    specs = iter([CorrelatedSpec(T, 0.1), CorrelatedSpec(T, 0.7, norm=3.0)])
+    assert_traced_once(lambda: sample_task_vectors(key, next(specs), SHAPES, F64))
 
 
 # --------------------------------------------------------------------------------------

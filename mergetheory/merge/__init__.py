@@ -15,29 +15,32 @@ one function plus one line here (zoo operators go below the marker at the end).
 Modules: :mod:`.linear` (average, Task Arithmetic, base-knowledge weighting),
 :mod:`.ties` (TIES, magnitude pruning), :mod:`.dare` (DARE-linear, DARE-TIES),
 :mod:`.rht` (the code-level RHT of arXiv 2505.21226), :mod:`.lora` (factor-wise vs
-product-wise LoRA merging), :mod:`._sparsify` (exact top-k threshold, DARE masks).
+product-wise LoRA merging), :mod:`.tsv` and :mod:`.iso` (SVD-based, helpers in
+:mod:`.svd`), :mod:`.breadcrumbs`, :mod:`.emr`, :mod:`.model_stock`, :mod:`.knots`.
+Building blocks: :mod:`.primitives` (trim, DARE drop, sign election, disjoint
+aggregation), :mod:`.topk` (exact top-k threshold), :mod:`.dare_mask` (DARE masks) and
+:mod:`.kernels` (the XLA:CPU kernels beside their plain reference versions).
 """
 
 from __future__ import annotations
 
 from ._registry import MergeOperator as MergeOperator
-from ._sparsify import MAGNITUDE_FLOOR as MAGNITUDE_FLOOR
-from ._sparsify import dare_keep_mask as dare_keep_mask
-from ._sparsify import dare_keep_masks as dare_keep_masks
-from ._sparsify import magnitude_threshold as magnitude_threshold
-from ._sparsify import num_kept as num_kept
-from ._sparsify import topk_mask as topk_mask
 from .breadcrumbs import breadcrumbs as breadcrumbs
 from .breadcrumbs import breadcrumbs_mask as breadcrumbs_mask
 from .dare import dare_linear as dare_linear
 from .dare import dare_linear_array as dare_linear_array
-from .dare import dare_rescale as dare_rescale
 from .dare import dare_ties as dare_ties
 from .dare import dare_ties_array as dare_ties_array
+from .dare_mask import dare_keep_mask as dare_keep_mask
+from .dare_mask import dare_keep_mask_rows as dare_keep_mask_rows
+from .dare_mask import dare_keep_masks as dare_keep_masks
 from .emr import EMROutput as EMROutput
 from .emr import emr as emr
 from .emr import emr_merge as emr_merge
 from .emr import emr_task_update as emr_task_update
+from .iso import iso_c as iso_c
+from .iso import iso_cts as iso_cts
+from .iso import iso_cts_factors as iso_cts_factors
 from .knots import knots as knots
 from .knots import knots_coordinates as knots_coordinates
 from .knots import knots_dare_ties as knots_dare_ties
@@ -51,23 +54,37 @@ from .lora import lora_factorwise as lora_factorwise
 from .model_stock import model_stock as model_stock
 from .model_stock import model_stock_ratio as model_stock_ratio
 from .model_stock import pairwise_cosine as pairwise_cosine
+from .primitives import AGGREGATES as AGGREGATES
+from .primitives import ELECTIONS as ELECTIONS
+from .primitives import ZERO_SIGNS as ZERO_SIGNS
+from .primitives import dare_drop_parts as dare_drop_parts
+from .primitives import dare_rescale as dare_rescale
+from .primitives import disjoint_aggregate as disjoint_aggregate
+from .primitives import disjoint_merge as disjoint_merge
+from .primitives import elect_and_merge as elect_and_merge
+from .primitives import elect_sign as elect_sign
+from .primitives import election_score as election_score
+from .primitives import majority_sign as majority_sign
+from .primitives import prune_by_threshold as prune_by_threshold
+from .primitives import sign_of_score as sign_of_score
+from .primitives import task_parts as task_parts
+from .primitives import trim_parts as trim_parts
+from .primitives import trim_top_k as trim_top_k
 from .rht import rht as rht
 from .rht import rht_array as rht_array
 from .svd import TSVFactors as TSVFactors
-from .svd import iso_c as iso_c
-from .svd import iso_cts as iso_cts
-from .svd import iso_cts_factors as iso_cts_factors
 from .svd import polar_factor as polar_factor
-from .svd import tsv_c as tsv_c
-from .svd import tsv_m as tsv_m
-from .svd import tsv_m_factors as tsv_m_factors
-from .ties import disjoint_merge as disjoint_merge
-from .ties import elect_sign as elect_sign
 from .ties import magnitude_prune as magnitude_prune
 from .ties import magnitude_prune_array as magnitude_prune_array
-from .ties import prune_by_threshold as prune_by_threshold
 from .ties import ties as ties
 from .ties import ties_array as ties_array
+from .topk import MAGNITUDE_FLOOR as MAGNITUDE_FLOOR
+from .topk import magnitude_threshold as magnitude_threshold
+from .topk import num_kept as num_kept
+from .topk import topk_mask as topk_mask
+from .tsv import tsv_c as tsv_c
+from .tsv import tsv_m as tsv_m
+from .tsv import tsv_m_factors as tsv_m_factors
 
 _TIES_STATIC = (
     "trim",
@@ -217,25 +234,33 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
 }
 
 __all__ = [
+    "AGGREGATES",
+    "ELECTIONS",
     "EMROutput",
     "MAGNITUDE_FLOOR",
     "MERGE_OPERATORS",
     "MergeOperator",
     "TSVFactors",
+    "ZERO_SIGNS",
     "average",
     "base_knowledge_weighted",
     "base_knowledge_weights",
     "breadcrumbs",
     "breadcrumbs_mask",
+    "dare_drop_parts",
     "dare_keep_mask",
+    "dare_keep_mask_rows",
     "dare_keep_masks",
     "dare_linear",
     "dare_linear_array",
     "dare_rescale",
     "dare_ties",
     "dare_ties_array",
+    "disjoint_aggregate",
     "disjoint_merge",
+    "elect_and_merge",
     "elect_sign",
+    "election_score",
     "emr",
     "emr_merge",
     "emr_task_update",
@@ -251,6 +276,7 @@ __all__ = [
     "magnitude_prune",
     "magnitude_prune_array",
     "magnitude_threshold",
+    "majority_sign",
     "model_stock",
     "model_stock_ratio",
     "num_kept",
@@ -259,10 +285,14 @@ __all__ = [
     "prune_by_threshold",
     "rht",
     "rht_array",
+    "sign_of_score",
     "task_arithmetic",
+    "task_parts",
     "ties",
     "ties_array",
     "topk_mask",
+    "trim_parts",
+    "trim_top_k",
     "tsv_c",
     "tsv_m",
     "tsv_m_factors",

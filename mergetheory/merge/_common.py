@@ -10,12 +10,15 @@ Every public operator is an *eager wrapper* around a jitted core:
   continuous hyperparameters (``density``, ``scale``, ``temperature``) are traced arguments,
   so sweeping them neither re-traces nor re-compiles.
 
-Reductions over the task axis go through :func:`mergetheory.tree.sum_tasks` (unrolled over
-``T``, DESIGN.md section 8) or :func:`max_tasks` here.
+:func:`checked` is the one decorator that runs these checks for a public operator.
+Reductions over the task axis go through :mod:`mergetheory.merge.kernels`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -30,13 +33,13 @@ from .._types import Key, TaskVectors
 __all__ = [
     "as_weights",
     "check_choice",
+    "checked",
     "check_density",
     "check_positive",
     "check_task_vectors",
     "check_weights",
     "is_concrete",
     "leaf_keys",
-    "max_tasks",
     "task_broadcast",
 ]
 
@@ -119,16 +122,52 @@ def task_broadcast(v: jax.Array, ndim: int) -> jax.Array:
     return v.reshape(v.shape + (1,) * (ndim - 1))
 
 
-def max_tasks(x: jax.Array) -> jax.Array:
-    """Maximum over the task axis of ``x`` ``[T, ...]``, unrolled like ``tree.sum_tasks``."""
-    acc = x[0]
-    for t in range(1, x.shape[0]):
-        acc = jnp.maximum(acc, x[t])
-    return acc
-
-
 def as_weights(weights: Any, num_tasks: int, dtype: Any) -> jax.Array | None:
     """``weights`` as a ``[T]`` array of ``dtype`` (``None`` stays ``None``)."""
     if weights is None:
         return None
     return jnp.asarray(weights).astype(dtype).reshape(num_tasks)
+
+
+def checked(
+    *,
+    densities: tuple[str, ...] = (),
+    choices: Mapping[str, tuple[str, ...]] | None = None,
+    validate: Callable[[Any], int] = check_task_vectors,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: the eager input checks of a public operator ``fn(task_vectors, key, ...)``.
+
+    Before the body runs: ``validate(task_vectors)`` (default :func:`check_task_vectors`;
+    it returns ``T``), :func:`check_weights` if ``fn`` has a ``weights`` argument,
+    :func:`check_density` for each name in ``densities`` and :func:`check_choice` for each
+    static option in ``choices``, all with the call's values (defaults included). The body
+    then calls the operator's jitted core (``jax.jit`` with the static options).
+
+    Example:
+      >>> @checked(densities=("density",), choices={"trim": ("tensor", "global")})
+      ... def op(task_vectors, key, *, weights=None, density=0.2, trim="tensor"):
+      ...     return task_vectors
+    """
+    allowed = dict(choices or {})
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        has_weights = "weights" in sig.parameters
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = bound.arguments
+            num = validate(values["task_vectors"])
+            if has_weights:
+                check_weights(values["weights"], num)
+            for name in densities:
+                check_density(values[name], name=name)
+            for name, options in allowed.items():
+                check_choice(values[name], options, name=name)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -36,7 +36,7 @@ The band is found by thresholds, not by sorting indices: an entry is kept iff
 :math:`\theta_{\text{top}+\text{keep}} \le |x| < \theta_{\text{top}}` with
 :math:`\theta_k` the :math:`k`-th largest magnitude of its row (one value sort per row;
 rows or tensors longer than ``2**15`` use the exact count search of
-:func:`mergetheory.merge._sparsify.magnitude_threshold` instead of a 26 s sort,
+:func:`mergetheory.merge.magnitude_threshold` instead of a 26 s sort,
 DESIGN.md section 8). This equals the index-based rule of the references except when
 non-zero magnitudes tie exactly at a band edge (``torch.topk`` breaks such ties in an
 unspecified order; here tied entries fall on the same side). ``beta``, ``gamma`` and
@@ -63,10 +63,12 @@ import numpy as np
 
 from .._types import Key, Merged, TaskVectors, Weights
 from ..tree import sum_tasks
-from ._common import as_weights, check_choice, check_task_vectors, check_weights, is_concrete
-from ._sparsify import magnitude_threshold, num_kept
+from ._common import as_weights, check_choice, checked, is_concrete
+from .topk import magnitude_threshold, num_kept
 
 __all__ = ["breadcrumbs", "breadcrumbs_mask"]
+
+_SCOPES = ("row", "tensor")
 
 
 _SORT_MAX = 1 << 15  # rows up to this length are sorted; longer ones use the count search
@@ -118,7 +120,7 @@ def breadcrumbs_mask(
     Returns:
       Bool array shaped like ``x`` (all True for scalar-per-task leaves in ``"row"`` scope).
     """
-    check_choice(scope, ("row", "tensor"), name="scope")
+    check_choice(scope, _SCOPES, name="scope")
     mag = jnp.abs(x)
     if scope == "tensor":
         flat = mag.reshape(x.shape[0], -1)
@@ -128,6 +130,7 @@ def breadcrumbs_mask(
     return _band_mask(mag, beta, gamma, cap=False)
 
 
+@checked(choices={"scope": _SCOPES})
 def breadcrumbs(
     task_vectors: TaskVectors,
     key: Key,
@@ -170,9 +173,6 @@ def breadcrumbs(
     Reference: Davari & Belilovsky, ECCV 2024 (``davari2024breadcrumbs``).
     """
     del key
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
-    check_choice(scope, ("row", "tensor"), name="scope")
     for name, value in (("beta", beta), ("gamma", gamma)):
         if is_concrete(value) and not 0.0 <= float(np.asarray(value)) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1] (a fraction of entries), got {value}")

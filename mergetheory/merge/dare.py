@@ -22,8 +22,8 @@ MergeLM, FusionBench and PEFT, not mergekit's L1-norm matching. Then
 **Randomness.** Leaf ``i`` (in flatten order) uses the key ``fold_in(key, i)`` and one
 Bernoulli draw of shape ``[T, ...]`` covers all tasks of that leaf
 (:func:`mergetheory.merge.dare_keep_masks` returns exactly these masks; the bits come from
-a counter-based hash of the key, :func:`mergetheory.merge._sparsify.hash_uniform_bits`,
-because ``jax.random``'s threefry costs about 200x a memory pass on XLA:CPU). So the same key
+a counter-based hash of the key, :func:`mergetheory.merge.kernels.hash_uniform_bits`;
+``docs/merge_kernels.md`` says why). So the same key
 reproduces the merge, different keys give independent masks, and adding a leaf does not
 change the others. Permuting the tasks with a fixed key does *not* permute the masks:
 the operators are permutation invariant in distribution only.
@@ -47,16 +47,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._types import Key, Merged, TaskVectors
-from ._common import (
-    as_weights,
-    check_choice,
-    check_density,
-    check_task_vectors,
-    check_weights,
-    leaf_keys,
-)
-from ._sparsify import dare_keep_mask_rows
-from .ties import AGGREGATES, ELECTIONS, ZERO_SIGNS, _merge_pruned, _sum_parts
+from ._common import as_weights, checked, leaf_keys
+from .kernels import sum_parts
+from .primitives import AGGREGATES, ELECTIONS, ZERO_SIGNS, dare_drop_parts, elect_and_merge
+from .primitives import dare_rescale as dare_rescale  # re-exported (home: .primitives)
 
 __all__ = [
     "dare_linear",
@@ -65,23 +59,6 @@ __all__ = [
     "dare_ties",
     "dare_ties_array",
 ]
-
-
-def dare_rescale(x: jax.Array, keep_mask: jax.Array, density: Any) -> jax.Array:
-    r"""Dropped and rescaled :math:`m \odot x / \rho` (PEFT ``random_pruning`` with ``rescale``)."""
-    d = jnp.asarray(density).astype(x.dtype)
-    return jnp.where(keep_mask, x / d, jnp.zeros_like(x))
-
-
-def _rescaled_parts(key: Key | None, x: jax.Array, density: Any, keep_mask: Any) -> list[jax.Array]:
-    r"""Per-task :math:`m_t \odot x_t / \rho` (see ``ties._parts`` for why per task)."""
-    if keep_mask is not None:
-        masks = [jnp.asarray(keep_mask, dtype=bool)[t] for t in range(x.shape[0])]
-    elif key is None:
-        raise ValueError("DARE needs a PRNG key (or an explicit keep_mask)")
-    else:
-        masks = dare_keep_mask_rows(key, x.shape, density)
-    return [dare_rescale(x[t], m, density) for t, m in enumerate(masks)]
 
 
 def dare_linear_array(
@@ -103,9 +80,9 @@ def dare_linear_array(
       scale: :math:`\lambda`.
       keep_mask: optional explicit boolean ``[T, ...]`` mask (e.g. for reference tests).
     """
-    parts = _rescaled_parts(key, x, density, keep_mask)
+    parts = dare_drop_parts(key, x, density, keep_mask)
     w = as_weights(weights, x.shape[0], x.dtype)
-    return jnp.asarray(scale).astype(x.dtype) * _sum_parts(parts, w)
+    return jnp.asarray(scale).astype(x.dtype) * sum_parts(parts, w)
 
 
 def dare_ties_array(
@@ -122,8 +99,8 @@ def dare_ties_array(
     zero_sign: str = "positive",
 ) -> jax.Array:
     """``dare_ties`` on one array ``x`` ``[T, ...]``; options as :func:`mergetheory.merge.ties`."""
-    return _merge_pruned(
-        [_rescaled_parts(key, x, density, keep_mask)],
+    return elect_and_merge(
+        [dare_drop_parts(key, x, density, keep_mask)],
         weights,
         jnp.asarray(scale),
         weights_before_election=weights_before_election,
@@ -171,6 +148,7 @@ def _dare_core(
     return jtu.tree_map(leaf, task_vectors, keys)
 
 
+@checked(densities=("density",))
 def dare_linear(
     task_vectors: TaskVectors,
     key: Key,
@@ -194,14 +172,15 @@ def dare_linear(
     Returns:
       The merged pytree (dtypes preserved).
     """
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
-    check_density(density)
     return _dare_core(
         task_vectors, key, weights, jnp.asarray(density), jnp.asarray(scale), use_ties=False
     )
 
 
+@checked(
+    densities=("density",),
+    choices={"election": ELECTIONS, "aggregate": AGGREGATES, "zero_sign": ZERO_SIGNS},
+)
 def dare_ties(
     task_vectors: TaskVectors,
     key: Key,
@@ -236,12 +215,6 @@ def dare_ties(
     Returns:
       The merged pytree (dtypes preserved).
     """
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
-    check_density(density)
-    check_choice(election, ELECTIONS, name="election")
-    check_choice(aggregate, AGGREGATES, name="aggregate")
-    check_choice(zero_sign, ZERO_SIGNS, name="zero_sign")
     return _dare_core(
         task_vectors,
         key,

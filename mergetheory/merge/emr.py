@@ -64,9 +64,12 @@ import numpy as np
 
 from .._types import Key, Merged, TaskVectors
 from ..tree import sum_tasks
-from ._common import check_choice, check_task_vectors, max_tasks
+from ._common import checked
+from .kernels import max_tasks
 
 __all__ = ["EMROutput", "emr", "emr_merge", "emr_task_update"]
+
+_SIGN_RULES = ("code", "paper")
 
 
 class EMROutput(NamedTuple):
@@ -92,6 +95,7 @@ def _elect(x: jax.Array, sign_rule: str) -> jax.Array:
     return gamma * eps
 
 
+@checked(choices={"rescaler": ("paper", "code"), "sign_rule": _SIGN_RULES})
 def emr_merge(
     task_vectors: TaskVectors,
     *,
@@ -126,9 +130,6 @@ def emr_merge(
 
     Reference: Huang et al., NeurIPS 2024 (``huang2024emr``).
     """
-    check_task_vectors(task_vectors)
-    check_choice(rescaler, ("paper", "code"), name="rescaler")
-    check_choice(sign_rule, ("code", "paper"), name="sign_rule")
     return _emr_merge(task_vectors, rescaler, sign_rule)
 
 
@@ -178,6 +179,7 @@ def _emr_task_update(output: EMROutput, t: Any) -> Merged:
     return jtu.tree_map(one, output.unified, output.masks)
 
 
+@checked(choices={"sign_rule": _SIGN_RULES})
 def emr(
     task_vectors: TaskVectors,
     key: Key,
@@ -204,8 +206,6 @@ def emr(
       :math:`\tau_{\text{uni}}` (same pytree without the task axis).
     """
     del key
-    check_task_vectors(task_vectors)
-    check_choice(sign_rule, ("code", "paper"), name="sign_rule")
     return _emr_unified(task_vectors, sign_rule)
 
 

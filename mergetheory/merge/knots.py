@@ -79,13 +79,15 @@ import jax.random as jr
 import jax.tree_util as jtu
 
 from .._types import Key, Merged, TaskVectors
-from ._common import check_choice, check_density
-from ._sparsify import dare_keep_mask, magnitude_threshold, num_kept
-from .dare import dare_rescale
-from .svd import _HI, _rank_tol, check_matrix_task_vectors, is_lora_factors
-from .ties import _merge_pruned, _prune_parts
+from ._common import checked
+from .dare_mask import dare_keep_mask
+from .primitives import dare_rescale, elect_and_merge, trim_parts
+from .svd import HIGHEST, check_matrix_task_vectors, is_lora_factors, rank_tolerance
+from .topk import magnitude_threshold, num_kept
 
 __all__ = ["knots", "knots_coordinates", "knots_dare_ties", "knots_ties_pool"]
+
+_TRIM_SCOPES = ("global", "tensor")
 
 
 # --------------------------------------------------------------------------------------
@@ -114,17 +116,17 @@ def knots_coordinates(x: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
         b_cat = jnp.moveaxis(b * scale[:, None, None], 0, 1).reshape(d, num * rank)
         q, r = jnp.linalg.qr(b_cat)  # [d, p], [p, T r]
         core = jnp.einsum(
-            "ptr,trk->ptk", r.reshape(r.shape[0], num, rank), a, precision=_HI
+            "ptr,trk->ptk", r.reshape(r.shape[0], num, rank), a, precision=HIGHEST
         ).reshape(r.shape[0], num * k_in)
         u, sig, vt = jnp.linalg.svd(core, full_matrices=False)
-        u = jnp.matmul(q, u, precision=_HI)
+        u = jnp.matmul(q, u, precision=HIGHEST)
         shape = (d, num * k_in)
     else:
         num, m, n = x.shape
         k_in = n
         u, sig, vt = jnp.linalg.svd(jnp.moveaxis(x, 0, 1).reshape(m, num * n), full_matrices=False)
         shape = (m, num * n)
-    occupied = sig > _rank_tol(sig[:1], shape, sig.dtype)
+    occupied = sig > rank_tolerance(sig[:1], shape, sig.dtype)
     sv = jnp.where(occupied[:, None], sig[:, None] * vt, jnp.zeros((), vt.dtype))
     s = jnp.moveaxis(sv.reshape(sv.shape[0], num, k_in), 1, 0)
     return u, s, occupied
@@ -140,12 +142,12 @@ def knots_ties_pool(xs: list[jax.Array], density: Any, num_entries: Any = None) 
 
     Trim: per task keep :math:`|x| \ge` the :math:`(k+1)`-th largest magnitude of the
     pool, :math:`k = \lfloor \rho N\rfloor` (capped at :math:`N`), found exactly by
-    :func:`mergetheory.merge._sparsify.magnitude_threshold`. The ``+1`` is the official
+    :func:`mergetheory.merge.magnitude_threshold`. The ``+1`` is the official
     rule: ``kthvalue(N - k)`` with ``>=`` keeps :math:`k + 1` entries (TIES' and KnOTS'
     ``topk_values_mask``; PEFT keeps exactly :math:`k`). Elect:
     :math:`\gamma = \operatorname{sgn}\sum_t\hat x_t`, zeros set to the sign of the pool's
     :math:`\sum\gamma`. Merge: mean of the agreeing non-zero entries. Elect and merge are
-    :mod:`mergetheory.merge.ties`' kernels with the official options
+    :mod:`mergetheory.merge.primitives` with the official options
     (``zero_sign="majority"`` over the whole pool, ``aggregate="mean"``).
 
     Args:
@@ -169,13 +171,10 @@ def knots_ties_pool(xs: list[jax.Array], density: Any, num_entries: Any = None) 
         k = jnp.floor(jnp.asarray(density).astype(dtype) * n_eff.astype(dtype)).astype(jnp.int32)
     # the code's rule: kthvalue(N - k) with ">=" keeps k + 1 entries (capped at N)
     thr = magnitude_threshold(xs, jnp.minimum(k + 1, n_eff))
-    return _merge_pruned(
-        [_prune_parts(x, thr) for x in xs],
+    return elect_and_merge(
+        [trim_parts(x, thr) for x in xs],
         None,
         jnp.asarray(1.0),
-        weights_before_election=False,
-        election="mass",
-        aggregate="mean",
         zero_sign="majority",
         majority_scope="global",
     )
@@ -229,7 +228,7 @@ def _knots(
             num_entries = None if sizes[0] is None else sum(sizes[1:], sizes[0])
             results = knots_ties_pool([c for *_, c, _ in group], density, num_entries)
             for (i, layer, u, *_), res in zip(group, results, strict=True):
-                out = res if u is None else jnp.matmul(u, res, precision=_HI)
+                out = res if u is None else jnp.matmul(u, res, precision=HIGHEST)
                 out = jnp.asarray(scale).astype(out.dtype) * out
                 if layer is None:
                     merged[i] = out
@@ -248,6 +247,9 @@ def _knots(
 _knots_jit = jax.jit(_knots, static_argnames=("trim_scope",))
 
 
+@checked(
+    densities=("density",), choices={"trim_scope": _TRIM_SCOPES}, validate=check_matrix_task_vectors
+)
 def knots(
     task_vectors: TaskVectors,
     key: Key,
@@ -281,12 +283,14 @@ def knots(
     Reference: Stoica et al., ICLR 2025 (``stoica2025knots``).
     """
     del key
-    check_matrix_task_vectors(task_vectors)
-    check_density(density)
-    check_choice(trim_scope, ("global", "tensor"), name="trim_scope")
     return _knots_jit(task_vectors, None, density, 1.0, scale, trim_scope)
 
 
+@checked(
+    densities=("density", "trim_density"),
+    choices={"trim_scope": _TRIM_SCOPES},
+    validate=check_matrix_task_vectors,
+)
 def knots_dare_ties(
     task_vectors: TaskVectors,
     key: Key,
@@ -318,8 +322,4 @@ def knots_dare_ties(
     """
     if key is None:
         raise ValueError("knots_dare_ties: a PRNG key is required (keys are never defaulted)")
-    check_matrix_task_vectors(task_vectors)
-    check_density(density)
-    check_density(trim_density, name="trim_density")
-    check_choice(trim_scope, ("global", "tensor"), name="trim_scope")
     return _knots_jit(task_vectors, key, trim_density, density, scale, trim_scope)

@@ -23,8 +23,8 @@ from .._types import Key, Merged, TaskVectors
 from ._common import (
     as_weights,
     check_positive,
-    check_task_vectors,
     check_weights,
+    checked,
     is_concrete,
 )
 
@@ -54,6 +54,7 @@ def _average_core(task_vectors: TaskVectors, weights: jax.Array | None) -> Merge
     return jtu.tree_map(leaf, task_vectors)
 
 
+@checked()
 def average(task_vectors: TaskVectors, key: Key, *, weights: Any = None) -> Merged:
     r"""Weight averaging: :math:`\Delta = \sum_t w_t \tau_t / \sum_t w_t` (the mean by default).
 
@@ -76,8 +77,6 @@ def average(task_vectors: TaskVectors, key: Key, *, weights: Any = None) -> Merg
       Array([2., 4.], dtype=float32)
     """
     del key
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
     if weights is not None and is_concrete(weights) and float(np.sum(weights)) == 0.0:
         raise ValueError("average: weights sum to 0; they cannot be normalized")
     return _average_core(task_vectors, weights)
@@ -100,6 +99,7 @@ def _task_arithmetic_core(
     return jtu.tree_map(leaf, task_vectors)
 
 
+@checked()
 def task_arithmetic(
     task_vectors: TaskVectors, key: Key, *, weights: Any = None, scale: Any = 1.0
 ) -> Merged:
@@ -125,8 +125,6 @@ def task_arithmetic(
       Array([2., 4.], dtype=float32)
     """
     del key
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
     return _task_arithmetic_core(task_vectors, weights, jnp.asarray(scale))
 
 
@@ -175,6 +173,7 @@ def _base_knowledge_core(
     return _task_arithmetic_core(task_vectors, omega, scale)  # Task Arithmetic with omega
 
 
+@checked()
 def base_knowledge_weighted(
     task_vectors: TaskVectors,
     key: Key,
@@ -213,9 +212,7 @@ def base_knowledge_weighted(
       The merged pytree (dtypes preserved).
     """
     del key
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
-    check_weights(base_accuracy, num, name="base_accuracy")
+    check_weights(base_accuracy, mtree.num_tasks(task_vectors), name="base_accuracy")
     if is_concrete(base_accuracy):
         acc = np.asarray(base_accuracy, dtype=np.float64)
         if np.any(acc < 0) or np.any(acc > 1):

@@ -55,7 +55,7 @@ import numpy as np
 
 from .._types import Key, Merged, TaskVectors
 from ..tree import gram_matrix, num_tasks, sum_tasks
-from ._common import check_choice, check_task_vectors
+from ._common import check_choice, checked
 
 __all__ = ["model_stock", "model_stock_ratio", "pairwise_cosine"]
 
@@ -102,6 +102,9 @@ def model_stock_ratio(cos_phi: Any, num_models: int) -> jax.Array:
     return num_models * c / (1 + (num_models - 1) * c)
 
 
+@checked(
+    choices={"cosine_average": ("cosines", "angles"), "granularity": ("tensor", "row", "global")}
+)
 def model_stock(
     task_vectors: TaskVectors,
     key: Key,
@@ -140,9 +143,6 @@ def model_stock(
     Reference: Jang et al., ECCV 2024 (``jang2024modelstock``).
     """
     del key
-    check_task_vectors(task_vectors)
-    check_choice(cosine_average, ("cosines", "angles"), name="cosine_average")
-    check_choice(granularity, ("tensor", "row", "global"), name="granularity")
     return _model_stock(task_vectors, cosine_average, granularity)
 
 

@@ -18,8 +18,8 @@ experts :math:`x_1, \dots, x_K` with weights :math:`c`:
 
 :math:`\rho` = ``density`` defaults to 0.7, hard-coded at every call site of the seed
 code. This is PEFT ``ties`` on the rescaled tensors :math:`x_k / \rho`, so it shares the
-TIES kernels (top-k ties at the threshold are kept, see
-:mod:`mergetheory.merge._sparsify`).
+TIES primitives (top-k ties at the threshold are kept, see
+:mod:`mergetheory.merge.topk`).
 
 Measured effect (THEORY.md 6.5): with one Gaussian tensor, :math:`\|RHT(x)\| / \|x\| =
 \sqrt{2(c\varphi(c) + 1 - \Phi(c))}/\rho` with :math:`c = \Phi^{-1}(1 - \rho/2)`, i.e.
@@ -42,9 +42,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._types import Key, Merged, TaskVectors
-from ._common import check_density, check_task_vectors, check_weights, is_concrete
-from ._sparsify import magnitude_threshold, num_kept
-from .ties import _merge_pruned, _prune_parts
+from ._common import checked, is_concrete
+from .primitives import elect_and_merge, trim_parts
+from .topk import magnitude_threshold, num_kept
 
 __all__ = ["rht", "rht_array"]
 
@@ -58,17 +58,8 @@ def _normalized(weights: Any, num: int, dtype: Any) -> jax.Array:
 
 def _rht_leaf(x: jax.Array, k: jax.Array, c: jax.Array, density: jax.Array) -> jax.Array:
     d = density.astype(x.dtype)
-    rescaled = [p / d for p in _prune_parts(x, magnitude_threshold(x, k))]
-    return _merge_pruned(
-        [rescaled],
-        c,
-        jnp.ones((), x.dtype),
-        weights_before_election=False,
-        election="mass",
-        aggregate="mean",
-        zero_sign="positive",
-        majority_scope="tensor",
-    )[0]
+    rescaled = [p / d for p in trim_parts(x, magnitude_threshold(x, k))]
+    return elect_and_merge([rescaled], c, jnp.ones((), x.dtype))[0]
 
 
 def rht_array(
@@ -93,6 +84,7 @@ def _rht_core(
     return jtu.tree_unflatten(treedef, out)
 
 
+@checked(densities=("density",))
 def rht(task_vectors: TaskVectors, key: Key, *, weights: Any = None, density: Any = 0.7) -> Merged:
     r"""Code-level RHT (``dare_ties_magnitude_with_rescaler`` of the seed repository).
 
@@ -116,9 +108,6 @@ def rht(task_vectors: TaskVectors, key: Key, *, weights: Any = None, density: An
       The merged pytree (dtypes preserved).
     """
     del key
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
-    check_density(density)
     if weights is not None and is_concrete(weights) and float(jnp.sum(jnp.asarray(weights))) == 0:
         raise ValueError("rht: weights sum to 0; they cannot be normalized")
     ks = [num_kept(density, int(x[0].size)) for x in jtu.tree_leaves(task_vectors)]

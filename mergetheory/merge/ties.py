@@ -6,7 +6,7 @@ tensor, for task vectors :math:`\tau_1, \dots, \tau_T` with optional weights :ma
 1. **Trim.** :math:`\hat\tau_t = \tau_t \odot \mathbb 1[|\tau_t| \ge \theta_t]`, keeping the
    :math:`k = \lfloor \rho\, n \rfloor` largest magnitudes of each task's tensor
    (:math:`\rho` = ``density``, PEFT's rule; entries tied at the threshold are all kept,
-   see :mod:`mergetheory.merge._sparsify`).
+   see :mod:`mergetheory.merge.topk`).
 2. **Elect.** :math:`\gamma = \operatorname{sgn}^+\!\big(\sum_t \hat\tau_t\big)`, the sign
    with the larger total mass, with :math:`\operatorname{sgn}^+(0) = +1`.
 3. **Disjoint merge.** With the agreeing set
@@ -51,8 +51,10 @@ Not implemented: the official code's "normfrac" / "normmass" elections and std-b
 masks. mergekit = ``weights_before_election=True, aggregate="weighted_mean"``;
 official = ``trim="global", zero_sign="majority", keep_rule="official"``.
 
-Cost: the threshold search (about 5-8 passes over each task's row, no sort) plus one
-fused elementwise pass; the task-axis sums use :func:`mergetheory.tree.sum_tasks`.
+The steps are the public primitives of :mod:`mergetheory.merge.primitives`
+(:func:`~mergetheory.merge.primitives.trim_parts`,
+:func:`~mergetheory.merge.primitives.elect_and_merge`); cost notes are in
+``docs/merge_kernels.md``.
 
 References (``paper/refs.bib``): ``yadav2023ties``; PEFT ``merge_utils.py``.
 """
@@ -67,18 +69,20 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from .. import tree as mtree
 from .._types import Key, Merged, TaskVectors
-from ._common import (
-    as_weights,
-    check_choice,
-    check_density,
-    check_task_vectors,
-    check_weights,
-    max_tasks,
-    task_broadcast,
+from ._common import as_weights, checked
+from .kernels import sum_parts
+from .primitives import (
+    AGGREGATES,
+    ELECTIONS,
+    ZERO_SIGNS,
+    elect_and_merge,
+    trim_parts,
 )
-from ._sparsify import magnitude_threshold, num_kept
+from .primitives import disjoint_merge as disjoint_merge  # re-exported (home: .primitives)
+from .primitives import elect_sign as elect_sign
+from .primitives import prune_by_threshold as prune_by_threshold
+from .topk import magnitude_threshold, num_kept
 
 __all__ = [
     "AGGREGATES",
@@ -97,179 +101,6 @@ __all__ = [
 
 TRIMS = ("tensor", "global")
 KEEP_RULES = ("peft", "official")
-ELECTIONS = ("mass", "count")
-AGGREGATES = ("mean", "sum", "weighted_mean", "max")
-ZERO_SIGNS = ("positive", "majority")
-
-
-# --------------------------------------------------------------------------------------
-# kernels on one [T, ...] array
-# --------------------------------------------------------------------------------------
-
-
-def prune_by_threshold(x: jax.Array, threshold: jax.Array) -> jax.Array:
-    r"""Zero the entries of each task below its threshold: :math:`x_t \odot 1[|x_t| \ge \theta_t]`.
-
-    Args:
-      x: ``[T, ...]``.
-      threshold: ``[T]`` (from :func:`mergetheory.merge.magnitude_threshold`).
-    """
-    keep = jnp.abs(x).astype(threshold.dtype) >= task_broadcast(threshold, x.ndim)
-    return jnp.where(keep, x, jnp.zeros_like(x))
-
-
-# Kernels work on *parts*: a list with one array per task. Every task-axis reduction is
-# ``tree.sum_tasks(jnp.stack(parts))``, unrolled over T; XLA:CPU fuses the stack away and
-# evaluates each output entry from the T inputs in one pass. (The same maths on [T, ...]
-# arrays, e.g. ``sum_tasks(jnp.where(agree, x, 0))`` with ``agree`` of shape [T, ...],
-# measured 6-8x slower on [8, 1e6].)
-
-
-def _parts(x: jax.Array) -> list[jax.Array]:
-    return [x[t] for t in range(x.shape[0])]
-
-
-def _sum_parts(parts: Sequence[jax.Array], weights: jax.Array | None = None) -> jax.Array:
-    return mtree.sum_tasks(jnp.stack(parts), weights)
-
-
-def _prune_parts(x: jax.Array, threshold: jax.Array) -> list[jax.Array]:
-    zero = jnp.zeros((), x.dtype)
-    return [
-        jnp.where(jnp.abs(x[t]).astype(threshold.dtype) >= threshold[t], x[t], zero)
-        for t in range(x.shape[0])
-    ]
-
-
-def _election_score(
-    parts: Sequence[jax.Array],
-    weights: jax.Array | None,
-    election: str,
-    weights_before_election: bool,
-) -> jax.Array:
-    base = list(parts) if election == "mass" else [jnp.sign(p) for p in parts]
-    return _sum_parts(base, weights if weights_before_election else None)
-
-
-def _sign_of_score(score: jax.Array, zero_sign: str, majority: jax.Array | None) -> jax.Array:
-    one = jnp.ones((), score.dtype)
-    if zero_sign == "positive":
-        return jnp.where(score >= 0, one, -one)
-    gamma = jnp.sign(score)
-    return jnp.where(gamma == 0, majority.astype(score.dtype), gamma)
-
-
-def _majority_sign(scores: Sequence[jax.Array]) -> jax.Array:
-    """``sgn+(sum_p sgn(S_p))`` over every entry of every score array (official TIES)."""
-    total = sum(jnp.sum(jnp.sign(s).astype(jnp.float32)) for s in scores)
-    return jnp.where(total >= 0, 1.0, -1.0)
-
-
-def _disjoint(
-    parts: Sequence[jax.Array], sign: jax.Array, weights: jax.Array | None, aggregate: str
-) -> jax.Array:
-    agree = [p * sign > 0 for p in parts]
-    zero = jnp.zeros((), sign.dtype)
-    one = jnp.ones((), sign.dtype)
-    if aggregate == "max":
-        mags = [jnp.abs(p if weights is None else weights[t] * p) for t, p in enumerate(parts)]
-        return sign * max_tasks(
-            jnp.stack([jnp.where(a, m, zero) for a, m in zip(agree, mags, strict=True)])
-        )
-    total = _sum_parts([jnp.where(a, p, zero) for a, p in zip(agree, parts, strict=True)], weights)
-    if aggregate == "sum":
-        return total
-    indicator = [jnp.where(a, one, zero) for a in agree]
-    if aggregate == "mean" or weights is None:
-        return total / jnp.maximum(_sum_parts(indicator), one)
-    den = _sum_parts(indicator, weights)
-    return total / jnp.where(jnp.abs(den) < 1e-8, one, den)
-
-
-def elect_sign(
-    pruned: jax.Array,
-    weights: jax.Array | None = None,
-    *,
-    election: str = "mass",
-    weights_before_election: bool = False,
-    zero_sign: str = "positive",
-) -> jax.Array:
-    r"""Elected sign :math:`\gamma \in \{-1, +1\}` per entry of a trimmed ``[T, ...]`` array.
-
-    :math:`\gamma = \operatorname{sgn}^+(S)` with :math:`S = \sum_t \hat\tau_t` (``"mass"``)
-    or :math:`\sum_t \operatorname{sgn}\hat\tau_t` (``"count"``), weighted by :math:`w_t` if
-    ``weights_before_election``; ``zero_sign`` resolves :math:`S = 0` (see module doc;
-    ``"majority"`` is taken over this array).
-
-    Returns:
-      ``[...]`` array of ``+1`` / ``-1`` in ``pruned``'s dtype.
-    """
-    check_choice(election, ELECTIONS, name="election")
-    check_choice(zero_sign, ZERO_SIGNS, name="zero_sign")
-    w = as_weights(weights, pruned.shape[0], pruned.dtype)
-    score = _election_score(_parts(pruned), w, election, weights_before_election)
-    majority = _majority_sign([score]) if zero_sign == "majority" else None
-    return _sign_of_score(score, zero_sign, majority)
-
-
-def disjoint_merge(
-    pruned: jax.Array,
-    sign: jax.Array,
-    weights: jax.Array | None = None,
-    *,
-    aggregate: str = "mean",
-) -> jax.Array:
-    r"""Merge the entries that agree with the elected sign (PEFT ``disjoint_merge`` and variants).
-
-    Agreement :math:`a_t = 1[\hat\tau_t \gamma > 0]` (so pruned zeros never agree). Then
-    ``"mean"``: :math:`\sum_t a_t w_t \hat\tau_t / \max(1, \sum_t a_t)`; ``"sum"``:
-    :math:`\sum_t a_t w_t \hat\tau_t`; ``"weighted_mean"``:
-    :math:`\sum_t a_t w_t \hat\tau_t / \sum_t a_t w_t`; ``"max"``:
-    :math:`\gamma \max_t a_t |w_t \hat\tau_t|`.
-
-    Args:
-      pruned: ``[T, ...]`` trimmed task vectors.
-      sign: ``[...]`` elected signs.
-      weights: optional ``[T]``.
-      aggregate: one of ``AGGREGATES``.
-    """
-    check_choice(aggregate, AGGREGATES, name="aggregate")
-    w = as_weights(weights, pruned.shape[0], pruned.dtype)
-    return _disjoint(_parts(pruned), sign.astype(pruned.dtype), w, aggregate)
-
-
-def _merge_pruned(
-    pruned: Sequence[Sequence[jax.Array]],
-    weights: jax.Array | None,
-    scale: jax.Array,
-    *,
-    weights_before_election: bool,
-    election: str,
-    aggregate: str,
-    zero_sign: str,
-    majority_scope: str,
-) -> list[jax.Array]:
-    """Elect + disjoint-merge trimmed leaves, each given as its list of per-task parts."""
-    num = len(pruned[0])
-    ws = [as_weights(weights, num, parts[0].dtype) for parts in pruned]
-    scores = [
-        _election_score(parts, w, election, weights_before_election)
-        for parts, w in zip(pruned, ws, strict=True)
-    ]
-    if zero_sign == "majority":
-        if majority_scope == "global":
-            majority = _majority_sign(scores)
-            majorities = [majority] * len(scores)
-        else:
-            majorities = [_majority_sign([s]) for s in scores]
-    else:
-        majorities = [None] * len(scores)
-    out = []
-    for parts, w, s, maj in zip(pruned, ws, scores, majorities, strict=True):
-        gamma = _sign_of_score(s, zero_sign, maj)
-        merged = _disjoint(parts, gamma, w, aggregate)
-        out.append(scale.astype(merged.dtype) * merged)
-    return out
 
 
 def ties_array(
@@ -294,8 +125,8 @@ def ties_array(
     """
     del key
     k = num_kept(density, int(x[0].size))
-    pruned = _prune_parts(x, magnitude_threshold(x, k))
-    return _merge_pruned(
+    pruned = trim_parts(x, magnitude_threshold(x, k))
+    return elect_and_merge(
         [pruned],
         weights,
         jnp.asarray(scale),
@@ -318,9 +149,9 @@ def magnitude_prune_array(
     r"""PEFT ``magnitude_prune`` on one array: :math:`\lambda \sum_t w_t \hat\tau_t`."""
     del key
     k = num_kept(density, int(x[0].size))
-    pruned = _prune_parts(x, magnitude_threshold(x, k))
+    pruned = trim_parts(x, magnitude_threshold(x, k))
     w = as_weights(weights, x.shape[0], x.dtype)
-    return jnp.asarray(scale).astype(x.dtype) * _sum_parts(pruned, w)
+    return jnp.asarray(scale).astype(x.dtype) * sum_parts(pruned, w)
 
 
 # --------------------------------------------------------------------------------------
@@ -343,8 +174,8 @@ def _kept_counts(task_vectors: TaskVectors, density: Any, trim: str, keep_rule: 
 def _pruned_leaves(leaves: Sequence[jax.Array], ks: Any, trim: str) -> list[list[jax.Array]]:
     if trim == "global":
         thr = magnitude_threshold(list(leaves), ks)
-        return [_prune_parts(x, thr) for x in leaves]
-    return [_prune_parts(x, magnitude_threshold(x, k)) for x, k in zip(leaves, ks, strict=True)]
+        return [trim_parts(x, thr) for x in leaves]
+    return [trim_parts(x, magnitude_threshold(x, k)) for x, k in zip(leaves, ks, strict=True)]
 
 
 @functools.partial(
@@ -365,7 +196,7 @@ def _ties_core(
 ) -> Merged:
     leaves, treedef = jtu.tree_flatten(task_vectors)
     pruned = _pruned_leaves(leaves, ks, trim)
-    merged = _merge_pruned(
+    merged = elect_and_merge(
         pruned,
         weights,
         scale,
@@ -378,6 +209,16 @@ def _ties_core(
     return jtu.tree_unflatten(treedef, merged)
 
 
+@checked(
+    densities=("density",),
+    choices={
+        "trim": TRIMS,
+        "election": ELECTIONS,
+        "aggregate": AGGREGATES,
+        "zero_sign": ZERO_SIGNS,
+        "keep_rule": KEEP_RULES,
+    },
+)
 def ties(
     task_vectors: TaskVectors,
     key: Key,
@@ -423,14 +264,6 @@ def ties(
       Array([2.5, 2. , 0. ], dtype=float32)
     """
     del key
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
-    check_density(density)
-    check_choice(trim, TRIMS, name="trim")
-    check_choice(election, ELECTIONS, name="election")
-    check_choice(aggregate, AGGREGATES, name="aggregate")
-    check_choice(zero_sign, ZERO_SIGNS, name="zero_sign")
-    check_choice(keep_rule, KEEP_RULES, name="keep_rule")
     return _ties_core(
         task_vectors,
         weights,
@@ -452,12 +285,13 @@ def _magnitude_prune_core(
     num = leaves[0].shape[0]
     pruned = _pruned_leaves(leaves, ks, trim)
     out = [
-        scale.astype(p[0].dtype) * _sum_parts(p, as_weights(weights, num, p[0].dtype))
+        scale.astype(p[0].dtype) * sum_parts(p, as_weights(weights, num, p[0].dtype))
         for p in pruned
     ]
     return jtu.tree_unflatten(treedef, out)
 
 
+@checked(densities=("density",), choices={"trim": TRIMS, "keep_rule": KEEP_RULES})
 def magnitude_prune(
     task_vectors: TaskVectors,
     key: Key,
@@ -490,11 +324,6 @@ def magnitude_prune(
       The merged pytree (dtypes preserved).
     """
     del key
-    num = check_task_vectors(task_vectors)
-    check_weights(weights, num)
-    check_density(density)
-    check_choice(trim, TRIMS, name="trim")
-    check_choice(keep_rule, KEEP_RULES, name="keep_rule")
     return _magnitude_prune_core(
         task_vectors,
         weights,

@@ -59,6 +59,7 @@ import jax.random as jr
 import numpy as np
 import scipy.optimize
 import scipy.special
+import scipy.stats
 
 from .._types import Key
 from ..closed_forms import kinematic_a_eta
@@ -98,8 +99,9 @@ def host_rng(key: Key) -> np.random.Generator:
 def haar_orthogonal(key: Key, dim: int, num: int) -> np.ndarray:
     r"""``num`` Haar-distributed orthogonal matrices ``[num, dim, dim]`` (host, NumPy).
 
-    QR of a Gaussian matrix, with the columns multiplied by :math:`\mathrm{sign}(R_{ii})`
-    so that the law is exactly Haar (Mezzadri 2007). The span of the first ``m`` columns is
+    :func:`scipy.stats.ortho_group` (QR of a Gaussian matrix, the columns multiplied by
+    :math:`\mathrm{sign}(R_{ii})` so that the law is exactly Haar; Mezzadri 2007) on the
+    host generator :func:`host_rng`, in float64. The span of the first ``m`` columns is
     then a uniformly random ``m``-dimensional subspace for every ``m``.
 
     Args:
@@ -110,10 +112,11 @@ def haar_orthogonal(key: Key, dim: int, num: int) -> np.ndarray:
     Returns:
       ``[num, D, D]`` orthogonal matrices.
     """
-    g = host_rng(key).standard_normal((int(num), int(dim), int(dim)))
-    q, r = np.linalg.qr(g)
-    s = np.sign(np.diagonal(r, axis1=-2, axis2=-1))
-    return q * np.where(s == 0, 1.0, s)[:, None, :]
+    num, dim = int(num), int(dim)
+    if dim == 1:  # O(1) = {-1, +1} (ortho_group needs dim >= 2): the sign of a Gaussian
+        return np.sign(host_rng(key).standard_normal((num, 1, 1)))
+    q = scipy.stats.ortho_group.rvs(dim, size=num, random_state=host_rng(key))
+    return q.reshape(num, dim, dim)
 
 
 def _unit_rows(generators: Any) -> np.ndarray:

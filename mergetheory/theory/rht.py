@@ -88,7 +88,7 @@ import numpy as np
 from scipy import integrate, special
 
 from .._types import Key, TaskVectors
-from ..merge import dare_keep_masks, num_kept, topk_mask
+from ..merge import dare_keep_masks, dare_rescale, num_kept, trim_top_k
 from ..sets import SET_KINDS
 from ..tree import validate_task_vectors
 from ..width import width_sampler
@@ -123,8 +123,8 @@ def _leaves_with_experts(task_vectors: TaskVectors) -> None:
 @jax.jit
 def _prune_core(task_vectors, ks, density, rescale):
     def one(x, k):
-        kept = jnp.where(topk_mask(x, k), x, jnp.zeros((), x.dtype))
-        return jnp.where(rescale, kept / density.astype(x.dtype), kept)
+        kept = trim_top_k(x, k)
+        return jnp.where(rescale, dare_rescale(kept, True, density), kept)
 
     leaves, treedef = jtu.tree_flatten(task_vectors)
     return jtu.tree_unflatten(treedef, [one(x, k) for x, k in zip(leaves, ks, strict=True)])
@@ -186,11 +186,7 @@ def rht_reparameterize(task_vectors: TaskVectors, key: Key, *, density: Any) -> 
 @jax.jit
 def _dare_core(task_vectors, key, density):
     masks = dare_keep_masks(key, task_vectors, density)
-    return jtu.tree_map(
-        lambda x, m: jnp.where(m, x / density.astype(x.dtype), jnp.zeros((), x.dtype)),
-        task_vectors,
-        masks,
-    )
+    return jtu.tree_map(lambda x, m: dare_rescale(x, m, density), task_vectors, masks)
 
 
 def dare_reparameterize(task_vectors: TaskVectors, key: Key, *, density: Any) -> TaskVectors:

@@ -158,10 +158,10 @@ def random_quadratic_problem(
       A :class:`QuadraticMergeProblem` in the default float dtype.
     """
     k_h, k_s, k_svals, k_mu, k_star = jr.split(key, 5)
-    q, _ = jnp.linalg.qr(jr.normal(k_h, (dim, dim)))
+    q = jr.orthogonal(k_h, dim)
     lam = jnp.arange(1, dim + 1, dtype=q.dtype) ** (-hessian_decay)
     hessian = (q * lam) @ q.T
-    r, _ = jnp.linalg.qr(jr.normal(k_s, (dim, dim)))
+    r = jr.orthogonal(k_s, dim)
     s = jr.uniform(k_svals, (dim,), q.dtype, 0.5, 1.5)
     cov = (noise_scale**2 / dim) * (r * s) @ r.T
     mean = jr.normal(k_mu, (dim,), q.dtype) / jnp.sqrt(dim)

@@ -14,7 +14,6 @@ from mergetheory.merge import (
     dare_ties,
     dare_ties_array,
 )
-from mergetheory.merge.dare import _dare_core
 from mergetheory.tree import TaskVectorError
 
 # Hand example: density 0.5, explicit keep masks.
@@ -105,12 +104,15 @@ def test_dare_linear_is_ta_in_expectation_and_exact_at_density_one(key):
         )
 
 
-def test_traced_once(key):
+def test_traced_once(key, assert_traced_once):
     tv = {"x": jnp.ones((2, 13))}  # fresh shape
-    before = _dare_core._cache_size()
-    dare_ties(tv, key, density=0.4)
-    dare_ties(tv, jr.fold_in(key, 1), density=0.9, scale=3.0)
-    assert _dare_core._cache_size() == before + 1
+    calls = iter([(key, {"density": 0.4}), (jr.fold_in(key, 1), {"density": 0.9, "scale": 3.0})])
+
+    def call():
+        k, hp = next(calls)
+        return dare_ties(tv, k, **hp)
+
+    assert_traced_once(call, expect_first_trace=True)
 
 
 def test_bad_inputs(key):

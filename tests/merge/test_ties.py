@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from mergetheory.merge import magnitude_prune, ties, ties_array
-from mergetheory.merge.ties import _magnitude_prune_core, _ties_core
 from mergetheory.tree import TaskVectorError
 
 # Hand example, n = 6 entries, density 0.5 -> k = 3 kept per task.
@@ -192,16 +191,14 @@ def test_search_path_agrees_with_peft_on_a_large_leaf(key):
 # --------------------------------------------------------------------------------------
 
 
-def test_public_entry_traces_once_for_new_hparam_values(key):
+def test_public_entry_traces_once_for_new_hparam_values(key, assert_traced_once):
     tv = {"v": jnp.asarray(np.random.default_rng(8).standard_normal((3, 17)))}  # fresh shape
-    before = _ties_core._cache_size()
-    ties(tv, key, density=0.3, scale=1.0)
-    ties(tv, key, density=0.6, scale=2.0, weights=None)
-    assert _ties_core._cache_size() == before + 1
-    before = _magnitude_prune_core._cache_size()
-    magnitude_prune(tv, key, density=0.3)
-    magnitude_prune(tv, key, density=0.8, scale=0.5)
-    assert _magnitude_prune_core._cache_size() == before + 1
+    for op, hparams in [
+        (ties, [{"density": 0.3, "scale": 1.0}, {"density": 0.6, "scale": 2.0, "weights": None}]),
+        (magnitude_prune, [{"density": 0.3}, {"density": 0.8, "scale": 0.5}]),
+    ]:
+        calls = iter(hparams)
+        assert_traced_once(lambda op=op, c=calls: op(tv, key, **next(c)), expect_first_trace=True)
 
 
 def test_bad_inputs_name_the_problem(key):

@@ -131,17 +131,22 @@ def test_three_point_forecast(key, problem):
         sl.three_point_forecast(ks[:3], y[:3], fit_ks=(1, 2, 8))
 
 
-def test_check_scaling_law_verdicts(key, problem):
+def test_check_scaling_law_verdicts(key, problem, monkeypatch):
     ev = sl.check_scaling_law(key, problem, KS, num_draws=10_000)
     assert ev.verdict == "holds"
     assert np.all(np.abs(ev.fit_z[:2]) < 5)
-    # a wrong exact law is caught: shift theta_star after simulating via a fake problem
+    # another problem is self-consistent: simulated and exact from the same (doubled) law
     wrong = problem._replace(cov=2.0 * problem.cov)
     ev_bad = sl.check_scaling_law(key, wrong, KS, num_draws=10_000)
-    assert ev_bad.verdict == "holds"  # self-consistent: simulation uses the same law
+    assert ev_bad.verdict == "holds"
     sim = ev.simulation
     exact_wrong = np.asarray(sl.expected_merge_loss(wrong, sim.ks))
     assert np.max(np.abs(sim.mean - exact_wrong) / sim.stderr) > 5
+    # a wrong exact law is caught: simulate `problem`, but compare with the doubled law
+    right_law = sl.expected_merge_loss
+    monkeypatch.setattr(sl, "expected_merge_loss", lambda _p, ks: right_law(wrong, ks))
+    ev_caught = sl.check_scaling_law(key, problem, KS, num_draws=10_000)
+    assert ev_caught.verdict.startswith("fails"), ev_caught.verdict
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for mergetheory.merge._sparsify: exact top-k threshold and DARE masks."""
+"""Tests for mergetheory.merge.topk: exact top-k threshold, ``num_kept``, masks."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from mergetheory.merge import _sparsify as sp
-from mergetheory.merge import dare_keep_mask, dare_keep_masks, magnitude_threshold, num_kept
+from mergetheory.merge import kernels, magnitude_threshold, num_kept, topk_mask
 
 
 def _ref_threshold(rows, k):
@@ -41,7 +40,7 @@ def search_fn():
 
 # jitted entry points: eager calls would re-trace the search loop for every k
 _threshold = jax.jit(magnitude_threshold, static_argnames=("method",))
-_topk_mask = jax.jit(sp.topk_mask, static_argnames=("method",))
+_topk_mask = jax.jit(topk_mask, static_argnames=("method",))
 
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "lognormal", "tiny"])
@@ -92,7 +91,7 @@ def test_global_threshold_over_several_leaves():
 def test_chunked_exact_counts(monkeypatch):
     # Rows longer than the exact-float-sum limit are counted in chunks (and a tail when
     # the length has no suitable divisor); shrink the limit to exercise both paths.
-    monkeypatch.setattr(sp, "_exact_sum_limit", lambda cdt: 1_000)
+    monkeypatch.setattr(kernels, "_exact_sum_limit", lambda cdt: 1_000)
     fn = jax.jit(lambda x, k: magnitude_threshold(x, k, method="search"))  # fresh trace
     for num in (40_000, 40_009):  # 40_009 is prime: main part + tail
         x = _rows("normal", num, np.float32, seed=3)
@@ -122,55 +121,3 @@ def test_threshold_with_traced_k_under_vmap():
 def test_bad_method_is_named():
     with pytest.raises(ValueError, match="method"):
         magnitude_threshold(jnp.ones((1, 4)), 2, method="quickselect")
-
-
-# --------------------------------------------------------------------------------------
-# DARE masks
-# --------------------------------------------------------------------------------------
-
-
-def test_dare_mask_mean_matches_density(key):
-    shape = (8, 250_000)
-    for density in (0.1, 0.5, 0.9):
-        m = np.asarray(dare_keep_mask(key, shape, density))
-        n = m.size
-        stderr = np.sqrt(density * (1 - density) / n)
-        assert abs(m.mean() - density) < 5 * stderr
-        # every task row is a fair draw too
-        row_se = np.sqrt(density * (1 - density) / shape[1])
-        assert np.all(np.abs(m.mean(axis=1) - density) < 5 * row_se)
-
-
-def test_dare_masks_independent_across_keys_tasks_and_leaves(key):
-    density = 0.3
-    tree = {"a": jnp.zeros((2, 100_000)), "b": jnp.zeros((2, 100_000))}
-    k1, k2 = jr.split(key)
-    m1 = dare_keep_masks(k1, tree, density)
-    m2 = dare_keep_masks(k2, tree, density)
-    pairs = [
-        (m1["a"][0], m1["a"][1]),  # tasks of one leaf
-        (m1["a"][0], m1["b"][0]),  # same task, two leaves
-        (m1["a"][0], m2["a"][0]),  # two keys
-    ]
-    n = 100_000
-    for u, v in pairs:
-        u = np.asarray(u, dtype=np.float64)
-        v = np.asarray(v, dtype=np.float64)
-        corr = np.corrcoef(u, v)[0, 1]
-        assert abs(corr) < 5 / np.sqrt(n)
-    # the operators' per-leaf keys are fold_in(key, i) in flatten order
-    np.testing.assert_array_equal(
-        np.asarray(m1["b"]), np.asarray(dare_keep_mask(jr.fold_in(k1, 1), (2, 100_000), density))
-    )
-
-
-def test_dare_mask_reproducible_and_full_at_density_one(key):
-    a = dare_keep_mask(key, (3, 1000), 0.5)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(dare_keep_mask(key, (3, 1000), 0.5)))
-    assert bool(jnp.all(dare_keep_mask(key, (3, 1000), 1.0)))
-
-
-def test_dare_mask_accepts_raw_uint32_keys():
-    raw = jr.PRNGKey(3)
-    m = dare_keep_mask(raw, (4, 1000), 0.5)
-    assert m.shape == (4, 1000) and 0.4 < float(m.mean()) < 0.6

@@ -1,64 +1,39 @@
-r"""Sparsifiers shared by the TIES / DARE / RHT families: exact magnitude top-k and DARE masks.
+r"""XLA:CPU kernels of the merge operators, each beside a plain reference version.
 
-**Magnitude top-k.** PEFT (``magnitude_based_pruning``) keeps the
-:math:`k = \lfloor \rho\, n \rfloor` largest :math:`|x|` of a tensor with ``torch.topk``.
-Sorting (or ``jax.lax.top_k``) a ``1e7``-entry row costs 20+ s on XLA:CPU
-(DESIGN.md section 8), so the threshold is found by *search on counts* instead:
+The merge operators spend their time in a few memory-bound passes. On XLA:CPU (jax 0.10)
+the obvious ``jax.numpy`` form of some of these passes is much slower than a memory pass,
+so this module holds the rewritten forms, one place for all of them, each next to the
+plain version it must agree with (``tests/merge/test_kernels.py`` compares them). Why each
+rewrite is needed, and the measurements, are in ``docs/merge_kernels.md``.
 
-.. math::
-   \theta_k = \max\{\, t : c(t) \ge k \,\}, \qquad c(t) = \#\{ i : |x_i| \ge t \},
+* :func:`sum_parts` / :func:`max_tasks`: reductions over the task axis unrolled over
+  ``T`` on per-task *parts* (reference: :func:`sum_parts_reference`,
+  :func:`max_tasks_reference`).
+* :func:`count_at_least`: the exact count :math:`\#\{i : a_i \ge t\}` from
+  ``min`` / ``max`` / ``sub`` / ``add`` only (reference: :func:`count_at_least_reference`).
+  The count is :math:`c(t) = \frac{1}{u} \sum_i \max(\min(a_i, t) - t^-, 0)` where
+  :math:`t^-` is the float just below :math:`t` and :math:`u = t - t^-` (exact by
+  Sterbenz' lemma): each term is exactly :math:`0` or :math:`u`, so every partial sum is an
+  exact multiple of :math:`u` while it stays below :math:`2^{24} u` (float32); longer rows
+  are summed in chunks whose counts are added as integers.
+* :func:`threshold_search`: the exact :math:`k`-th largest magnitude of each row,
 
-which is the :math:`k`-th largest magnitude. The kept set is
-:math:`\{ i : |x_i| \ge \theta_k \}`; it has exactly :math:`k` elements unless several
-entries tie at :math:`\theta_k`, in which case **all tied entries are kept** (``>= k`` kept;
-the official TIES code does the same, ``>=``; ``torch.topk`` would break the tie
-arbitrarily). ``k = 0`` keeps nothing (:math:`\theta = +\infty`), as ``torch.topk(k=0)``.
+  .. math::
+     \theta_k = \max\{\, t : c(t) \ge k \,\}, \qquad c(t) = \#\{ i : |x_i| \ge t \},
 
-How the search works (exact; the tolerance-free invariant decides, heuristics only pick
-where to look):
+  by a search on counts over the integer bit patterns of non-negative floats (monotone in
+  the value) with the invariant ``c(lo) >= k > c(hi)``: first probe from a sorted
+  stratified sample, then Newton / secant / regula-falsi steps, a jump to the largest
+  value below ``hi`` and bisection when steps stall (worst case ``4 * 31 + 2`` passes).
+  Reference: :func:`threshold_sort` (a sort of each row). To keep :math:`u` a normal float,
+  **magnitudes** :math:`\le 2^{-100}` (:data:`MAGNITUDE_FLOOR`) **are ranked as ties with
+  0**, in both versions.
+* :func:`hash_uniform_bits`: counter-based uint32 random bits
+  :math:`h(h(i \oplus s_0) + s_1)` (``lowbias32`` hash :math:`h`, key words
+  :math:`s_0, s_1`) for the DARE masks (reference: :func:`hash_uniform_bits_reference`,
+  the same hash in NumPy).
 
-* For non-negative IEEE floats the bit pattern, read as an integer, is monotone in the
-  value, so :math:`\theta_k` is found by a search over integers ``b`` (31 bits for float32,
-  63 for float64) on the invariant ``c(lo) >= k > c(hi)``. It ends when ``hi = lo + 1``
-  (then :math:`\theta_k` is the float with bits ``lo``), or when ``c(hi) = k - 1`` (then
-  :math:`\theta_k` is the largest magnitude below ``hi``: one max pass), or when
-  ``c(lo) = k`` (the smallest magnitude at or above ``lo``: one min pass).
-* Each probe is one pass over the task's row. A plain bisection needs 31 passes; here the
-  first probe is the matching quantile of a sorted stratified sample of ``2**14``
-  magnitudes, the second a Newton step with the sample's slope, later ones secant steps
-  through the last two probes (regula falsi on the bracket when the secant leaves it).
-  After two steps that fail to halve the bracket, one probe jumps to the largest magnitude
-  below ``hi`` (this settles a tie at the threshold at once) and then bisection runs until
-  the bracket halves. Worst case ``4 * 31 + 2`` passes; on smooth data about 5-8 (measured
-  in simulation over normal, Laplace, t3, log-normal, quantized and sparse rows).
-* Rows (tasks) are searched one after another, each in its own ``while_loop`` on its own
-  materialized magnitudes, so a finished row stops costing passes and a row stays in
-  cache for all its passes (see :func:`_threshold_search`). Measured on the shared 2-core
-  CPU: TIES on ``[8, 1e7]`` float32 (threshold search included) about 9x the NumPy
-  ``X.sum(0)`` probe, and 13-16x on ``[8, 1e6]`` (where the probe runs from cache);
-  ``np.partition`` alone takes about 30x, PEFT's ``torch.topk`` TIES 232x.
-* A count pass must run at memory bandwidth. XLA:CPU (jax 0.10) vectorizes a float sum
-  with fused ``min`` / ``max`` / ``sub`` but splits a long sum of a comparison
-  (``sum(a >= t)``) into slow reduce-window trees, so the count is computed as
-  :math:`c(t) = \frac{1}{u} \sum_i \max(\min(|x_i|, t) - t^-, 0)` where :math:`t^-` is the
-  float just below :math:`t` and :math:`u = t - t^-` (exact by Sterbenz' lemma). Each term
-  is exactly :math:`0` or :math:`u`, so every partial sum is an exact multiple of :math:`u`
-  while it stays below :math:`2^{24} u` (float32): rows longer than :math:`2^{24}` are
-  summed in chunks, the chunk counts added as integers.
-* To keep :math:`u` a normal float (CPUs flush subnormals to zero), probes stay at or
-  above :math:`2^{-100}`: **magnitudes** :math:`\le 2^{-100}` **are ranked as ties with
-  0** (if the :math:`k`-th largest magnitude is that small, the threshold is 0 and every
-  entry is kept). Task vectors never hold such values in practice; the sort path below
-  applies the same rule so that both paths agree bit for bit.
-* Rows with at most ``2**15`` entries (all leaves together) are simply sorted.
-
-**DARE masks.** :func:`dare_keep_mask` draws :math:`m \sim \mathrm{Bernoulli}(\rho)`
-(``rho`` = keep probability = PEFT's ``density``) for a whole ``[T, ...]`` leaf from one key.
-Pytree operators give leaf ``i`` the key ``fold_in(key, i)`` (:func:`dare_keep_masks`).
-The bits come from a counter-based hash of the key (:func:`hash_uniform_bits`), not from
-``jax.random``'s threefry, which costs 200x a memory pass on XLA:CPU; the masks are still
-a deterministic function of the JAX key, and their mean, independence across tasks /
-leaves / keys and DARE's unbiasedness are tested by Monte Carlo.
+Reference: DESIGN.md section 8; ``docs/merge_kernels.md``.
 """
 
 from __future__ import annotations
@@ -70,60 +45,75 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jax.tree_util as jtu
 import numpy as np
 
+from .. import tree as mtree
 from .._types import Key
-from ._common import is_concrete, leaf_keys
 
 __all__ = [
     "MAGNITUDE_FLOOR",
-    "dare_keep_mask",
-    "dare_keep_mask_rows",
-    "dare_keep_masks",
+    "compute_dtype",
+    "count_at_least",
+    "count_at_least_reference",
     "hash_uniform_bits",
-    "magnitude_threshold",
-    "num_kept",
-    "topk_mask",
+    "hash_uniform_bits_offset",
+    "hash_uniform_bits_reference",
+    "max_tasks",
+    "max_tasks_reference",
+    "sum_parts",
+    "sum_parts_reference",
+    "threshold_search",
+    "threshold_sort",
 ]
 
 MAGNITUDE_FLOOR = 2.0**-100
 """Magnitudes at or below this value are ranked as ties with 0 by the top-k search."""
 
-_SORT_MAX = 1 << 15  # rows up to this many entries are sorted, longer ones searched
 _NUM_SAMPLES = 1 << 14  # sample size for the first two probes of the search
 
 
 # --------------------------------------------------------------------------------------
-# k = floor(density * n)
+# task-axis reductions on per-task parts
 # --------------------------------------------------------------------------------------
 
 
-def num_kept(density: Any, num: int) -> jax.Array:
-    r"""Entries kept, :math:`k = \lfloor \rho\, n \rfloor` (PEFT's ``int(density * numel)``).
+def sum_parts(parts: Sequence[jax.Array], weights: jax.Array | None = None) -> jax.Array:
+    r""":math:`\sum_t w_t p_t` over a list of per-task parts, unrolled over ``T``.
 
-    A concrete ``density`` is converted with Python floats, exactly as PEFT does
-    (``int(0.7 * 10) == 7``). A traced ``density`` is floored in its own dtype inside the
-    trace; with a float32 ``density`` (x64 off) ``k`` can then differ by one from the
-    float64 value when :math:`\rho n` is (nearly) an integer.
-
-    Returns:
-      int32 scalar (or the batch shape of a traced ``density``), clipped to ``[0, n]``.
+    ``tree.sum_tasks(jnp.stack(parts))``: XLA:CPU fuses the stack away and evaluates each
+    output entry from the ``T`` inputs in one pass (the same maths with a ``[T, ...]``
+    ``where`` before the sum runs several times slower; ``docs/merge_kernels.md``).
     """
-    if num >= 2**31:
-        raise ValueError(f"top-k over {num} >= 2**31 entries per task is not supported")
-    if is_concrete(density):
-        return jnp.asarray(min(max(int(float(density) * num), 0), num), dtype=jnp.int32)
-    d = jnp.asarray(density)
-    return jnp.clip(jnp.floor(d * num), 0, num).astype(jnp.int32)
+    return mtree.sum_tasks(jnp.stack(parts), weights)
+
+
+def sum_parts_reference(parts: Sequence[jax.Array], weights: jax.Array | None = None) -> jax.Array:
+    """Plain ``jnp.sum`` over the stacked parts (same value up to summation order)."""
+    x = jnp.stack(parts)
+    if weights is not None:
+        x = x * weights.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.sum(x, axis=0)
+
+
+def max_tasks(x: jax.Array) -> jax.Array:
+    """Maximum over the task axis of ``x`` ``[T, ...]``, unrolled like ``tree.sum_tasks``."""
+    acc = x[0]
+    for t in range(1, x.shape[0]):
+        acc = jnp.maximum(acc, x[t])
+    return acc
+
+
+def max_tasks_reference(x: jax.Array) -> jax.Array:
+    """Plain ``jnp.max(x, axis=0)``."""
+    return jnp.max(x, axis=0)
 
 
 # --------------------------------------------------------------------------------------
-# dtypes and bit patterns
+# top-k threshold: bit patterns, exact counts, search and sort
 # --------------------------------------------------------------------------------------
 
 
-def _compute_dtype(leaves: Sequence[jax.Array]) -> Any:
+def compute_dtype(leaves: Sequence[jax.Array]) -> Any:
     """The float dtype the magnitudes are ranked in: the widest leaf dtype, >= float32."""
     size = max(max(jnp.dtype(x.dtype).itemsize for x in leaves), 4)
     return jnp.dtype(jnp.float64) if size >= 8 else jnp.dtype(jnp.float32)
@@ -177,7 +167,7 @@ def _chunk_len(num: int, limit: int) -> int:
     return 0  # pragma: no cover
 
 
-def _count_ge(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Array:
+def count_at_least(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Array:
     r"""Exact :math:`\#\{i : a_i \ge t\}`, :math:`t = \mathrm{float}(b)`, over ``mags``.
 
     Computed as :math:`\frac{1}{u}\sum_i \max(\min(|x_i|, t) - t^-, 0)` with :math:`t^-` the
@@ -209,6 +199,12 @@ def _count_ge(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Array:
     return total
 
 
+def count_at_least_reference(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Array:
+    r"""Plain ``sum(a >= t)`` over ``mags`` with :math:`t = \mathrm{float}(b)` (int32)."""
+    t = _from_bits(b, cdt)
+    return sum(jnp.sum(a >= t, dtype=jnp.int32) for a in mags)
+
+
 def _max_below(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Array:
     """``max{a_i : a_i < float(b)}`` over the magnitudes ``mags`` (-1 if none)."""
     t = _from_bits(b, cdt)
@@ -238,7 +234,17 @@ def _sample_index(num: int, size: int) -> np.ndarray:
     )
 
 
-def _threshold_sort(flat: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
+def threshold_sort(flat: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
+    r"""Reference :math:`k`-th largest magnitude of each row by a sort (``+inf`` where ``k = 0``).
+
+    Args:
+      flat: arrays ``[R, n_l]``; row ``r`` is the concatenation of every ``flat[l][r]``.
+      k: ``[R]`` int32.
+      cdt: the ranking dtype (:func:`compute_dtype`).
+
+    Returns:
+      ``[R]`` thresholds in ``cdt``; magnitudes :math:`\le` :data:`MAGNITUDE_FLOOR` rank as 0.
+    """
     a = jnp.concatenate([_lump(_magnitude(f, cdt)) for f in flat], axis=1)
     num = a.shape[1]
     # non-negative floats sort like their bit patterns; integer sorts are much faster
@@ -318,7 +324,7 @@ def _search_row(row: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
             lambda: cand,
         )
         cand = jnp.clip(cand, jnp.maximum(lo + 1, floor_b), hi - 1)
-        c = _count_ge(row, cand, cdt)
+        c = count_at_least(row, cand, cdt)
         up = c >= k
         lo2, c_lo2 = jnp.where(up, cand, lo), jnp.where(up, c, c_lo)
         hi2, c_hi2 = jnp.where(up, hi, cand), jnp.where(up, c_hi, c)
@@ -371,14 +377,13 @@ def _search_row(row: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
     return jnp.where(k <= 0, jnp.asarray(jnp.inf, cdt), thr)
 
 
-def _threshold_search(flat: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
-    """One independent search per row (a finished row stops costing passes).
+def threshold_search(flat: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
+    """The same thresholds as :func:`threshold_sort` by a search on counts, row by row.
 
-    Row ``r``'s magnitudes are materialized once (XLA:CPU's vectorized reduction cannot
-    read a slice in place) by a select on a flag computed from row ``r - 1``'s result
-    (always false): this data dependency makes XLA run the rows one after another, so a
-    row's magnitudes stay in cache for all its passes instead of all rows' copies being
-    made up front (measured 3-4x faster on ``[8, 1e6]``).
+    Row ``r``'s magnitudes are materialized once by a select on a flag computed from row
+    ``r - 1``'s result (always false): this data dependency makes XLA run the rows one
+    after another, so a finished row stops costing passes and a row stays in cache for all
+    its passes (``docs/merge_kernels.md``). Arguments and result as :func:`threshold_sort`.
     """
     out = []
     after_prev = jnp.asarray(False)
@@ -391,69 +396,8 @@ def _threshold_search(flat: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.
     return jnp.stack(out)
 
 
-def magnitude_threshold(
-    x: jax.Array | Sequence[jax.Array],
-    k: Any,
-    *,
-    method: str = "auto",
-) -> jax.Array:
-    r"""Per-row magnitude threshold of exact top-k: the :math:`k`-th largest :math:`|x_{r,\cdot}|`.
-
-    Row ``r`` is ``x[r]`` flattened; with a list of arrays (all ``[R, ...]``), row ``r`` is
-    the concatenation of every ``x_l[r]`` (used for TIES' whole-model "global" trim).
-
-    Keeping :math:`\{|x_{r,i}| \ge \theta_r\}` keeps the :math:`k` largest magnitudes, plus
-    any entries tied with the :math:`k`-th (see the module docstring, also for the
-    :math:`2^{-100}` floor).
-
-    Args:
-      x: array ``[R, ...]`` or a sequence of arrays with the same leading ``R``.
-      k: int scalar or ``[R]`` ints (traced is fine), ``0 <= k <= n``.
-      method: ``"auto"`` (sort rows of at most ``2**15`` entries, search longer ones),
-        ``"sort"`` or ``"search"``; all three return the same values.
-
-    Returns:
-      ``[R]`` thresholds in float32 (float64 for float64 input); ``+inf`` where ``k = 0``.
-
-    Example:
-      >>> x = jnp.array([[3.0, -1.0, 2.0, 0.5]])
-      >>> magnitude_threshold(x, 2)
-      Array([2.], dtype=float32)
-    """
-    leaves = [x] if isinstance(x, jax.Array | np.ndarray) else list(x)
-    rows = leaves[0].shape[0]
-    flat = [jnp.asarray(leaf).reshape(rows, -1) for leaf in leaves]
-    cdt = _compute_dtype(flat)
-    num = sum(f.shape[1] for f in flat)
-    if num >= 2**31:
-        raise ValueError(f"top-k over {num} >= 2**31 entries per row is not supported")
-    k = jnp.broadcast_to(jnp.asarray(k).astype(jnp.int32), (rows,))
-    if method == "auto":
-        method = "sort" if num <= _SORT_MAX else "search"
-    if method == "sort":
-        return _threshold_sort(flat, k, cdt)
-    if method == "search":
-        return _threshold_search(flat, k, cdt)
-    raise ValueError(f"method must be 'auto', 'sort' or 'search', got {method!r}")
-
-
-def topk_mask(x: jax.Array, k: Any, *, method: str = "auto") -> jax.Array:
-    r"""Boolean mask of the top-k magnitudes of each row ``x[r]`` (``>= k`` kept on ties).
-
-    Args:
-      x: ``[R, ...]``; the top-k is taken over each ``x[r]`` flattened.
-      k: int scalar or ``[R]``.
-      method: see :func:`magnitude_threshold`.
-
-    Returns:
-      bool array shaped like ``x``.
-    """
-    thr = magnitude_threshold(x, k, method=method)
-    return jnp.abs(x).astype(thr.dtype) >= thr.reshape(thr.shape + (1,) * (x.ndim - 1))
-
-
 # --------------------------------------------------------------------------------------
-# DARE
+# counter-based random bits for the DARE masks
 # --------------------------------------------------------------------------------------
 
 
@@ -479,7 +423,8 @@ def _key_words(key: Key) -> tuple[jax.Array, jax.Array]:
     return s0, s1
 
 
-def _hash_bits(key: Key, shape: tuple[int, ...], offset: int) -> jax.Array:
+def hash_uniform_bits_offset(key: Key, shape: tuple[int, ...], offset: int) -> jax.Array:
+    """:func:`hash_uniform_bits` with the counter starting at ``offset`` (for row-wise draws)."""
     num = int(np.prod(shape, dtype=np.int64))
     s0, s1 = _key_words(key)
     idx = jax.lax.iota(jnp.uint32, num).reshape(shape)
@@ -488,56 +433,39 @@ def _hash_bits(key: Key, shape: tuple[int, ...], offset: int) -> jax.Array:
     return _mix32(_mix32(idx ^ s0) + s1)
 
 
-def _keep_from_bits(bits: jax.Array, density: Any) -> jax.Array:
-    u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
-    return u < jnp.asarray(density).astype(jnp.float32)
-
-
 def hash_uniform_bits(key: Key, shape: tuple[int, ...]) -> jax.Array:
     r"""Counter-based uint32 random bits: :math:`h(h(i \oplus s_0) + s_1)`, :math:`i` = flat index.
 
-    :math:`h` is the ``lowbias32`` hash, :math:`(s_0, s_1)` the key's two words. Unlike
-    ``jax.random.bits`` (threefry), it costs about one memory pass and compiles in a
-    fraction of a second on XLA:CPU (``jr.bernoulli`` on ``[8, 1e6]`` measured 200x a
-    NumPy ``X.sum(0)`` pass and 1.7-2.7 s to compile). Use keys derived with ``fold_in`` /
-    ``split`` (well-mixed words), as the operators do.
+    :math:`h` is the ``lowbias32`` hash (C. Wellons), :math:`(s_0, s_1)` the key's two
+    words. It costs about one memory pass on XLA:CPU where ``jax.random.bits`` costs far
+    more (``docs/merge_kernels.md``). Use keys derived with ``fold_in`` / ``split``
+    (well-mixed words), as the operators do.
+
+    Example:
+      >>> hash_uniform_bits(jax.random.key(0), (2, 3)).dtype
+      dtype('uint32')
     """
     num = int(np.prod(shape, dtype=np.int64))
     if num >= 2**32:
         raise ValueError(f"hash_uniform_bits: {num} >= 2**32 draws from one key")
-    return _hash_bits(key, shape, 0)
+    return hash_uniform_bits_offset(key, shape, 0)
 
 
-def dare_keep_mask(key: Key, shape: tuple[int, ...], density: Any) -> jax.Array:
-    r"""DARE keep mask :math:`m \sim \mathrm{Bernoulli}(\rho)` of ``shape`` from one key.
-
-    ``density`` :math:`\rho` is the keep probability (PEFT / mergekit ``density``; the DARE
-    paper's drop rate is :math:`p = 1 - \rho`). Entry :math:`i` is kept iff
-    :math:`u_i < \rho` with :math:`u_i = \lfloor b_i / 2^8 \rfloor 2^{-24}` a float32
-    uniform on a :math:`2^{-24}` grid and :math:`b_i` the bits of
-    :func:`hash_uniform_bits` (so :math:`P(\text{keep}) = \lceil 2^{24}\rho \rceil / 2^{24}`,
-    within :math:`6\cdot10^{-8}` of :math:`\rho`; ``density = 1`` keeps everything).
-    """
-    return _keep_from_bits(hash_uniform_bits(key, shape), density)
+def _mix32_np(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
 
 
-def dare_keep_mask_rows(key: Key, shape: tuple[int, ...], density: Any) -> list[jax.Array]:
-    """``dare_keep_mask(key, shape, density)`` as a list of its rows ``[0], [1], ...``.
-
-    Drawn row by row (the counter of row ``t`` starts at ``t * prod(shape[1:])``), so the
-    rows are bit-identical to the slices of the full mask; the kernels use this form.
-    """
-    num = int(np.prod(shape, dtype=np.int64))
-    if num >= 2**32:
-        raise ValueError(f"dare_keep_mask_rows: {num} >= 2**32 draws from one key")
-    row = int(np.prod(shape[1:], dtype=np.int64))
-    return [
-        _keep_from_bits(_hash_bits(key, tuple(shape[1:]), t * row), density)
-        for t in range(shape[0])
-    ]
-
-
-def dare_keep_masks(key: Key, task_vectors: Any, density: Any) -> Any:
-    """The DARE operators' masks: leaf ``i`` uses ``fold_in(key, i)``, one ``[T, ...]`` draw."""
-    keys = leaf_keys(key, task_vectors)
-    return jtu.tree_map(lambda kk, x: dare_keep_mask(kk, x.shape, density), keys, task_vectors)
+def hash_uniform_bits_reference(key: Key, shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`hash_uniform_bits` in plain NumPy uint32 arithmetic (reference for tests)."""
+    data = np.asarray(jr.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+    data = data.astype(np.uint32).reshape(-1)
+    s0, s1 = data[0], data[-1]
+    with np.errstate(over="ignore"):
+        for i in range(1, data.shape[0] - 1):
+            s0 = _mix32_np(s0 ^ data[i])
+        idx = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint32).reshape(shape)
+        return _mix32_np(_mix32_np(idx ^ s0) + s1)
