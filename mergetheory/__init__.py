@@ -1,7 +1,7 @@
 """mergetheory: the theory of model merging, in numbers you can check.
 
 Layers (imports flow one way): :mod:`.tree` (pytree maths) <- :mod:`.tasks` (samplers) <-
-:mod:`.merge` (operators, ``MERGE_OPERATORS``) <- :mod:`.sets` <- :mod:`.width` (Gaussian
+:mod:`.merge` (operators, ``MERGE_OPERATORS``) <- :mod:`.geometry` <- :mod:`.width` (Gaussian
 width, statistical dimension) <- :mod:`.theory` / :mod:`.mergeability`. :mod:`.checkpoints`
 and :mod:`.models` feed real task vectors into the same pipeline. Submodules stay importable
 (``mergetheory.theory``, ``mergetheory.models``); the most used names are re-exported here.
@@ -27,22 +27,6 @@ from .checkpoints import stack_peft_adapters as stack_peft_adapters
 from .checkpoints import task_vectors_from_checkpoints as task_vectors_from_checkpoints
 from .checkpoints import unflatten_tree as unflatten_tree
 from .checkpoints import validate_lineage as validate_lineage
-from .closed_forms import circular_cone_statdim as circular_cone_statdim
-from .closed_forms import circular_cone_statdim_approx as circular_cone_statdim_approx
-from .closed_forms import circular_cone_width as circular_cone_width
-from .closed_forms import expected_chi as expected_chi
-from .closed_forms import expected_max_normal as expected_max_normal
-from .closed_forms import expected_max_normal_with_zero as expected_max_normal_with_zero
-from .closed_forms import finite_set_width_bound as finite_set_width_bound
-from .closed_forms import kinematic_a_eta as kinematic_a_eta
-from .closed_forms import l1_ball_width as l1_ball_width
-from .closed_forms import l2_ball_width as l2_ball_width
-from .closed_forms import linf_ball_width as linf_ball_width
-from .closed_forms import orthant_statdim as orthant_statdim
-from .closed_forms import orthant_width as orthant_width
-from .closed_forms import subspace_statdim as subspace_statdim
-from .closed_forms import subspace_width as subspace_width
-from .closed_forms import zonotope_width as zonotope_width
 from .diagnostics import DiagnosticsOutput as DiagnosticsOutput
 from .diagnostics import KinshipOutput as KinshipOutput
 from .diagnostics import SignConflictOutput as SignConflictOutput
@@ -52,6 +36,45 @@ from .diagnostics import mean_off_diagonal as mean_off_diagonal
 from .diagnostics import model_kinship as model_kinship
 from .diagnostics import sign_conflict as sign_conflict
 from .diagnostics import singular_interference as singular_interference
+from .geometry import SET_KINDS as SET_KINDS
+from .geometry import CircularCone as CircularCone
+from .geometry import ConvexHull as ConvexHull
+from .geometry import ConvexHullWithOrigin as ConvexHullWithOrigin
+from .geometry import Ellipsoid as Ellipsoid
+from .geometry import GeneratedSet as GeneratedSet
+from .geometry import L1Ball as L1Ball
+from .geometry import L2Ball as L2Ball
+from .geometry import LinfBall as LinfBall
+from .geometry import NonnegativeOrthant as NonnegativeOrthant
+from .geometry import PointSet as PointSet
+from .geometry import PolyhedralCone as PolyhedralCone
+from .geometry import ReferenceSet as ReferenceSet
+from .geometry import Span as Span
+from .geometry import Zonotope as Zonotope
+from .geometry import make_set as make_set
+from .geometry import operator_image as operator_image
+from .geometry.closed_forms import circular_cone_statdim as circular_cone_statdim
+from .geometry.closed_forms import circular_cone_statdim_approx as circular_cone_statdim_approx
+from .geometry.closed_forms import circular_cone_width as circular_cone_width
+from .geometry.closed_forms import expected_chi as expected_chi
+from .geometry.closed_forms import expected_max_normal as expected_max_normal
+from .geometry.closed_forms import expected_max_normal_with_zero as expected_max_normal_with_zero
+from .geometry.closed_forms import finite_set_width_bound as finite_set_width_bound
+from .geometry.closed_forms import kinematic_a_eta as kinematic_a_eta
+from .geometry.closed_forms import l1_ball_width as l1_ball_width
+from .geometry.closed_forms import l2_ball_width as l2_ball_width
+from .geometry.closed_forms import linf_ball_width as linf_ball_width
+from .geometry.closed_forms import orthant_statdim as orthant_statdim
+from .geometry.closed_forms import orthant_width as orthant_width
+from .geometry.closed_forms import subspace_statdim as subspace_statdim
+from .geometry.closed_forms import subspace_width as subspace_width
+from .geometry.closed_forms import zonotope_width as zonotope_width
+from .linalg import cone_projection_sq_norm as cone_projection_sq_norm
+from .linalg import default_rank_rtol as default_rank_rtol
+from .linalg import nnls_gram as nnls_gram
+from .linalg import psd_cholesky as psd_cholesky
+from .linalg import span_pivot_mask as span_pivot_mask
+from .linalg import validate_gram as validate_gram
 from .lora import LoraFactors as LoraFactors
 from .lora import LoraShape as LoraShape
 from .lora import densify as densify
@@ -77,36 +100,6 @@ from .mergeability import pearson_correlation as pearson_correlation
 from .mergeability import rankdata as rankdata
 from .mergeability import sample_partners as sample_partners
 from .mergeability import spearman_correlation as spearman_correlation
-from .sets import SET_KINDS as SET_KINDS
-from .sets import CircularCone as CircularCone
-from .sets import ConvexHull as ConvexHull
-from .sets import ConvexHullWithOrigin as ConvexHullWithOrigin
-from .sets import Ellipsoid as Ellipsoid
-from .sets import GeneratedSet as GeneratedSet
-from .sets import L1Ball as L1Ball
-from .sets import L2Ball as L2Ball
-from .sets import LinfBall as LinfBall
-from .sets import NonnegativeOrthant as NonnegativeOrthant
-from .sets import PointSet as PointSet
-from .sets import PolyhedralCone as PolyhedralCone
-from .sets import ReferenceSet as ReferenceSet
-from .sets import Span as Span
-from .sets import Zonotope as Zonotope
-from .sets import cone_projection_sq_norm as cone_projection_sq_norm
-from .sets import default_rank_rtol as default_rank_rtol
-from .sets import make_set as make_set
-from .sets import nnls_gram as nnls_gram
-from .sets import operator_image as operator_image
-from .sets import psd_cholesky as psd_cholesky
-from .sets import span_pivot_mask as span_pivot_mask
-from .sets import validate_gram as validate_gram
-from .sharding import DEFAULT_AXIS as DEFAULT_AXIS
-from .sharding import MonteCarloEstimate as MonteCarloEstimate
-from .sharding import make_mesh as make_mesh
-from .sharding import shard_task_vectors as shard_task_vectors
-from .sharding import sharded_gaussian_width as sharded_gaussian_width
-from .sharding import sharded_gram_matrix as sharded_gram_matrix
-from .sharding import sharded_monte_carlo as sharded_monte_carlo
 from .tasks import CorrelatedSpec as CorrelatedSpec
 from .tasks import GaussianSpec as GaussianSpec
 from .tasks import HeavyTailedSpec as HeavyTailedSpec
@@ -149,5 +142,12 @@ from .width import statistical_dimension as statistical_dimension
 from .width import stream_moments as stream_moments
 from .width import summarize_samples as summarize_samples
 from .width import width_sampler as width_sampler
+from .width.sharding import DEFAULT_AXIS as DEFAULT_AXIS
+from .width.sharding import MonteCarloEstimate as MonteCarloEstimate
+from .width.sharding import make_mesh as make_mesh
+from .width.sharding import shard_task_vectors as shard_task_vectors
+from .width.sharding import sharded_gaussian_width as sharded_gaussian_width
+from .width.sharding import sharded_gram_matrix as sharded_gram_matrix
+from .width.sharding import sharded_monte_carlo as sharded_monte_carlo
 
 __version__ = "0.1.0"

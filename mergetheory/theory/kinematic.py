@@ -61,7 +61,7 @@ import scipy.optimize
 import scipy.special
 
 from .._types import Key
-from ..closed_forms import kinematic_a_eta
+from ..geometry.closed_forms import kinematic_a_eta
 
 __all__ = [
     "IntersectionEstimate",

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from mergetheory import closed_forms as cf
+from mergetheory.geometry import closed_forms as cf
 
 # THEORY.md section 4: n, E_n, E0_n (4 decimals)
 GOLDEN = [
