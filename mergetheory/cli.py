@@ -15,9 +15,10 @@ The estimate is that of :func:`mergetheory.width.gaussian_width` /
 :func:`~mergetheory.width.statistical_dimension` / :func:`~mergetheory.width.nested_width`
 with ``key = jax.random.key(seed)`` and the same ``chunk_size``: the same chunk keys
 (``jr.split(key, C)``) and one-chunk function (:func:`~mergetheory.width.width_sampler`),
-run in blocks of chunks by a Python loop of one jitted kernel so that a progress bar
-(``tqdm``, on stderr) can advance honestly after each block. Memory is set by the chunk
-size: the samples are reduced to running moments (:class:`~mergetheory.width.SampleMoments`).
+run in blocks of chunks by the library's engine (:func:`~mergetheory.width.run_width` with
+``on_block``) so that a progress bar (``tqdm``, on stderr) can advance after each block.
+Memory is set by the chunk size: the samples are reduced to running moments
+(:class:`~mergetheory.width.SampleMoments`).
 
 Errors in the input (missing or unreadable file, wrong rank, NaN / Inf, ``--num-samples
 < 2``, unknown set, ...) end the command with status 2 and ONE line on stderr,

@@ -1,4 +1,4 @@
-"""Tests for mergetheory.sharding on the 8 forced host devices of tests/conftest.py."""
+"""Tests for mergetheory.width.sharding on the 8 forced host devices of tests/conftest.py."""
 
 import jax
 import jax.numpy as jnp
