@@ -44,18 +44,19 @@ def test_nnls_gram_rank_deficient_matches_scipy_projection():
 def test_subset_and_nested_support_agree_with_the_plain_support(kind):
     """Three code paths of a set's support: plain, masked subset, nested prefixes."""
     rng = np.random.default_rng(5)
-    t = rng.standard_normal((5, 8))
+    t = rng.standard_normal((4, 8))
     full = geometry.make_set(kind, t)
-    prefixes = [geometry.make_set(kind, t[:m]) for m in range(1, 6)]
+    sizes = (2, 4)  # two prefix sets (each its own program size), the last the full set
+    prefixes = [geometry.make_set(kind, t[:m]) for m in sizes]
 
     @jax.jit
     def supports(z):
-        masks = [jnp.arange(5) < m for m in range(1, 6)]
+        masks = jnp.arange(4)[None, :] < jnp.asarray(sizes)[:, None]
         return (
             full.support_from_z(z),
-            full.support_from_z(z, nested=True),
-            jnp.stack([p.support_from_z(z[: i + 1]) for i, p in enumerate(prefixes)]),
-            jnp.stack([full.subset_support_from_z(z, mask) for mask in masks]),
+            full.support_from_z(z, nested=True)[jnp.asarray(sizes) - 1],
+            jnp.stack([p.support_from_z(z[:m]) for m, p in zip(sizes, prefixes, strict=True)]),
+            jax.vmap(lambda mask: full.subset_support_from_z(z, mask))(masks),
         )
 
     whole, path, ref, subset = supports(jnp.asarray(t @ rng.standard_normal(8)))
