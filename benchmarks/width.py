@@ -16,7 +16,7 @@ Parts and targets (targets live here only, never in unit tests):
     reported as a check). Target: ``naive / fast >= 100`` at equal stderr. A NumPy naive
     sample (``rng.standard_normal(D) @ X.T``) is timed too.
 (b) ``gram_vs_bandwidth``: the Gram pass (``tree.gram_matrix`` under ``jit``, one
-    device; and :func:`mergetheory.sharding.sharded_gram_matrix` over the 2 forced host
+    device; and :func:`mergetheory.width.sharding.sharded_gram_matrix` over the 2 forced host
     devices) on float32 ``[4, 1e7]``, ``[8, 1e7]``, ``[16, 1e6]``, ``[16, 1e7]`` against a
     memory-bandwidth probe, NumPy ``X.sum(0)`` over the same array, and against NumPy's
     BLAS on the same product (``X @ X.T``), timed round-robin (ratio of the minima; the
@@ -136,7 +136,7 @@ def part_fast_vs_naive(quick: bool) -> dict[str, Any]:
     import jax.random as jr
     import numpy as np
 
-    from mergetheory.sets import ConvexHull
+    from mergetheory.geometry import ConvexHull
     from mergetheory.tree import gram_matrix
     from mergetheory.width import gaussian_width
 
@@ -281,8 +281,8 @@ def part_gram_vs_bandwidth(quick: bool) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
-    from mergetheory.sharding import shard_task_vectors, sharded_gram_matrix
     from mergetheory.tree import gram_matrix
+    from mergetheory.width.sharding import shard_task_vectors, sharded_gram_matrix
 
     if quick:
         shapes = [(4, 10**6), (8, 10**6), (16, 10**5)]
@@ -366,7 +366,7 @@ def part_lora_gemma(quick: bool) -> dict[str, Any]:
     import numpy as np
 
     from mergetheory import lora
-    from mergetheory.sets import ConvexHull
+    from mergetheory.geometry import ConvexHull
     from mergetheory.tree import gram_matrix
     from mergetheory.width import gaussian_width
 

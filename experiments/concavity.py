@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import run_experiment
-from mergetheory.sets import ConvexHull
+from mergetheory.geometry import ConvexHull
 from mergetheory.tasks import family_spec, sample_task_vectors
 from mergetheory.theory.concavity import (
     check_concavity,

@@ -36,8 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import run_experiment
-from mergetheory.closed_forms import kinematic_a_eta as a_eta
-from mergetheory.sets import PolyhedralCone
+from mergetheory.geometry import PolyhedralCone
+from mergetheory.geometry.closed_forms import kinematic_a_eta as a_eta
 from mergetheory.tasks import GaussianSpec, sample_task_vectors
 from mergetheory.theory.kinematic import (
     check_kinematic_formula,

@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from experiments import run_experiment
 from experiments.concavity import draw_family
-from mergetheory.closed_forms import expected_chi, expected_max_normal
-from mergetheory.sets import ConvexHull
+from mergetheory.geometry import ConvexHull
+from mergetheory.geometry.closed_forms import expected_chi, expected_max_normal
 from mergetheory.tasks import CorrelatedSpec, GaussianSpec, sample_task_vectors
 from mergetheory.theory.concavity import generator_gram
 from mergetheory.theory.saturation import check_correlated_shrinkage, check_width_bounds

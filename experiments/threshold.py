@@ -37,8 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import run_experiment
+from mergetheory.geometry import ConvexHullWithOrigin
 from mergetheory.lora import lora_gram_matrix
-from mergetheory.sets import ConvexHullWithOrigin
 from mergetheory.tasks import family_spec, sample_task_vectors
 from mergetheory.theory.threshold import (
     WidthCurve,

@@ -11,9 +11,10 @@ The estimate is that of :func:`mergetheory.width.gaussian_width` /
 :func:`~mergetheory.width.statistical_dimension` / :func:`~mergetheory.width.nested_width`
 with ``key = jax.random.key(seed)`` and the same ``chunk_size``: the same chunk keys
 (``jr.split(key, C)``) and one-chunk function (:func:`~mergetheory.width.width_sampler`),
-run in blocks of chunks by a Python loop of one jitted kernel so that a progress bar
-(``tqdm``, on stderr) can advance honestly after each block. Memory is set by the chunk
-size: the samples are reduced to running moments (:class:`~mergetheory.width.SampleMoments`).
+run in blocks of chunks by the library's engine (:func:`~mergetheory.width.run_width` with
+``on_block``) so that a progress bar (``tqdm``, on stderr) can advance after each block.
+Memory is set by the chunk size: the samples are reduced to running moments
+(:class:`~mergetheory.width.SampleMoments`).
 
 Errors in the input (missing or unreadable file, wrong rank, NaN / Inf, ``--num-samples
 < 2``, unknown set, ...) end the command with status 2 and ONE line on stderr,
@@ -26,12 +27,10 @@ whose rank tolerance lumps spans / cone generators within ~2 degrees together).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +142,7 @@ def _load_vectors(path_str: str) -> np.ndarray:
     ):
         raise CliError(f"--vectors: dtype {arr.dtype} is not real numeric")
     # The estimate is computed in float64 whatever the file's dtype: float32 spans and
-    # cones would lump vectors within ~2 degrees together (sets.default_rank_rtol).
+    # cones would lump vectors within ~2 degrees together (linalg.default_rank_rtol).
     arr = np.asarray(arr, dtype=np.float64)
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -174,70 +173,27 @@ def _check_width_args(args: argparse.Namespace) -> None:
         )
 
 
-@functools.cache
-def _block_kernel() -> Callable[..., Any]:
-    """The jitted kernel: :class:`~mergetheory.width.SampleMoments` of a block of chunks.
-
-    Built on first use (importing the CLI does not import JAX) and cached, so repeated
-    in-process calls of :func:`main` reuse its compilations.
-    """
-    import jax
-
-    from ..width import _path_statistics, stream_moments, width_sampler
-
-    @functools.partial(
-        jax.jit,
-        static_argnames=(
-            "chunk_size",
-            "num_samples",
-            "method",
-            "quantity",
-            "nested",
-            "rank_rtol",
-            "max_iter",
-            "reference",
-        ),
-    )
-    def moments_block(chunk_keys, first_sample, set_, factor, *, chunk_size, reference, **kw):
-        # kw: num_samples, method, quantity, nested, rank_rtol, max_iter (all static)
-        num_samples = kw.pop("num_samples")
-        set_ = reference if set_ is None else set_
-        sample_chunk = width_sampler(set_, chunk_size=chunk_size, factor=factor, **kw)
-        return stream_moments(
-            sample_chunk,
-            chunk_keys,
-            num_samples=num_samples,
-            first_sample=first_sample,
-            statistics=functools.partial(_path_statistics, both=False),
-        )
-
-    return moments_block
-
-
 def _estimate_width(
     args: argparse.Namespace, vectors: np.ndarray, show_progress: bool
 ) -> tuple[Any, int, float]:
     """The estimate of :func:`mergetheory.width.gaussian_width` & co., block by block.
 
-    The random stream is the library's: ``jr.split(key, C)`` chunk keys, chunk ``j``
-    evaluated by :func:`~mergetheory.width.width_sampler`, the first ``M`` samples kept.
-    Here the chunks run in blocks (a Python loop over one jitted kernel) so that the
-    progress bar advances after each finished block; each block returns the streamed
-    :class:`~mergetheory.width.SampleMoments` of its samples (one chunk alive at a time,
-    as in the library) and the blocks are merged on the host.
+    The library's engine (:func:`mergetheory.width.run_width`) with the same random
+    stream; the chunks run in about ``_TARGET_BLOCKS`` blocks so that the progress bar
+    advances after each finished block (``on_block``).
     """
-    import jax
     import jax.numpy as jnp
     import jax.random as jr
+    from tqdm import tqdm
 
-    from ..sets import make_set
-    from ..width import NestedWidthEstimate, WidthEstimate, _check_estimate, _estimates, _prepare
+    from ..geometry import make_set
+    from ..width import prepare_width, run_width
 
     t0 = time.perf_counter()
     naive = args.method == "naive"
     set_ = make_set(args.kind, jnp.asarray(vectors), keep_points=naive)
     key = jr.key(args.seed)
-    set_, factor, static = _prepare(
+    set_, factor, config = prepare_width(
         key,
         set_,
         num_samples=args.num_samples,
@@ -249,23 +205,11 @@ def _estimate_width(
         rank_rtol=None,
         max_iter=args.max_iter,
     )
-    m, chunk = static["num_samples"], static["chunk_size"]
-    num_chunks = math.ceil(m / chunk)
-    keys = jr.split(key, num_chunks)
+    num_chunks = math.ceil(config.num_samples / config.chunk_size)
     # about _TARGET_BLOCKS blocks for the progress bar; one block without it
     per_block = math.ceil(num_chunks / _TARGET_BLOCKS) if show_progress else num_chunks
-    num_blocks = math.ceil(num_chunks / per_block)
-    if num_blocks * per_block > num_chunks:  # dummy chunks (one compiled block shape)
-        pad = jnp.broadcast_to(keys[:1], (num_blocks * per_block - num_chunks,))
-        keys = jnp.concatenate([keys, pad])
-    kernel = _block_kernel()
-    kw = {k: static[k] for k in ("method", "quantity", "nested", "rank_rtol", "max_iter")}
-
-    from tqdm import tqdm
-
-    total = None
     with tqdm(
-        total=m,
+        total=config.num_samples,
         unit="sample",
         unit_scale=True,
         file=sys.stderr,
@@ -273,24 +217,8 @@ def _estimate_width(
         desc=f"{PROG} width",
         dynamic_ncols=True,
     ) as bar:
-        for b in range(num_blocks):
-            first = b * per_block * chunk
-            part = kernel(
-                keys[b * per_block : (b + 1) * per_block],
-                first,
-                set_,
-                factor,
-                chunk_size=chunk,
-                num_samples=m,
-                reference=static["reference"],
-                **kw,
-            )
-            total = part if total is None else total.merge(part)
-            bar.update(min(per_block * chunk, m - first))
-    assert total is not None
-    out = _check_estimate(jax.block_until_ready(_estimates(total.mean, total.stderr())), static)
-    est = NestedWidthEstimate(*out, num_samples=m) if args.nested else WidthEstimate(*out, m)
-    return est, chunk, time.perf_counter() - t0
+        est = run_width(key, set_, factor, config, on_block=bar.update, chunks_per_block=per_block)
+    return est, config.chunk_size, time.perf_counter() - t0
 
 
 def _tolist(x: Any) -> Any:

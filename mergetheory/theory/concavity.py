@@ -83,15 +83,9 @@ import jax.random as jr
 import numpy as np
 
 from .._types import Gram, Key
-from ..closed_forms import zonotope_width
-from ..sets import (
-    SET_KINDS,
-    GeneratedSet,
-    cone_projection_sq_norm,
-    make_set,
-    psd_cholesky,
-    validate_gram,
-)
+from ..geometry import SET_KINDS, GeneratedSet, make_set
+from ..geometry.closed_forms import zonotope_width
+from ..linalg import psd_cholesky, validate_gram
 from ..width import NestedWidthEstimate, nested_width, summarize_samples, width_sampler
 
 __all__ = [
@@ -123,7 +117,7 @@ _ORDERINGS = ("fixed", "random_subsets")
 def generator_gram(generators: Any) -> Gram:
     r"""The ``[N, N]`` Gram matrix :math:`G_{ij} = \langle\tau_i, \tau_j\rangle` of any generators.
 
-    Accepts a :class:`~mergetheory.sets.GeneratedSet` (its ``gram``), a pytree of
+    Accepts a :class:`~mergetheory.geometry.GeneratedSet` (its ``gram``), a pytree of
     :class:`~mergetheory.lora.LoraFactors` (factored Gram, ``B @ A`` never formed), a
     task-vector pytree ``[N, ...]`` or a flat ``[N, D]`` array.
 
@@ -140,7 +134,7 @@ def zonotope_width_closed_form(generators: Any) -> np.ndarray:
 
     :math:`h_Z(g) = \sum_i (z_i)_+` with :math:`z_i \sim \mathcal N(0, \|\tau_i\|^2)` and
     :math:`\mathbb E (z_i)_+ = \|\tau_i\|/\sqrt{2\pi}`, whatever the correlations
-    (:func:`mergetheory.closed_forms.zonotope_width` of each prefix). For ``n`` vectors of
+    (:func:`mergetheory.geometry.closed_forms.zonotope_width` of each prefix). For ``n`` vectors of
     equal norm :math:`\rho`: :math:`w_n = n\rho/\sqrt{2\pi}`, linear in ``n``.
 
     Args:
@@ -197,10 +191,12 @@ def subset_support(kind: str, gram: Gram, z: jax.Array, mask: jax.Array) -> jax.
     all subsets evaluated on the same ``z`` share their Gaussian draw exactly (common random
     numbers): ``hull`` :math:`\max_{i\in A} z_i` (``-inf`` for the empty set), ``hull0``
     :math:`\max(0, \max_A z)`, ``zonotope`` :math:`\sum_A (z_i)_+`, ``span``
-    :math:`\sqrt{z_A^\top G_{AA}^+ z_A}`, ``cone`` :math:`\|\Pi_{C_A} g\|` (NNLS).
+    :math:`\sqrt{z_A^\top G_{AA}^+ z_A}`, ``cone`` :math:`\|\Pi_{C_A} g\|` (NNLS). The
+    family owns the maths
+    (:meth:`~mergetheory.geometry.GeneratedSet.subset_support_from_z`).
 
     Args:
-      kind: ``"hull"``, ``"hull0"``, ``"points"``, ``"zonotope"``, ``"span"`` or ``"cone"``.
+      kind: a key of :data:`mergetheory.geometry.SET_KINDS`.
       gram: ``[N, N]`` Gram matrix.
       z: ``[N]`` one draw of :math:`z \sim \mathcal N(0, G)`.
       mask: ``[N]`` boolean membership of the subset.
@@ -208,22 +204,9 @@ def subset_support(kind: str, gram: Gram, z: jax.Array, mask: jax.Array) -> jax.
     Returns:
       scalar.
     """
-    m = mask.astype(z.dtype)
-    if kind in ("hull", "points"):
-        return jnp.max(jnp.where(mask, z, -jnp.inf))
-    if kind == "hull0":
-        return jnp.maximum(jnp.max(jnp.where(mask, z, -jnp.inf)), 0.0)
-    if kind == "zonotope":
-        return jnp.sum(m * jnp.maximum(z, 0.0))
-    gm = gram * m[:, None] * m[None, :]
-    zm = z * m
-    if kind == "span":
-        sq = zm @ jnp.linalg.pinv(gm, rtol=1e-10, hermitian=True) @ zm
-    elif kind == "cone":
-        sq = cone_projection_sq_norm(gm, zm)[0]
-    else:
+    if kind not in SET_KINDS:
         raise ValueError(f"subset_support: unsupported kind {kind!r}")
-    return jnp.sqrt(jnp.maximum(sq, 0.0))
+    return SET_KINDS[kind](gram=gram).subset_support_from_z(z, mask)
 
 
 def _draw_zs(lower: jax.Array, key: Key, num: int) -> jax.Array:
@@ -436,7 +419,7 @@ def subset_mean_width(
     Args:
       key: PRNG key (permutation method: path ``i`` uses ``fold_in(key, i)``).
       generators: see :func:`generator_gram`.
-      kind: set family (a key of :data:`mergetheory.sets.SET_KINDS`).
+      kind: set family (a key of :data:`mergetheory.geometry.SET_KINDS`).
       num_samples: paths ``M >= 2``.
       method: ``"exact"`` or ``"permutation"`` (default by ``kind``, as above).
       chunk_size: paths per vectorised chunk (permutation method).
@@ -461,7 +444,8 @@ def subset_mean_width(
     gram = generator_gram(generators)
     if method == "exact":
         row = {"hull": 0, "points": 0, "hull0": 1, "zonotope": 2}[kind]
-        vals = _exact_subset_paths(key, gram, num_samples=num_samples)[row]
+        # the row is picked on the host: one compiled program serves every kind
+        vals = np.asarray(_exact_subset_paths(key, gram, num_samples=num_samples))[row]
     else:
         vals = _permutation_paths(
             key,

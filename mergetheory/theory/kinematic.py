@@ -62,7 +62,7 @@ import scipy.special
 import scipy.stats
 
 from .._types import Key
-from ..closed_forms import kinematic_a_eta
+from ..geometry.closed_forms import kinematic_a_eta
 
 __all__ = [
     "IntersectionEstimate",

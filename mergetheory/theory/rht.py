@@ -75,7 +75,6 @@ Reference: ``wang2025moreexperts``, ``yu2024dare``, ``yadav2023ties`` in ``paper
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -88,10 +87,10 @@ import numpy as np
 from scipy import integrate, special
 
 from .._types import Key, TaskVectors
+from ..geometry import SET_KINDS
 from ..merge import dare_keep_masks, dare_rescale, num_kept, trim_top_k
-from ..sets import SET_KINDS
 from ..tree import validate_task_vectors
-from ..width import width_sampler
+from ..width import paired_paths
 from .concavity import generator_gram
 
 __all__ = [
@@ -396,17 +395,6 @@ class CoverageEvidence(NamedTuple):
     verdict: str
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "num_samples", "chunk_size"))
-def _paired_paths(key, grams, *, kind, num_samples, chunk_size):
-    """Per-path support values of several sets on the same chunk keys (common h)."""
-    num_chunks = -(-num_samples // chunk_size)
-    keys = jr.split(key, num_chunks)
-    sets = [SET_KINDS[kind](gram=g) for g in grams]
-    samplers = [width_sampler(s, chunk_size=chunk_size) for s in sets]
-    out = jax.lax.map(lambda k: jnp.stack([f(k) for f in samplers]), keys)  # [C, S, chunk]
-    return jnp.moveaxis(out, 1, 0).reshape(len(grams), -1)[:, :num_samples]
-
-
 def _log_ratio(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """``log(mean a / mean b)`` and its paired delta-method standard error."""
     m = a.shape[0]
@@ -489,10 +477,9 @@ def coverage_gain(
         raise ValueError("all experts are zero before or after the reparameterization")
     s = r1 / r0
     g_equal = g1 / jnp.asarray(s * s, g1.dtype)
-    vals = _paired_paths(
+    vals = paired_paths(  # common random numbers: the same h for the three sets
         key_gauss,
-        (g0, g1, g_equal),
-        kind=kind,
+        [SET_KINDS[kind](gram=g) for g in (g0, g1, g_equal)],
         num_samples=num_samples,
         chunk_size=min(chunk_size, num_samples),
     )

@@ -12,7 +12,7 @@ Both terms are theorems: :math:`\mathbb E\max_{i\le p} X_i \le \sigma\sqrt{2\log
 centred Gaussians with variances :math:`\le\sigma^2` (here :math:`X_i = \langle g, \tau_i\rangle`,
 :math:`\sigma = R_n`), and :math:`S_n \subseteq R_n (B_2 \cap \mathrm{span})`, whose width is
 :math:`R_n\,\mathbb E\|P g\| = R_n\,\mathbb E\chi_{r_n}`
-(:mod:`mergetheory.closed_forms`: ``expected_chi``, ``finite_set_width_bound``).
+(:mod:`mergetheory.geometry.closed_forms`: ``expected_chi``, ``finite_set_width_bound``).
 
 Hypothesis **H-lower** (the lower counterpart used here, a theorem: Sudakov-Fernique
 comparison). Let :math:`\delta_n = \min_{i\ne j}\|\tau_i - \tau_j\|` over the ``p`` points
@@ -56,19 +56,17 @@ in ``paper/refs.bib``.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from .._types import Key
-from ..closed_forms import expected_chi, expected_max_normal, finite_set_width_bound
-from ..sets import SET_KINDS, ConvexHull, PointSet
-from ..width import nested_width, width_sampler
+from ..geometry import SET_KINDS, ConvexHull, PointSet
+from ..geometry.closed_forms import expected_chi, expected_max_normal, finite_set_width_bound
+from ..width import nested_width, paired_paths
 from .concavity import generator_gram
 
 __all__ = [
@@ -327,19 +325,6 @@ class CorrelatedShrinkageEvidence(NamedTuple):
     verdict: str
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size"))
-def _shrinkage_paths(key, sets, *, num_samples, chunk_size):
-    # the naive path draws g in R^D from the chunk key alone: the same g for every set
-    num_chunks = -(-num_samples // chunk_size)
-    keys = jr.split(key, num_chunks)
-
-    def chunk(k):
-        return tuple(width_sampler(s, chunk_size=chunk_size, method="naive")(k) for s in sets)
-
-    out = jax.lax.map(chunk, keys)
-    return tuple(v.reshape(-1)[:num_samples] for v in out)
-
-
 def check_correlated_shrinkage(
     key: Key,
     *,
@@ -385,7 +370,10 @@ def check_correlated_shrinkage(
     chunk = max(1, min(num_samples, (1 << 22) // dim))
     h_tau, h_eps, h_c = (
         np.asarray(v, np.float64)
-        for v in _shrinkage_paths(key_gauss, sets, num_samples=num_samples, chunk_size=chunk)
+        # the naive path draws g in R^D from the chunk key alone: the same g for every set
+        for v in paired_paths(
+            key_gauss, sets, num_samples=num_samples, chunk_size=chunk, method="naive"
+        )
     )
     sr, s1 = math.sqrt(rho), math.sqrt(1.0 - rho)
     shared = sr * h_c

@@ -66,7 +66,7 @@ import jax.random as jr
 import numpy as np
 
 from .._types import Key
-from ..closed_forms import kinematic_a_eta
+from ..geometry.closed_forms import kinematic_a_eta
 
 __all__ = [
     "KinematicThresholdOutput",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mergetheory import cli, width
-from mergetheory.sets import ConvexHull
+from mergetheory.geometry import ConvexHull
 
 REPO = Path(__file__).resolve().parents[2]
 

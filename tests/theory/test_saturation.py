@@ -7,8 +7,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from mergetheory.closed_forms import expected_chi, expected_max_normal
-from mergetheory.sets import ConvexHull
+from mergetheory.geometry import ConvexHull
+from mergetheory.geometry.closed_forms import expected_chi, expected_max_normal
 from mergetheory.tasks import GaussianSpec, LoRASpec, sample_task_vectors
 from mergetheory.theory import saturation as sat
 
@@ -88,8 +88,15 @@ def test_bad_kind():
         sat.check_correlated_shrinkage(jr.key(0), num_tasks=2, rho=1.5, dim=4, num_samples=4)
 
 
-def test_correlated_shrinkage_traces_once(key):
-    sat.check_correlated_shrinkage(key, num_tasks=N, rho=0.2, dim=64, num_samples=M)
-    before = sat._shrinkage_paths._cache_size()
-    sat.check_correlated_shrinkage(jr.fold_in(key, 1), num_tasks=N, rho=0.7, dim=64, num_samples=M)
-    assert sat._shrinkage_paths._cache_size() == before
+def test_correlated_shrinkage_traces_once(key, assert_traced_once):
+    calls = iter(
+        [
+            lambda: sat.check_correlated_shrinkage(
+                key, num_tasks=N, rho=0.2, dim=64, num_samples=M
+            ),
+            lambda: sat.check_correlated_shrinkage(
+                jr.fold_in(key, 1), num_tasks=N, rho=0.7, dim=64, num_samples=M
+            ),
+        ]
+    )
+    assert_traced_once(lambda: next(calls)())

@@ -34,15 +34,16 @@ def test_exact_formulas_by_hand(problem):
     np.testing.assert_allclose(sl.finite_population_factor(jnp.array([1, 9]), 9), [1.0, 0.0])
 
 
-def test_simulation_matches_exact_with_replacement(key, problem):
-    sim = sl.simulate_merge_loss(key, problem, KS, num_draws=10_000)
+def test_simulation_matches_exact_with_replacement(key, problem, assert_traced_once):
+    keys = iter([key, jr.fold_in(key, 1)])
+    # the entry point traces once per (shapes, static args)
+    sim = assert_traced_once(
+        lambda: sl.simulate_merge_loss(next(keys), problem, KS, num_draws=10_000)
+    )
     exact = sl.expected_merge_loss(problem, sim.ks)
     assert np.all(np.abs(sim.mean - exact) < 5 * sim.stderr)
     var = sl.merge_loss_variance(problem, sim.ks)
     assert np.all(np.abs(sim.variance - var) < 5 * sim.variance_stderr)
-    # the entry point traces once per (shapes, static args)
-    sl.simulate_merge_loss(jr.fold_in(key, 1), problem, KS, num_draws=10_000)
-    assert sl._simulate._cache_size() == 1
 
 
 def test_simulation_matches_finite_population_formula(key, problem):

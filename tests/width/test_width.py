@@ -15,9 +15,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from mergetheory import closed_forms as cf
-from mergetheory import sets, width
-from mergetheory.sets import (
+from mergetheory import geometry, linalg, width
+from mergetheory.geometry import (
     CircularCone,
     ConvexHull,
     ConvexHullWithOrigin,
@@ -30,6 +29,7 @@ from mergetheory.sets import (
     Span,
     Zonotope,
 )
+from mergetheory.geometry import closed_forms as cf
 from mergetheory.width import gaussian_width, nested_width, statistical_dimension
 
 M = 4000  # samples for the statistical tests
@@ -69,7 +69,7 @@ def test_golden_table_hulls(key, method):
     est = gaussian_width(key, ConvexHull.from_task_vectors(pts), num_samples=M, method=method)
     _close(est, rho * cf.expected_max_normal(N))
     if method == "fast":  # a finite point set (e.g. an operator image) has its hull's width
-        pset = gaussian_width(key, sets.PointSet.from_task_vectors(pts), num_samples=M)
+        pset = gaussian_width(key, geometry.PointSet.from_task_vectors(pts), num_samples=M)
         np.testing.assert_allclose(pset.mean, est.mean, rtol=1e-12)
     est0 = gaussian_width(
         key, ConvexHullWithOrigin.from_task_vectors(pts), num_samples=M, method=method
@@ -170,7 +170,7 @@ def test_symmetric_convention(key):
 
 @pytest.mark.parametrize("kind", ["hull", "hull0", "cone"])
 def test_fast_equals_naive_in_expectation(key, kind):
-    s = sets.make_set(kind, _random_vectors(3))
+    s = geometry.make_set(kind, _random_vectors(3))
     fast = gaussian_width(jr.key(4), s, num_samples=M)
     naive = gaussian_width(jr.key(5), s, num_samples=M, method="naive")
     combined = math.hypot(float(fast.stderr), float(naive.stderr))
@@ -264,7 +264,7 @@ def test_chunking_and_float32(key):
 
 def test_from_gram_matches_from_vectors(key):
     x = _random_vectors(3)
-    a = gaussian_width(key, sets.make_set("hull", x), num_samples=M)
+    a = gaussian_width(key, geometry.make_set("hull", x), num_samples=M)
     b = gaussian_width(key, ConvexHull.from_gram(x @ x.T), num_samples=M)
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9)
 
@@ -274,23 +274,25 @@ def test_from_gram_matches_from_vectors(key):
 # --------------------------------------------------------------------------------------
 
 
-def test_public_entries_trace_once(key):
+def test_public_entries_trace_once(key, assert_traced_once):
     x = np.random.default_rng(11).standard_normal((5, 7))
     calls = [
         lambda k, s: gaussian_width(k, s, num_samples=64),
         lambda k, s: nested_width(k, s, kind="hull0", num_samples=64),
     ]
     for call in calls:
-        before = width._monte_carlo._cache_size()
-        call(jr.key(1), ConvexHull.from_task_vectors(x))
-        call(jr.key(2), ConvexHull.from_task_vectors(2.0 * x))
-        assert width._monte_carlo._cache_size() == before + 1
+        # a new key and a new set of the same family and size: no retrace
+        args = iter([(jr.key(1), x), (jr.key(2), 2.0 * x)])
+
+        def run(call=call, args=args):
+            k, v = next(args)
+            return call(k, ConvexHull.from_task_vectors(v))
+
+        assert_traced_once(run, expect_first_trace=True)
     # a cone's width and statistical dimension share one compiled program
     span = Span.from_task_vectors(x)
-    before = width._monte_carlo._cache_size()
-    gaussian_width(key, span, num_samples=64)
-    statistical_dimension(key, span, num_samples=64)
-    assert width._monte_carlo._cache_size() == before + 1
+    estimators = iter([gaussian_width, statistical_dimension])
+    assert_traced_once(lambda: next(estimators)(key, span, num_samples=64))
 
 
 @pytest.mark.parametrize(
@@ -354,7 +356,7 @@ def test_golden_table_tight(key):
 def test_fast_equals_naive_random_sets(key, kind):
     rng = np.random.default_rng(13)
     x = rng.standard_normal((10, 30)) @ np.diag(np.linspace(0.2, 2.0, 30)) + 0.3
-    s = sets.make_set(kind, x)
+    s = geometry.make_set(kind, x)
     fast = gaussian_width(jr.key(1), s, num_samples=40_000)
     naive = gaussian_width(jr.key(2), s, num_samples=40_000, method="naive")
     assert abs(float(fast.mean) - float(naive.mean)) < 5 * math.hypot(
@@ -412,16 +414,15 @@ def test_stream_moments_masks_the_padding_of_the_last_chunk():
 
 def test_monte_carlo_memory_does_not_grow_with_num_samples():
     """The compiled estimator's scratch memory is set by the chunk, not by M."""
-    hull = sets.make_set("hull", jnp.asarray(np.eye(8, 20)))
+    hull = geometry.make_set("hull", jnp.asarray(np.eye(8, 20)))
     temps = []
     for num in (2**14, 2**20):
-        args = width._prepare(
+        set_, factor, config = width.prepare_width(
             jr.key(0), hull, num_samples=num, chunk_size=1024, method="fast",
             quantity="width", convention="sup", nested=True, rank_rtol=None, max_iter=None,
         )  # fmt: skip
-        set_, factor, static = args
-        keys = jr.split(jr.key(0), num // 1024)
-        compiled = width._monte_carlo.lower(keys, set_, factor, **static).compile()
+        run = jax.jit(lambda k, s, f, config=config: width.run_width(k, s, f, config).mean)
+        compiled = run.lower(jr.key(0), set_, factor).compile()
         temps.append(compiled.memory_analysis().temp_size_in_bytes)
     # [M, N] float64 per-sample values at M = 2**20, N = 8 would be 64 MiB
     assert temps[1] < 1.5 * temps[0] and temps[1] < 8 * 1024 * 8 * 8, temps
@@ -439,18 +440,18 @@ def test_nested_cone_width_and_statdim_match_orthants(key):
 
 def test_nnls_non_convergence_raises_instead_of_a_low_estimate(key):
     gens = np.random.default_rng(0).standard_normal((12, 12))
-    cone = sets.make_set("cone", gens)
+    cone = geometry.make_set("cone", gens)
     ok = statistical_dimension(key, cone, num_samples=500)
     assert np.isfinite(float(ok.mean))
     with pytest.raises(FloatingPointError, match="did not converge within max_iter=1"):
         statistical_dimension(key, cone, num_samples=500, max_iter=1)
-    value, _ = sets.cone_projection_sq_norm(cone.gram, jnp.ones(12), max_iter=1)
+    value, _ = linalg.cone_projection_sq_norm(cone.gram, jnp.ones(12), max_iter=1)
     assert np.isnan(float(value))
 
 
 def test_naive_cone_non_convergence_raises(key):
     gens = np.random.default_rng(0).standard_normal((12, 12))
-    cone = sets.make_set("cone", gens, keep_points=True)
+    cone = geometry.make_set("cone", gens, keep_points=True)
     with pytest.raises(FloatingPointError, match="did not converge"):
         statistical_dimension(key, cone, num_samples=64, method="naive", max_iter=1)
 

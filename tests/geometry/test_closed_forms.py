@@ -1,4 +1,4 @@
-"""Tests for mergetheory.closed_forms: the oracles themselves, against independent sources.
+"""Tests for mergetheory.geometry.closed_forms: the oracles themselves, against independent sources.
 
 The golden E max table is typed in from THEORY.md section 4 (an independent source);
 other values are checked against exact special cases or a large NumPy Monte Carlo.
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from mergetheory import closed_forms as cf
+from mergetheory.geometry import closed_forms as cf
 
 # THEORY.md section 4: n, E_n, E0_n (4 decimals)
 GOLDEN = [

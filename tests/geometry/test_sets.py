@@ -1,4 +1,4 @@
-"""Tests for mergetheory.sets: constructors, validation, factorisation, NNLS, operator images."""
+"""Tests for mergetheory.geometry and mergetheory.linalg: sets, factorisation, NNLS, images."""
 
 import math
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from mergetheory import sets, width
-from mergetheory.sets import (
+from mergetheory import geometry, linalg, width
+from mergetheory.geometry import (
     CircularCone,
     ConvexHull,
     ConvexHullWithOrigin,
@@ -79,26 +79,26 @@ def test_bad_task_vectors_raise(key):
     with pytest.raises(TaskVectorError, match="floating"):
         ConvexHull.from_task_vectors(np.ones((2, 3), np.int32))
     with pytest.raises(TypeError, match="abstract"):
-        sets.GeneratedSet(np.eye(2))
+        geometry.GeneratedSet(np.eye(2))
     with pytest.raises(ValueError, match="unknown set kind"):
-        sets.make_set("ball", np.eye(2))
+        geometry.make_set("ball", np.eye(2))
     with pytest.raises(ValueError, match="semi_axes"):
         Ellipsoid.from_semi_axes(np.array([1.0, -1.0]))
 
 
 def test_kinds_are_distinct_pytrees_and_pass_through_jit():
     g = np.eye(3)
-    built = [sets.make_set(k, g) for k in sets.SET_KINDS]
+    built = [geometry.make_set(k, g) for k in geometry.SET_KINDS]
     structures = {jtu.tree_structure(s) for s in built}
-    assert len(structures) == len(sets.SET_KINDS)  # jit caches never confuse two kinds
+    assert len(structures) == len(geometry.SET_KINDS)  # jit caches never confuse two kinds
     for s in built:
         out = jax.jit(lambda x: x)(s)
         assert type(out) is type(s) and out.kind == s.kind
     hull = built[0].as_kind("cone")
     assert isinstance(hull, PolyhedralCone) and hull.gram is built[0].gram
-    pre = sets.make_set("zonotope", np.arange(12.0).reshape(4, 3)).prefix(2)
+    pre = geometry.make_set("zonotope", np.arange(12.0).reshape(4, 3)).prefix(2)
     assert isinstance(pre, Zonotope) and pre.gram.shape == (2, 2) and pre.points.shape == (2, 3)
-    assert sets.make_set("hull0", built[0]).kind == "hull0"
+    assert geometry.make_set("hull0", built[0]).kind == "hull0"
 
 
 def test_ellipsoid_from_semi_axes():
@@ -119,11 +119,11 @@ def test_psd_cholesky_full_rank_and_prefixes(key):
     x = np.random.default_rng(1).standard_normal((6, 9))
     g = x @ x.T
     # the jitted factor the estimators use (its compilations are shared with them)
-    lower, piv = width._psd_cholesky_jit(g)
+    lower, piv = jax.jit(linalg.psd_cholesky)(g)
     np.testing.assert_allclose(lower @ lower.T, g, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(lower, np.linalg.cholesky(g), rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(piv, np.diag(lower) ** 2, rtol=1e-9)
-    sub, _ = sets.psd_cholesky(g[:3, :3])  # leading blocks factor leading sub-Grams
+    sub, _ = linalg.psd_cholesky(g[:3, :3])  # leading blocks factor leading sub-Grams
     np.testing.assert_allclose(sub, lower[:3, :3], rtol=1e-10, atol=1e-12)
 
 
@@ -134,10 +134,10 @@ def test_psd_cholesky_rank_deficient(key):
         [x[:2], x[:1], np.zeros((1, 5)), x[2:3], (0.3 * x[0] - 2 * x[1])[None], x[3:], -x[2:3]]
     )
     g = y @ y.T
-    lower, piv = width._psd_cholesky_jit(g)
+    lower, piv = jax.jit(linalg.psd_cholesky)(g)
     assert np.all(np.isfinite(lower))
     np.testing.assert_allclose(lower @ lower.T, g, atol=1e-9)
-    mask = sets.span_pivot_mask(g, piv, sets.default_rank_rtol(g.dtype))
+    mask = linalg.span_pivot_mask(g, piv, linalg.default_rank_rtol(g.dtype))
     np.testing.assert_array_equal(mask, [True, True, False, False, True, False, True, False])
     dependent = np.flatnonzero(~np.asarray(mask))
     np.testing.assert_allclose(lower[:, dependent], 0.0, atol=1e-7)
@@ -150,7 +150,7 @@ def test_psd_cholesky_rank_deficient(key):
 
 @jax.jit
 def _cone_batch(gram, zs):
-    return jax.vmap(lambda z: sets.cone_projection_sq_norm(gram, z))(zs)
+    return jax.vmap(lambda z: linalg.cone_projection_sq_norm(gram, z))(zs)
 
 
 @pytest.mark.parametrize(
@@ -233,7 +233,7 @@ def test_operator_image_plain_function(key):
     flat = np.concatenate([tv["a"], tv["b"]["w"].reshape(3, 4)], axis=1)
     scal = np.array([0.5, 1.0, 2.0])
     weights = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
-    img = sets.operator_image(
+    img = geometry.operator_image(
         _weighted_sum, tv, key, grid={"scaling": scal, "weights": weights}, chunk_size=2
     )
     assert isinstance(img, PointSet) and img.points.shape == (6, 7)
@@ -241,7 +241,7 @@ def test_operator_image_plain_function(key):
     np.testing.assert_allclose(img.points, want, rtol=1e-12)
     np.testing.assert_allclose(img.gram, want @ want.T, rtol=1e-10)
     # keys: P = 2 grid points x 3 keys, key minor; a fixed hyperparameter overrides
-    img2 = sets.operator_image(
+    img2 = geometry.operator_image(
         _noisy, tv, key, grid={"scaling": scal[:2]}, num_keys=3, keep_points=False
     )
     assert img2.points is None and img2.gram.shape == (6, 6)
@@ -249,9 +249,9 @@ def test_operator_image_plain_function(key):
     d = img2.gram[0, 0] - 2 * img2.gram[0, 3] + img2.gram[3, 3]
     np.testing.assert_allclose(d, 0.5**2 * float(np.sum(flat.sum(0) ** 2)), rtol=1e-9)
     with pytest.raises(ValueError, match="leading grid axis"):
-        sets.operator_image(_weighted_sum, tv, key, grid={"scaling": 1.0})
+        geometry.operator_image(_weighted_sum, tv, key, grid={"scaling": 1.0})
     with pytest.raises(ValueError, match="num_keys"):
-        sets.operator_image(_weighted_sum, tv, key, num_keys=0)
+        geometry.operator_image(_weighted_sum, tv, key, num_keys=0)
 
 
 def test_operator_image_from_registry(key):
@@ -259,19 +259,19 @@ def test_operator_image_from_registry(key):
 
     name = "task_arithmetic"  # a missing operator fails here (KeyError), it is not skipped
     tv = _tree(2, num=3)
-    img = sets.operator_image(name, tv, key)
+    img = geometry.operator_image(name, tv, key)
     op = registry[name]
     ref = op.fn(tv, key, **dict(op.default_hparams))
     flat_ref = np.concatenate([np.ravel(x) for x in jtu.tree_leaves(ref)])
     np.testing.assert_allclose(img.points[0], flat_ref, rtol=1e-12)
     with pytest.raises(ValueError, match="unknown merge operator"):
-        sets.operator_image("no_such_operator", tv, key)
+        geometry.operator_image("no_such_operator", tv, key)
 
 
 def test_hull_kinds_constructed_directly():
     for cls in (ConvexHull, ConvexHullWithOrigin, Zonotope, Span, PolyhedralCone, PointSet):
         s = cls(np.eye(2))
-        assert s.kind in sets.SET_KINDS and sets.SET_KINDS[s.kind] is cls
+        assert s.kind in geometry.SET_KINDS and geometry.SET_KINDS[s.kind] is cls
 
 
 # --------------------------------------------------------------------------------------
@@ -298,9 +298,9 @@ def test_lora_factors_as_generators_use_the_factored_gram(per_expert_scaling):
     tv = {"q": _factors(0, per_expert_scaling=per_expert_scaling), "v": _factors(1)}
     dense = densify(tv)
     hull = ConvexHull.from_task_vectors(tv)
-    np.testing.assert_allclose(hull.gram, sets.make_set("hull", dense).gram, rtol=1e-12)
+    np.testing.assert_allclose(hull.gram, geometry.make_set("hull", dense).gram, rtol=1e-12)
     assert hull.points is None  # factors are not densified unless asked
-    kept = sets.make_set("cone", tv, keep_points=True)
+    kept = geometry.make_set("cone", tv, keep_points=True)
     flat = np.concatenate([np.asarray(dense[k]).reshape(3, -1) for k in ("q", "v")], axis=1)
     np.testing.assert_allclose(kept.points, flat, rtol=1e-12)
 
@@ -320,8 +320,8 @@ def test_mixed_dense_and_lora_generators_add_their_grams():
 
 
 def test_dense_only_functions_reject_lora_factors():
-    from mergetheory.sharding import sharded_gram_matrix
     from mergetheory.tree import gram_matrix
+    from mergetheory.width.sharding import sharded_gram_matrix
 
     tv = {"layer": {"q": _factors(4)}}
     with pytest.raises(TaskVectorError, match=r"\['layer'\]\['q'\] is LoraFactors"):
@@ -332,17 +332,17 @@ def test_dense_only_functions_reject_lora_factors():
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_half_precision_generators_are_widened(dtype, key):
-    from mergetheory import closed_forms
+    from mergetheory.geometry import closed_forms
 
     # a 6-dimensional span: float16's default rank tolerance would reject every pivot
-    span = sets.make_set("span", jnp.eye(6, dtype=dtype))
+    span = geometry.make_set("span", jnp.eye(6, dtype=dtype))
     assert span.gram.dtype == jnp.float32
     est = width.gaussian_width(key, span, num_samples=4000)
     assert abs(float(est.mean) - closed_forms.subspace_width(6)) < 5 * float(est.stderr)
     # entries of 300 over 5000 coordinates: squared norms far beyond float16's 65504
     x = (300 * np.random.default_rng(5).standard_normal((3, 5000))).astype(np.float32)
     half = jnp.asarray(x, dtype=dtype)
-    gram = sets.make_set("cone", half).gram
+    gram = geometry.make_set("cone", half).gram
     exact = np.asarray(half, dtype=np.float64) @ np.asarray(half, dtype=np.float64).T
     assert gram.dtype == jnp.float32
     np.testing.assert_allclose(gram, exact, rtol=1e-5)
@@ -355,7 +355,7 @@ def test_half_precision_lora_factors_accumulate_in_float32(dtype):
     rng = np.random.default_rng(6)
     b = jnp.asarray(30 * rng.standard_normal((3, 64, 4)), dtype)
     a = jnp.asarray(30 * rng.standard_normal((3, 4, 64)), dtype)
-    gram = sets.make_set("hull", {"m": LoraFactors(b, a)}).gram
+    gram = geometry.make_set("hull", {"m": LoraFactors(b, a)}).gram
     w = np.einsum("tdr,trk->tdk", np.asarray(b, np.float64), np.asarray(a, np.float64))
     exact = w.reshape(3, -1) @ w.reshape(3, -1).T
     assert gram.dtype == jnp.float32 and np.isfinite(np.asarray(gram)).all()
@@ -368,7 +368,7 @@ def test_mixed_precision_dense_leaves_keep_points():
         "a": jnp.asarray(rng.standard_normal((3, 5)), jnp.bfloat16),
         "b": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32),
     }
-    hull = sets.make_set("hull", tv)
+    hull = geometry.make_set("hull", tv)
     assert hull.points.dtype == jnp.float32 and hull.points.shape == (3, 9)
     np.testing.assert_allclose(hull.points @ hull.points.T, hull.gram, rtol=1e-5)
 
@@ -385,7 +385,7 @@ def test_lora_factors_are_rejected_by_dense_only_functions():
         diagnostics.singular_interference,
         lambda t: merge.task_arithmetic(t, None),
         lambda t: merge.model_stock(t, None),
-        lambda t: sets.operator_image("task_arithmetic", t, jr.key(0), grid={"scale": [1.0]}),
+        lambda t: geometry.operator_image("task_arithmetic", t, jr.key(0), grid={"scale": [1.0]}),
     ):
         with pytest.raises(TaskVectorError, match=r"\['m'\] is LoraFactors"):
             fn(tv)

@@ -16,7 +16,7 @@ Both passes of the width engine (DESIGN.md section 4) are embarrassingly paralle
   moments are pooled exactly with ``psum`` s (counts, weighted means, centred sums of
   squares).
 * :func:`sharded_gaussian_width` is the Monte Carlo pass of
-  :mod:`mergetheory.width` for the sets of :mod:`mergetheory.sets` (hull, cone, span,
+  :mod:`mergetheory.width` for the sets of :mod:`mergetheory.geometry` (hull, cone, span,
   zonotope, ..., e.g. built ``from_gram``) with its *chunk keys* sharded: the random
   stream of :func:`mergetheory.width.gaussian_width` is ``jr.split(key, C)``, one key per
   chunk of samples, so sharding the chunks (not the samples) keeps every draw, and the
@@ -55,31 +55,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._types import Gram, Key, TaskVectors
-from .tree import check_dense, gram_2d, validate_task_vectors
-from .width import (
-    NestedWidthEstimate,
-    SampleMoments,
-    WidthEstimate,
-    _check_estimate,
-    _estimates,
-    _path_statistics,
-    stream_moments,
-    width_sampler,
-)
-from .width import _prepare as _width_prepare  # validation + defaults shared with width
+from .._types import Gram, Key, TaskVectors
+from ..tree import check_dense, gram_2d, validate_task_vectors
+from .engine import AxisName, MonteCarloConfig, mesh_axes, run_monte_carlo
+from .estimators import NestedWidthEstimate, WidthEstimate, prepare_width, run_width
+from .moments import SampleMoments
 
 __all__ = [
     "DEFAULT_AXIS",
@@ -93,8 +83,6 @@ __all__ = [
 
 DEFAULT_AXIS = "devices"
 """Name of the single axis of the default mesh built by :func:`make_mesh`."""
-
-AxisName = str | tuple[str, ...]
 
 
 class MonteCarloEstimate(NamedTuple):
@@ -138,13 +126,7 @@ def make_mesh(
 def _resolve(mesh: Mesh | None, axis_name: AxisName | None) -> tuple[Mesh, AxisName, int]:
     if mesh is None:
         mesh = make_mesh(axis_name=axis_name if isinstance(axis_name, str) else DEFAULT_AXIS)
-    if axis_name is None:
-        axis_name = mesh.axis_names if len(mesh.axis_names) > 1 else mesh.axis_names[0]
-    names = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
-    for nm in names:
-        if nm not in mesh.shape:
-            raise ValueError(f"axis {nm!r} is not an axis of the mesh {dict(mesh.shape)}")
-    size = math.prod(mesh.shape[nm] for nm in names)
+    axis_name, size = mesh_axes(mesh, axis_name)
     return mesh, axis_name, size
 
 
@@ -272,100 +254,8 @@ class _BindArgs:
         return lambda k: self.sample_fn(k, *args)
 
 
-def _check_index_range(total: int) -> None:
-    """Sample indices (padding included) must fit JAX's default int (int32 without x64)."""
-    itype = jax.dtypes.canonicalize_dtype(jnp.int64)
-    if total > jnp.iinfo(itype).max:
-        raise ValueError(
-            f"{total} sample indices (with padding) overflow {itype}; enable jax_enable_x64"
-        )
-
-
-def _psum_moments(moments: SampleMoments, axis_name: AxisName) -> tuple[Any, Any]:
-    r"""Mean and standard error over all devices from each device's :class:`SampleMoments`.
-
-    Exact pooling: :math:`\bar x = \sum_p m_p \bar x_p / m` and
-    :math:`M_2 = \sum_p M_{2,p} + m_p (\bar x_p - \bar x)^2`.
-    """
-    count = moments.count
-    total = jax.lax.psum(count, axis_name)
-    mean = jtu.tree_map(
-        lambda mu: jax.lax.psum(mu * count.astype(mu.dtype), axis_name) / total.astype(mu.dtype),
-        moments.mean,
-    )
-    m2 = jtu.tree_map(
-        lambda q, mu, g: jax.lax.psum(q + count.astype(q.dtype) * (mu - g) ** 2, axis_name),
-        moments.m2,
-        moments.mean,
-        mean,
-    )
-    return mean, SampleMoments(total, mean, m2).stderr()
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=("make_sampler", "num_samples", "mesh", "axis_name", "size", "chunk_size"),
-)
-def _sharded_mc(
-    key: Key,
-    args: Any,
-    make_sampler: Callable[..., Callable[[Key], Any]],
-    num_samples: int,
-    mesh: Mesh,
-    axis_name: AxisName,
-    size: int,
-    chunk_size: int | None,
-) -> tuple[Any, Any]:
-    per_device = -(-num_samples // size)
-    if chunk_size is not None:  # whole chunks only: one compiled body, no remainder
-        per_device = -(-per_device // chunk_size) * chunk_size
-
-    chunk = per_device if chunk_size is None else chunk_size
-
-    def local(key: Key, args: Any) -> tuple[Any, Any]:
-        sample = make_sampler(*args)  # per-set preprocessing: once per device
-        start = jax.lax.axis_index(axis_name).astype(jnp.uint32) * np.uint32(per_device)
-        idx = start + jnp.arange(per_device, dtype=jnp.uint32)
-        moments = stream_moments(  # one chunk of samples alive at a time
-            jax.vmap(lambda i: sample(jr.fold_in(key, i))),
-            idx.reshape(per_device // chunk, chunk),
-            num_samples=num_samples,
-            first_sample=start,
-            statistics=lambda v: v,
-        )
-        return _psum_moments(moments, axis_name)
-
-    # check_vma=False: samplers written for one device (while_loops with replicated
-    # initial carries, as in the NNLS cone projection) need not be annotated as varying.
-    return jax.shard_map(
-        local, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()), check_vma=False
-    )(key, args)
-
-
-def _run_sharded_mc(
-    key: Key,
-    make_sampler: Callable[..., Callable[[Key], Any]],
-    args: tuple[Any, ...],
-    num_samples: int,
-    mesh: Mesh | None,
-    axis_name: AxisName | None,
-    chunk_size: int | None,
-) -> tuple[Any, Any]:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
-        raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
-    if num_samples < 2:
-        raise ValueError(f"num_samples must be an int >= 2, got {num_samples}")
-    if num_samples > np.iinfo(np.uint32).max:
-        raise ValueError(f"num_samples must be < 2**32, got {num_samples}")
-    mesh, axis_name, size = _resolve(mesh, axis_name)
-    _check_index_range(-(-int(num_samples) // size) * size + (chunk_size or 0) * size)
-    if chunk_size is not None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        chunk_size = min(int(chunk_size), -(-int(num_samples) // size))
-    return _sharded_mc(
-        key, tuple(args), make_sampler, int(num_samples), mesh, axis_name, size, chunk_size
-    )
+def _mean_stderr(moments: SampleMoments) -> tuple[Any, Any]:
+    return moments.mean, moments.stderr()
 
 
 def sharded_monte_carlo(
@@ -411,78 +301,32 @@ def sharded_monte_carlo(
       >>> bool(abs(est.mean - 1.0) < 5 * est.stderr)
       True
     """
-    mean, stderr = _run_sharded_mc(
-        key, _BindArgs(sample_fn), args, num_samples, mesh, axis_name, chunk_size
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer):
+        raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be an int >= 2, got {num_samples}")
+    if num_samples > np.iinfo(np.uint32).max:
+        raise ValueError(f"num_samples must be < 2**32, got {num_samples}")
+    mesh, axis_name, size = _resolve(mesh, axis_name)
+    per_device = -(-int(num_samples) // size)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk = per_device if chunk_size is None else min(int(chunk_size), per_device)
+    config = MonteCarloConfig(
+        num_samples=int(num_samples),
+        chunk_size=chunk,
+        per_sample_keys=True,
+        axis_name=axis_name,
+        finalize=_mean_stderr,
     )
+    sampler = jtu.Partial(_BindArgs(sample_fn), *args)
+    mean, stderr = run_monte_carlo(key, sampler, config, mesh=mesh)
     return MonteCarloEstimate(mean, stderr, int(num_samples))
 
 
 # --------------------------------------------------------------------------------------
 # Gaussian width and statistical dimension, sample axis sharded
 # --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _WidthChunkFactory:
-    """Hashable ``(set_, factor) -> (chunk_key -> values)``: :func:`width_sampler` per chunk."""
-
-    chunk_size: int
-    method: str
-    quantity: str
-    convention: str
-    nested: bool
-    rank_rtol: float | None
-    max_iter: int | None
-    reference: Any
-
-    def __call__(self, set_: Any, factor: Any) -> Callable[[Key], Any]:
-        sample_chunk = width_sampler(
-            self.reference if set_ is None else set_,
-            chunk_size=self.chunk_size,
-            method=self.method,
-            quantity=self.quantity,
-            convention=self.convention,
-            nested=self.nested,
-            rank_rtol=self.rank_rtol,
-            max_iter=self.max_iter,
-            factor=factor,
-        )
-        return sample_chunk
-
-
-@functools.partial(
-    jax.jit, static_argnames=("factory", "num_samples", "mesh", "axis_name", "chunks_per_device")
-)
-def _sharded_chunks(
-    chunk_keys: Key,
-    args: Any,
-    factory: _WidthChunkFactory,
-    num_samples: int,
-    mesh: Mesh,
-    axis_name: AxisName,
-    chunks_per_device: int,
-) -> tuple[Any, Any]:
-    chunk = factory.chunk_size
-
-    def local(keys: Key, args: Any) -> tuple[Any, Any]:
-        sample_chunk = factory(*args)  # per-set preprocessing: once per device
-        start = jax.lax.axis_index(axis_name).astype(jnp.int32) * (chunks_per_device * chunk)
-        moments = stream_moments(
-            sample_chunk,
-            keys,
-            num_samples=num_samples,
-            first_sample=start,
-            statistics=functools.partial(_path_statistics, both=False),  # paired differences
-        )
-        return _psum_moments(moments, axis_name)
-
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(P(axis_name), P()),
-        out_specs=(P(), P()),
-        check_vma=False,  # samplers use while_loops with replicated initial carries
-    )(chunk_keys, args)
 
 
 def sharded_gaussian_width(
@@ -518,7 +362,7 @@ def sharded_gaussian_width(
 
     Args:
       key: PRNG key.
-      set_: a set from :mod:`mergetheory.sets`, e.g. ``ConvexHull.from_gram(G)`` with
+      set_: a set from :mod:`mergetheory.geometry`, e.g. ``ConvexHull.from_gram(G)`` with
         ``G`` from :func:`sharded_gram_matrix` or
         :func:`mergetheory.lora.lora_gram_matrix`.
       num_samples: :math:`M \ge 2`.
@@ -542,7 +386,7 @@ def sharded_gaussian_width(
       >>> hull = ConvexHull.from_gram(sharded_gram_matrix(x))
       >>> est = sharded_gaussian_width(jr.key(0), hull, num_samples=10**6, chunk_size=4096)
     """
-    set_, factor, static = _width_prepare(
+    set_, factor, config = prepare_width(
         key,
         set_,
         num_samples=num_samples,
@@ -554,25 +398,5 @@ def sharded_gaussian_width(
         rank_rtol=rank_rtol,
         max_iter=max_iter,
     )
-    mesh, axis_name, size = _resolve(mesh, axis_name)
-    m, chunk = static["num_samples"], static["chunk_size"]
-    num_chunks = -(-m // chunk)
-    per_device = -(-num_chunks // size)
-    _check_index_range(per_device * size * chunk)
-    keys = jr.split(key, num_chunks)  # exactly the single-device chunk keys
-    if per_device * size > num_chunks:  # dummy chunks, masked out (indices >= M)
-        pad = jnp.broadcast_to(keys[:1], (per_device * size - num_chunks,))
-        keys = jnp.concatenate([keys, pad])
-    factory = _WidthChunkFactory(
-        chunk_size=chunk,
-        method=static["method"],
-        quantity=static["quantity"],
-        convention=static["convention"],
-        nested=static["nested"],
-        rank_rtol=static["rank_rtol"],
-        max_iter=static["max_iter"],
-        reference=static["reference"],
-    )
-    mean, stderr = _sharded_chunks(keys, (set_, factor), factory, m, mesh, axis_name, per_device)
-    out = _check_estimate(_estimates(mean, stderr), static)
-    return NestedWidthEstimate(*out, num_samples=m) if nested else WidthEstimate(*out, m)
+    mesh, axis_name, _ = _resolve(mesh, axis_name)
+    return run_width(key, set_, factor, config, mesh=mesh, axis_name=axis_name)

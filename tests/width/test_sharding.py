@@ -1,4 +1,4 @@
-"""Tests for mergetheory.sharding on the 8 forced host devices of tests/conftest.py."""
+"""Tests for mergetheory.width.sharding on the 8 forced host devices of tests/conftest.py."""
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +8,10 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mergetheory import sharding as sh
 from mergetheory import width
-from mergetheory.sets import ConvexHull, ConvexHullWithOrigin
+from mergetheory.geometry import ConvexHull, ConvexHullWithOrigin
 from mergetheory.tree import TaskVectorError, gram_matrix
+from mergetheory.width import sharding as sh
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
@@ -62,12 +62,10 @@ def test_shard_task_vectors_pads_and_places():
     )
 
 
-def test_sharded_gram_traced_once():
+def test_sharded_gram_traced_once(assert_traced_once):
     x = _normal(4, (3, 40))
-    sh._sharded_gram.clear_cache()
-    sh.sharded_gram_matrix(x)
-    sh.sharded_gram_matrix(x + 1.0)
-    assert sh._sharded_gram._cache_size() == 1
+    inputs = iter([x, x + 1.0])  # new values, same shapes: no retrace
+    assert_traced_once(lambda: sh.sharded_gram_matrix(next(inputs)))
 
 
 def test_sharded_gram_validates():
