@@ -41,6 +41,7 @@ from mergetheory.theory.concavity import (
     tiny_first_generators,
     zonotope_width_closed_form,
 )
+from mergetheory.verdict import FAILS, HOLDS, HOLDS_UNDER_ASSUMPTIONS, Verdict
 
 NAME = "concavity"
 ORDERINGS = ("fixed", "random_subsets")
@@ -115,23 +116,19 @@ def draw_family(key, family: str, param: Any, num: int, shape, dtype) -> Any:
     return sample_task_vectors(key, spec, {"w": tuple(shape)}, dtype)
 
 
-def _verdict_code(verdict: str) -> int:
-    if verdict == "holds":
-        return 0
-    if verdict.startswith("holds"):
-        return 1
-    return 2
+def _verdict_code(verdict: Verdict) -> int:
+    return {HOLDS: 0, HOLDS_UNDER_ASSUMPTIONS: 1}.get(verdict.status, 2)
 
 
-def _short(verdict: str) -> str:
-    if verdict == "holds":
+def _short(verdict: Verdict) -> str:
+    if verdict.status == HOLDS:
         return "holds"
-    if verdict.startswith("holds"):
+    if verdict.holds:
         return "holds*"
-    if "convex step" in verdict:
-        n = verdict.split("n=")[1].split(":")[0]
+    if verdict.reason.startswith("convex step"):
+        n = verdict.reason.split("n=")[1].split(":")[0]
         return f"**fails** (convex at n={n})"
-    if "not strictly concave" in verdict:
+    if verdict.reason.startswith("not strictly concave"):
         return "**fails** (linear)"
     return "**fails**"
 
@@ -249,7 +246,7 @@ def _summary(config, labels, a, verdicts, sub_verdicts) -> dict:
             rows.append(f"| {label} | {ordering.replace('_', ' ')} | " + " | ".join(cells) + " |")
     sub_rows = ["| set | per-path min slack | paths violating | verdict |", "|---|---|---|---|"]
     for k, kind in enumerate(kinds):
-        short = sub_verdicts[k].split(":")[0]
+        short = sub_verdicts[k].status
         sub_rows.append(
             f"| {kind} | {a['submodular_min_path_slack'][k]:.3g} | "
             f"{100 * a['submodular_frac_violating'][k]:.1f}% | {short} |"
@@ -289,19 +286,19 @@ def _summary(config, labels, a, verdicts, sub_verdicts) -> dict:
     for kind in ("hull", "hull0"):
         if kind in k_idx:
             k = k_idx[kind]
-            subset_ok = all(not verdicts[(f, k, 1)].startswith("fails") for f in range(len(labels)))
+            subset_ok = all(verdicts[(f, k, 1)].status != FAILS for f in range(len(labels)))
             summ[f"{kind}_subsets_all_concave"] = "yes" if subset_ok else "no"
             fixed_fails = [
-                f"{labels[f]} ({verdicts[(f, k, 0)].split(':')[1].strip().split(' (')[0]})"
+                f"{labels[f]} ({verdicts[(f, k, 0)].reason.split(':')[0].split(' (')[0]})"
                 for f in range(len(labels))
-                if verdicts[(f, k, 0)].startswith("fails")
+                if verdicts[(f, k, 0)].status == FAILS
             ]
             summ[f"{kind}_fixed_counterexamples"] = "; ".join(fixed_fails) or "none"
     summ["num_samples"] = ", ".join(f"{k} {m}" for k, m in config.num_samples)
-    fails = sum(v.startswith("fails") for v in verdicts.values())
+    fails = sum(v.status == FAILS for v in verdicts.values())
     summ["num_curves"] = len(verdicts)
     summ["num_fails"] = int(fails)
-    summ["num_holds"] = int(sum(v == "holds" for v in verdicts.values()))
+    summ["num_holds"] = int(sum(v.status == HOLDS for v in verdicts.values()))
     return summ
 
 

@@ -44,6 +44,7 @@ from mergetheory.theory.kinematic import (
     orthant_intersection_probability,
     statistical_dimension_nnls,
 )
+from mergetheory.verdict import FAILS, HOLDS, HOLDS_UNDER_ASSUMPTIONS, Verdict
 from mergetheory.width import statistical_dimension
 
 NAME = "kinematic"
@@ -195,14 +196,15 @@ def run(config: KinematicConfig, *, progress: bool = True) -> tuple[dict, dict]:
     }
     all_verdicts = verdicts + o_verdicts
     crofton_ok = bool(np.all(o_z <= config.z_tol))
-    if any(v.startswith("fails") for v in all_verdicts) or not crofton_ok:
-        verdict = "fails: " + "; ".join(v for v in all_verdicts if v.startswith("fails"))
+    failed = [v.reason for v in all_verdicts if v.status == FAILS]
+    if failed or not crofton_ok:
         if not crofton_ok:
-            verdict += f"; empirical vs Crofton off by {o_z.max():.1f} stderr"
+            failed.append(f"empirical vs Crofton off by {o_z.max():.1f} stderr")
+        verdict = Verdict(FAILS, "; ".join(failed))
     elif int(tested.sum() + o_tested.sum()) > 0:
-        verdict = "holds"
+        verdict = Verdict(HOLDS)
     else:
-        verdict = "holds under stated assumptions"
+        verdict = Verdict(HOLDS_UNDER_ASSUMPTIONS)
     a_chk = a_eta(config.eta_check)
     finite = np.isfinite(excess) & (tested > 0)
     o_finite = np.isfinite(o_excess) & (o_tested > 0)

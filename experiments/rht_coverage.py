@@ -306,11 +306,7 @@ def _summary(config, a, verdicts) -> dict:
             gse = a[f"{prefix}_log_geometry_se"][idx]
             param = config.main_nu if name == "heavy_tailed" else config.main_density
             v = verdicts[(f, name, float(param))]
-            short = (
-                "holds"
-                if v == "holds"
-                else "fails (" + v.split(":")[1].split(" at")[0].strip() + ")"
-            )
+            short = v.status if v.holds else f"fails ({v.reason.split(' at')[0].strip()})"
             rows.append(
                 f"| {label} | {title} | {a[f'{prefix}_log_total'][idx]:+.4f} | "
                 f"{a[f'{prefix}_log_rescale'][idx]:+.4f} | {g:+.4f} +- {gse:.1g} | "

@@ -29,6 +29,7 @@ import jax.random as jr
 import numpy as np
 
 from ._types import Key
+from .verdict import FAILS, HOLDS, INCONCLUSIVE, Verdict
 
 __all__ = [
     "CorrelationEstimate",
@@ -298,7 +299,7 @@ def bootstrap_correlation(
     return CorrelationEstimate(value, lo, hi, se, samples, confidence, n)
 
 
-def hypothesis_verdict(ci_low: float, ci_high: float, *, predicted_sign: int) -> str:
+def hypothesis_verdict(ci_low: float, ci_high: float, *, predicted_sign: int) -> Verdict:
     """Verdict of a directional hypothesis from a CI of its effect.
 
     Returns ``"holds"`` if the CI excludes 0 on the predicted side, ``"fails"`` if it
@@ -307,7 +308,7 @@ def hypothesis_verdict(ci_low: float, ci_high: float, *, predicted_sign: int) ->
     """
     lo, hi = float(ci_low), float(ci_high)
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "inconclusive"
-    if predicted_sign > 0:
-        return "holds" if lo > 0 else ("fails" if hi < 0 else "inconclusive")
-    return "holds" if hi < 0 else ("fails" if lo > 0 else "inconclusive")
+        return Verdict(INCONCLUSIVE)
+    above, below = lo > 0, hi < 0
+    predicted, opposite = (above, below) if predicted_sign > 0 else (below, above)
+    return Verdict(HOLDS if predicted else (FAILS if opposite else INCONCLUSIVE))

@@ -3,8 +3,9 @@
 A check returns its evidence (NamedTuples with uncertainties) and a :class:`Verdict`:
 a ``status`` from :data:`STATUSES` and a ``reason`` (the counterexample, the
 assumption, or the interval that decided it). ``str(verdict)`` is the one-line prose
-form ``"status: reason"`` (or just ``"status"``) written to results sidecars and the
-report, so a reader never parses prose back: code reads ``verdict.status``.
+form ``"status: reason"`` (or just ``"status"``): a verdict *is* that string (a ``str`` subclass), so it is
+written unchanged to results sidecars and the report, and code reads ``verdict.status``
+instead of parsing prose back.
 
 Example:
   >>> v = Verdict("fails", "convex step at n=3")
@@ -16,8 +17,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 __all__ = ["HOLDS", "HOLDS_UNDER_ASSUMPTIONS", "FAILS", "INCONCLUSIVE", "STATUSES", "Verdict"]
 
 HOLDS = "holds"
@@ -28,8 +27,13 @@ STATUSES = (HOLDS, HOLDS_UNDER_ASSUMPTIONS, FAILS, INCONCLUSIVE)
 """Every status a check can return, strongest first."""
 
 
-class Verdict(NamedTuple):
-    """The outcome of a hypothesis check.
+class Verdict(str):
+    """The outcome of a hypothesis check: ``Verdict(status, reason="")``.
+
+    A ``str`` whose text is the prose form ``"status: reason"`` (or ``"status"``), so it
+    goes unchanged into results sidecars, report tables and string comparisons written
+    before this type existed; code reads :attr:`status`, :attr:`reason` and :attr:`holds`
+    instead of splitting the prose.
 
     Attributes:
       status: one of :data:`STATUSES`.
@@ -38,10 +42,17 @@ class Verdict(NamedTuple):
     """
 
     status: str
-    reason: str = ""
+    reason: str
 
-    def __str__(self) -> str:
-        return f"{self.status}: {self.reason}" if self.reason else self.status
+    def __new__(cls, status: str, reason: str = "") -> Verdict:
+        if status not in STATUSES:
+            raise ValueError(f"unknown verdict status {status!r}; expected one of {STATUSES}")
+        self = super().__new__(cls, f"{status}: {reason}" if reason else status)
+        self.status, self.reason = status, str(reason)
+        return self
+
+    def __getnewargs__(self) -> tuple[str, str]:  # pickling and copying
+        return (self.status, self.reason)
 
     @property
     def holds(self) -> bool:
@@ -50,7 +61,7 @@ class Verdict(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> Verdict:
-        """The verdict whose ``str`` is ``text`` (for reading results written as prose).
+        """The verdict whose prose is ``text`` (for reading results written as text).
 
         Raises:
           ValueError: if ``text`` does not start with a known status.
@@ -61,9 +72,3 @@ class Verdict(NamedTuple):
             if text.startswith(status + ": "):
                 return cls(status, text[len(status) + 2 :])
         raise ValueError(f"not a verdict: {text!r}; expected one of {STATUSES} [: reason]")
-
-    def validate(self) -> Verdict:
-        """Return ``self`` if ``status`` is known, else raise ``ValueError``."""
-        if self.status not in STATUSES:
-            raise ValueError(f"unknown verdict status {self.status!r}; expected one of {STATUSES}")
-        return self

@@ -35,7 +35,18 @@ def test_parse_rejects_prose_that_is_not_a_verdict(text):
         Verdict.parse(text)
 
 
-def test_validate_rejects_unknown_status():
-    assert Verdict("holds").validate() == Verdict("holds")
+def test_unknown_status_is_rejected():
     with pytest.raises(ValueError, match="unknown verdict status 'maybe'"):
-        Verdict("maybe").validate()
+        Verdict("maybe")
+
+
+def test_a_verdict_is_its_prose():
+    import copy
+    import json
+    import pickle
+
+    v = Verdict("fails", "not unique")
+    assert v == "fails: not unique" and v.startswith("fails")
+    assert json.loads(json.dumps({"v": v})) == {"v": "fails: not unique"}
+    for w in (pickle.loads(pickle.dumps(v)), copy.deepcopy(v)):
+        assert (type(w), w.status, w.reason) == (Verdict, "fails", "not unique")

@@ -86,6 +86,7 @@ from .._types import Gram, Key
 from ..geometry import SET_KINDS, GeneratedSet, make_set
 from ..geometry.closed_forms import zonotope_width
 from ..linalg import psd_cholesky, validate_gram
+from ..verdict import FAILS, HOLDS, HOLDS_UNDER_ASSUMPTIONS, Verdict
 from ..width import NestedWidthEstimate, nested_width, summarize_samples, width_sampler
 
 __all__ = [
@@ -244,7 +245,7 @@ class SubmodularityEvidence(NamedTuple):
     min_path_slack: float
     frac_paths_violating: float
     num_samples: int
-    verdict: str
+    verdict: Verdict
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "num_samples"))
@@ -318,18 +319,20 @@ def check_submodularity(
     min_slack = float(slack.min())
     frac = float(np.mean(slack < -atol))
     if frac == 0.0:
-        verdict = "holds"
+        verdict = Verdict(HOLDS)
     elif s_mean + z * s_se >= 0.0:
-        verdict = (
-            "holds under stated assumptions: in expectation only "
+        verdict = Verdict(
+            HOLDS_UNDER_ASSUMPTIONS,
+            "in expectation only "
             f"(slack {s_mean:.4g} +- {s_se:.2g}); {100 * frac:.1f}% of sample paths violate "
             f"it (min path slack {min_slack:.3g}): the per-path support of a {kind} is not "
-            "submodular"
+            "submodular",
         )
     else:
-        verdict = (
-            f"fails: w(A+t) - w(A) = {ms(gs)[0]:.4g} < w(B+t) - w(B) = {ms(gl)[0]:.4g} "
-            f"(slack {s_mean:.4g} +- {s_se:.2g}) for A={a}, B={b}, t={t}"
+        verdict = Verdict(
+            FAILS,
+            f"w(A+t) - w(A) = {ms(gs)[0]:.4g} < w(B+t) - w(B) = {ms(gl)[0]:.4g} "
+            f"(slack {s_mean:.4g} +- {s_se:.2g}) for A={a}, B={b}, t={t}",
         )
     return SubmodularityEvidence(kind, ms(gs), ms(gl), s_mean, s_se, min_slack, frac, m, verdict)
 
@@ -501,12 +504,12 @@ class ConcavityEvidence(NamedTuple):
     gain_drop_stderr: float
     elasticity: float
     elasticity_stderr: float
-    verdict: str
+    verdict: Verdict
 
 
 def concavity_verdict(
     curve: NestedWidthEstimate, *, z: float = 3.0, atol: float | None = None
-) -> tuple[str, dict[str, float]]:
+) -> tuple[Verdict, dict[str, float]]:
     r"""Classify a nested width curve as strictly concave, concave, linear or convex somewhere.
 
     Args:
@@ -550,23 +553,26 @@ def concavity_verdict(
     convex = d2 > thresh
     if np.any(convex):
         j = int(np.argmax(np.where(convex, zscore, -np.inf)))
-        verdict = (
-            f"fails: convex step at n={j + 2}: w(n+1) - 2w(n) + w(n-1) = {d2[j]:.4g} "
-            f"+- {s2[j]:.2g} > 0 (gains {d1[j]:.4g} then {d1[j + 1]:.4g})"
+        verdict = Verdict(
+            FAILS,
+            f"convex step at n={j + 2}: w(n+1) - 2w(n) + w(n-1) = {d2[j]:.4g} "
+            f"+- {s2[j]:.2g} > 0 (gains {d1[j]:.4g} then {d1[j + 1]:.4g})",
         )
     elif drop <= z * drop_se + atol:
-        verdict = (
-            f"fails: not strictly concave: the gains do not fall (g_1 - g_{n - 1} = "
-            f"{drop:.3g} +- {drop_se:.2g}); linear growth, no saturation"
+        verdict = Verdict(
+            FAILS,
+            f"not strictly concave: the gains do not fall (g_1 - g_{n - 1} = "
+            f"{drop:.3g} +- {drop_se:.2g}); linear growth, no saturation",
         )
     elif np.all(d2 < -thresh):
-        verdict = "holds"
+        verdict = Verdict(HOLDS)
     else:
         resolved = int(np.sum(d2 < -thresh))
-        verdict = (
-            "holds under stated assumptions: no significantly convex step and the gains fall "
+        verdict = Verdict(
+            HOLDS_UNDER_ASSUMPTIONS,
+            "no significantly convex step and the gains fall "
             f"(g_1 - g_{n - 1} = {drop:.3g} +- {drop_se:.2g}), but strict concavity is "
-            f"resolved at only {resolved} of {n - 2} steps at M={curve.num_samples}"
+            f"resolved at only {resolved} of {n - 2} steps at M={curve.num_samples}",
         )
     return verdict, details
 

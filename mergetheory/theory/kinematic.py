@@ -63,6 +63,7 @@ import scipy.stats
 
 from .._types import Key
 from ..geometry.closed_forms import kinematic_a_eta
+from ..verdict import FAILS, HOLDS, HOLDS_UNDER_ASSUMPTIONS, Verdict
 
 __all__ = [
     "IntersectionEstimate",
@@ -397,7 +398,7 @@ class KinematicEvidence(NamedTuple):
     offset_sqrt_d: float
     width_10_90: float
     z_tol: float
-    verdict: str
+    verdict: Verdict
 
 
 def _crossing_m(ms: np.ndarray, prob: np.ndarray, level: float) -> float:
@@ -481,11 +482,11 @@ def check_kinematic_formula(
             f"= {predicted:.2f} +- {a * math.sqrt(dim):.2f}"
         )
     if problems:
-        verdict = "fails: " + "; ".join(problems)
+        verdict = Verdict(FAILS, "; ".join(problems))
     elif num_tested == 0:
-        verdict = "holds under stated assumptions"
+        verdict = Verdict(HOLDS_UNDER_ASSUMPTIONS)
     else:
-        verdict = "holds"
+        verdict = Verdict(HOLDS)
     return KinematicEvidence(
         inter,
         float(delta),

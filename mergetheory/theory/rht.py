@@ -90,6 +90,7 @@ from .._types import Key, TaskVectors
 from ..geometry import SET_KINDS
 from ..merge import dare_keep_masks, dare_rescale, num_kept, trim_top_k
 from ..tree import validate_task_vectors
+from ..verdict import FAILS, HOLDS, Verdict
 from ..width import paired_paths
 from .concavity import generator_gram
 
@@ -392,7 +393,7 @@ class CoverageEvidence(NamedTuple):
     mean_cosine_before: float
     mean_cosine_after: float
     num_samples: int
-    verdict: str
+    verdict: Verdict
 
 
 def _log_ratio(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -494,7 +495,7 @@ def coverage_gain(
     rescale = math.log(s)
     resid = abs(total - rescale - geom)
     if geom > z * geom_se and geom >= min_effect:
-        verdict = "holds"
+        verdict = Verdict(HOLDS)
     else:
         if geom < -z * geom_se:
             what = "a loss"
@@ -502,9 +503,10 @@ def coverage_gain(
             what = f"a gain below {min_effect:g}"
         else:
             what = "no significant gain"
-        verdict = (
-            f"fails: {what} at equal norm budget: log-gain {total:.4f} = rescaling "
-            f"{rescale:.4f} + geometry {geom:.4f} +- {geom_se:.2g}"
+        verdict = Verdict(
+            FAILS,
+            f"{what} at equal norm budget: log-gain {total:.4f} = rescaling "
+            f"{rescale:.4f} + geometry {geom:.4f} +- {geom_se:.2g}",
         )
     return CoverageEvidence(
         name=name,

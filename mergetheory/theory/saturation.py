@@ -66,6 +66,7 @@ import numpy as np
 from .._types import Key
 from ..geometry import SET_KINDS, ConvexHull, PointSet
 from ..geometry.closed_forms import expected_chi, expected_max_normal, finite_set_width_bound
+from ..verdict import FAILS, HOLDS, Verdict
 from ..width import nested_width, paired_paths
 from .concavity import generator_gram
 
@@ -196,7 +197,7 @@ class SaturationEvidence(NamedTuple):
     lower_ratio: np.ndarray
     cap_fraction: float
     num_samples: int
-    verdict: str
+    verdict: Verdict
 
 
 def check_width_bounds(
@@ -264,7 +265,7 @@ def check_width_bounds(
         problems.append(
             f"lower bound violated at n={m + 1}: w={width[m]:.4g} +- {se[m]:.2g} < L={lower[m]:.4g}"
         )
-    verdict = "holds" if not problems else "fails: " + "; ".join(problems)
+    verdict = Verdict(FAILS, "; ".join(problems)) if problems else Verdict(HOLDS)
     cap_fraction = float(width[-1] / cap[-1]) if cap[-1] > 0 else float("nan")
     return SaturationEvidence(
         kind,
@@ -322,7 +323,7 @@ class CorrelatedShrinkageEvidence(NamedTuple):
     predicted_coverage: float
     coverage: float
     num_samples: int
-    verdict: str
+    verdict: Verdict
 
 
 def check_correlated_shrinkage(
@@ -390,11 +391,12 @@ def check_correlated_shrinkage(
     scale = float(np.max(np.abs(h_tau))) + 1.0
     tol = 1e-9 * scale
     if resid <= tol and abs(diff_z) <= z:
-        verdict = "holds"
+        verdict = Verdict(HOLDS)
     else:
-        verdict = (
-            f"fails: per-path residual {resid:.3g} (tolerance {tol:.2g}), "
-            f"width difference {diff:.4g} = {diff_z:.2f} stderr"
+        verdict = Verdict(
+            FAILS,
+            f"per-path residual {resid:.3g} (tolerance {tol:.2g}), "
+            f"width difference {diff:.4g} = {diff_z:.2f} stderr",
         )
     return CorrelatedShrinkageEvidence(
         float(rho),

@@ -79,6 +79,7 @@ import numpy as np
 import scipy.optimize
 
 from .._types import Key
+from ..verdict import FAILS, HOLDS, Verdict
 
 __all__ = [
     "ForecastOutput",
@@ -671,7 +672,7 @@ class ScalingLawEvidence(NamedTuple):
     fit: ScalingLawFit
     fit_z: np.ndarray
     z_tol: float
-    verdict: str
+    verdict: Verdict
 
 
 def check_scaling_law(
@@ -741,7 +742,7 @@ def check_scaling_law(
             problems.append(f"Var[L|k] off by {var_z[wv]:.1f} stderr at k = {k[wv]}")
     if np.nanmax(np.abs(fit_z[:2])) > z_tol:
         problems.append(f"fitted (L_inf, A) off by z = {fit_z[:2].round(1).tolist()}")
-    verdict = "holds" if not problems else "fails: " + "; ".join(problems)
+    verdict = Verdict(FAILS, "; ".join(problems)) if problems else Verdict(HOLDS)
     return ScalingLawEvidence(
         sim, exact, mean_z, exact_var, var_z, kv, ratio, true, fit, fit_z, z_tol, verdict
     )

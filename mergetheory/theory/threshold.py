@@ -67,6 +67,7 @@ import numpy as np
 
 from .._types import Key
 from ..geometry.closed_forms import kinematic_a_eta
+from ..verdict import FAILS, HOLDS, HOLDS_UNDER_ASSUMPTIONS, Verdict
 
 __all__ = [
     "KinematicThresholdOutput",
@@ -207,7 +208,7 @@ class ThresholdOutput(NamedTuple):
     statistic: np.ndarray
     statistic_stderr: np.ndarray
     z: float
-    verdict: str
+    verdict: Verdict
 
 
 def _first(mask: np.ndarray, ns: np.ndarray, past: int) -> tuple[int, bool]:
@@ -244,11 +245,11 @@ def _crossing(
                 f"({stat[later_above[0]]:.4g} +- {se[later_above[0]]:.2g})"
             )
     if violation:
-        verdict = f"fails: not unique, {counter}"
+        verdict = Verdict(FAILS, f"not unique, {counter}")
     elif unique and num_crossings <= 1:
-        verdict = "holds"
+        verdict = Verdict(HOLDS)
     else:
-        verdict = "holds under stated assumptions"
+        verdict = Verdict(HOLDS_UNDER_ASSUMPTIONS)
     return ThresholdOutput(
         definition,
         n_star,
@@ -451,9 +452,10 @@ def threshold_kinematic(
         out = out._replace(
             unique=False,
             significant_violation=True,
-            verdict=(
-                "fails: delta(C_n) decreases significantly from n = "
-                f"{ns_arr[worst]} to {ns_arr[worst + 1]} ({dl[worst]:.4g} -> {dl[worst + 1]:.4g})"
+            verdict=Verdict(
+                FAILS,
+                "delta(C_n) decreases significantly from n = "
+                f"{ns_arr[worst]} to {ns_arr[worst + 1]} ({dl[worst]:.4g} -> {dl[worst + 1]:.4g})",
             ),
         )
     n_center, c_cens = _first(dl + m >= ambient_dim, ns_arr, past)
@@ -556,11 +558,11 @@ def threshold_utility(
     unique = maxima.size == 1
     censored = i_star == num - 1
     if violation:
-        verdict = f"fails: not unique, {counter}"
+        verdict = Verdict(FAILS, f"not unique, {counter}")
     elif unique and not censored:
-        verdict = "holds"
+        verdict = Verdict(HOLDS)
     else:
-        verdict = "holds under stated assumptions"
+        verdict = Verdict(HOLDS_UNDER_ASSUMPTIONS)
     return ThresholdOutput(
         "utility",
         int(c.ns[i_star]),
