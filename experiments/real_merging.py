@@ -52,10 +52,12 @@ from tqdm import tqdm
 
 from experiments import run_experiment
 from mergetheory.analysis import (
+    N_STAR_DEFINITIONS,
     compare_n_star,
     concavity_test,
     hessian_spectrum,
     holm,
+    n_star,
     nested_subsets,
     normalized_performance,
     paired_curve,
@@ -339,7 +341,24 @@ def _width_paths(key, gram: np.ndarray, paths: np.ndarray, n_max: int, config) -
 # --------------------------------------------------------------------------------------
 
 
+def _try_n_star(curve, definition: str, kappa: float):
+    """``n_star`` or ``None`` where the definition is undefined (utility, first gain <= 0)."""
+    try:
+        return n_star(curve, definition, kappa=kappa)
+    except ValueError:
+        return None
+
+
+def _nstar_row(out) -> list[float]:
+    """``[n*, ci_low, ci_high, censored]`` (NaN when undefined)."""
+    if out is None:
+        return [np.nan] * 4
+    return [out.n_star, out.ci_low, out.ci_high, float(out.censored)]
+
+
 def _fmt_nstar(out) -> str:
+    if out is None:
+        return "undefined (first gain <= 0)"
     hi = f">={out.ci_high}" if out.censored else f"{out.ci_high}"
     star = f">={out.n_star}" if out.censored else f"{out.n_star}"
     return f"{star} [{out.ci_low}, {hi}]"
@@ -403,17 +422,19 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
                 f"{ctest.verdict} ({ctest.num_concave} concave, {ctest.num_convex} convex "
                 f"of {ctest.ns.size})"
             )
-            for definition in ("gain_ratio", "utility"):
-                cmp = compare_n_star(wc, pa, definition, kappa=config.kappa)
+            rows = []
+            for definition in N_STAR_DEFINITIONS:
+                pred = _try_n_star(wc, definition, config.kappa)
+                obs = _try_n_star(pa, definition, config.kappa)
                 key_ = f"{p}_nstar_{definition}"
-                if cmp is None:
-                    summary[key_ + "_pred"] = "undefined"
-                    summary[key_ + "_obs"] = "undefined (first gain <= 0)"
-                    summary[key_ + "_agree"] = "n/a"
-                    continue
-                summary[key_ + "_pred"] = _fmt_nstar(cmp.predicted)
-                summary[key_ + "_obs"] = _fmt_nstar(cmp.observed)
-                summary[key_ + "_agree"] = "yes" if cmp.overlap else "no"
+                summary[key_ + "_pred"] = _fmt_nstar(pred)
+                summary[key_ + "_obs"] = _fmt_nstar(obs)
+                cmp = compare_n_star(wc, pa, definition, kappa=config.kappa)
+                summary[key_ + "_agree"] = (
+                    "n/a" if cmp is None else ("yes" if cmp.overlap else "no")
+                )
+                rows.append(_nstar_row(pred) + _nstar_row(obs))
+            arrays[f"{p}_nstar"] = np.asarray(rows, np.float64)  # [definition, 8]
             loss = _loss_curve(res, zoo)
             lm, lse = loss.mean(0), loss.std(0, ddof=1) / np.sqrt(loss.shape[0])
             arrays[f"{p}_loss"] = loss
