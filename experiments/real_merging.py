@@ -56,11 +56,11 @@ from mergetheory.analysis import (
     compare_n_star,
     concavity_test,
     hessian_spectrum,
-    holm,
     n_star,
     nested_subsets,
     normalized_performance,
     paired_curve,
+    paired_difference,
     rescale_to_norm,
     sublevel_statistical_dimension,
     subset_task_vectors,
@@ -364,27 +364,6 @@ def _fmt_nstar(out) -> str:
     return f"{star} [{out.ci_low}, {hi}]"
 
 
-def _paired_diff(a: np.ndarray, b: np.ndarray, alpha: float) -> dict:
-    """Paired difference ``a - b`` over paths: per-n mean/stderr, Holm counts, n >= 2 mean."""
-    from scipy.special import ndtr
-
-    d = a - b
-    s = d.shape[0]
-    mean, se = d.mean(0), d.std(0, ddof=1) / np.sqrt(s)
-    z = np.where(se > 0, mean / np.where(se > 0, se, 1), 0.0)
-    better = holm(1 - ndtr(z))[1:]
-    worse = holm(ndtr(z))[1:]
-    avg = d[:, 1:].mean(1)
-    return {
-        "mean": mean,
-        "stderr": se,
-        "avg": float(avg.mean()),
-        "avg_stderr": float(avg.std(ddof=1) / np.sqrt(s)),
-        "num_better": int(np.sum(better <= alpha)),
-        "num_worse": int(np.sum(worse <= alpha)),
-    }
-
-
 def _loss_curve(res: dict, zoo: Any) -> np.ndarray:
     """``[S, N]`` all-task loss: bits/byte as is, accuracy as error rate."""
     m = res["metric"].mean(axis=2)
@@ -455,12 +434,13 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
         ):
             if a in ops and b in ops:
                 for curve in ("perf_merged", "perf_all"):
-                    d = _paired_diff(ops[a][curve], ops[b][curve], config.alpha)
+                    d = paired_difference(ops[a][curve], ops[b][curve], alpha=config.alpha)
                     name = f"{pre}_{tag(a)}_vs_{tag(b)}_{curve}"
-                    arrays[name + "_mean"], arrays[name + "_stderr"] = d["mean"], d["stderr"]
+                    arrays[name + "_mean"], arrays[name + "_stderr"] = d.mean, d.stderr
+                    arrays[name + "_avg"] = np.asarray([d.avg, d.avg_stderr])
                     summary[name] = (
-                        f"{d['avg']:+.3f} +- {d['avg_stderr']:.3f} (better at {d['num_better']}, "
-                        f"worse at {d['num_worse']} of {n_max - 1} n, Holm)"
+                        f"{d.avg:+.3f} +- {d.avg_stderr:.3f} (better at {d.num_better}, "
+                        f"worse at {d.num_worse} of {n_max - 1} n, Holm)"
                     )
     return arrays, summary
 

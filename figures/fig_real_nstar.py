@@ -32,6 +32,7 @@ def make_figure(a: dict[str, np.ndarray], metadata: dict):
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.6))
     top = 2
     for d, ax in enumerate(axes):
+        seen: set[str] = set()
         for i, op in enumerate(ops):
             for mod, es in rows:
                 key = f"{mod}_{es}_{tag(op)}_nstar"
@@ -54,7 +55,7 @@ def make_figure(a: dict[str, np.ndarray], metadata: dict):
                     mfc=face,
                     ms=5,
                     lw=0.7,
-                    label=op if (mod, es) == rows[0] else None,
+                    label=None if op in seen else seen.add(op) or op,
                 )
         ax.plot([0.5, top + 0.5], [0.5, top + 0.5], "k:", lw=1)
         ax.set_xlabel(r"predicted $n^\star$ (hull0 width curve)")

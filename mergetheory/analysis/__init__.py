@@ -11,6 +11,7 @@
 from .bridge import N_STAR_DEFINITIONS as N_STAR_DEFINITIONS
 from .bridge import ConcavityTest as ConcavityTest
 from .bridge import NStarComparison as NStarComparison
+from .bridge import PairedDifference as PairedDifference
 from .bridge import compare_n_star as compare_n_star
 from .bridge import concavity_test as concavity_test
 from .bridge import holm as holm
@@ -18,6 +19,7 @@ from .bridge import n_star as n_star
 from .bridge import nested_subsets as nested_subsets
 from .bridge import normalized_performance as normalized_performance
 from .bridge import paired_curve as paired_curve
+from .bridge import paired_difference as paired_difference
 from .bridge import rescale_to_norm as rescale_to_norm
 from .bridge import subset_task_vectors as subset_task_vectors
 from .hessian import SpectrumEstimate as SpectrumEstimate
@@ -34,6 +36,7 @@ __all__ = [
     "N_STAR_DEFINITIONS",
     "ConcavityTest",
     "NStarComparison",
+    "PairedDifference",
     "SpectrumEstimate",
     "TraceEstimate",
     "compare_n_star",
@@ -46,6 +49,7 @@ __all__ = [
     "nested_subsets",
     "normalized_performance",
     "paired_curve",
+    "paired_difference",
     "rescale_to_norm",
     "slq",
     "spectral_density",

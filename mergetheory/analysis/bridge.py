@@ -58,6 +58,7 @@ __all__ = [
     "ConcavityTest",
     "NStarComparison",
     "N_STAR_DEFINITIONS",
+    "PairedDifference",
     "compare_n_star",
     "concavity_test",
     "holm",
@@ -65,6 +66,7 @@ __all__ = [
     "nested_subsets",
     "normalized_performance",
     "paired_curve",
+    "paired_difference",
     "rescale_to_norm",
     "subset_task_vectors",
 ]
@@ -337,4 +339,45 @@ def rescale_to_norm(merged: Any, budget: Any) -> Any:
     factor = jnp.where(norm > 0, b / jnp.where(norm > 0, norm, 1.0), 0.0)
     return jtu.tree_map(
         lambda x: x * factor.reshape(factor.shape + (1,) * (x.ndim - b.ndim)), merged
+    )
+
+
+class PairedDifference(NamedTuple):
+    r"""Paired difference :math:`a - b` of two operators' curves over the same paths.
+
+    Attributes:
+      mean, stderr: ``[N]`` per-:math:`n` mean difference and its standard error.
+      avg, avg_stderr: the difference averaged over :math:`n \ge 2` (per path, then over
+        paths) and its standard error.
+      num_better, num_worse: :math:`n \ge 2` where :math:`a` is significantly better /
+        worse (one-sided z-tests, Holm-adjusted across those :math:`n`, at ``alpha``).
+    """
+
+    mean: np.ndarray
+    stderr: np.ndarray
+    avg: float
+    avg_stderr: float
+    num_better: int
+    num_worse: int
+
+
+def paired_difference(a: Any, b: Any, *, alpha: float = 0.05) -> PairedDifference:
+    """Compare two ``[S, N]`` path arrays taken on the same subsets (:class:`PairedDifference`)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if d.ndim != 2 or d.shape[0] < 2 or d.shape[1] < 2:
+        raise ValueError(f"need [S >= 2, N >= 2] paths, got shape {d.shape}")
+    s = d.shape[0]
+    mean, se = d.mean(0), d.std(0, ddof=1) / math.sqrt(s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, mean / np.where(se > 0, se, 1.0), np.sign(mean) * np.inf)
+    better = holm(1.0 - ndtr(z[1:]))
+    worse = holm(ndtr(z[1:]))
+    avg = d[:, 1:].mean(axis=1)
+    return PairedDifference(
+        mean,
+        se,
+        float(avg.mean()),
+        float(avg.std(ddof=1) / math.sqrt(s)),
+        int(np.sum(better <= alpha)),
+        int(np.sum(worse <= alpha)),
     )

@@ -13,6 +13,7 @@ from mergetheory.analysis import (
     nested_subsets,
     normalized_performance,
     paired_curve,
+    paired_difference,
     rescale_to_norm,
 )
 
@@ -112,3 +113,16 @@ def test_rescale_to_norm_batched():
     out = rescale_to_norm(tree, jnp.array([10.0, 2.0]))
     np.testing.assert_allclose(out["a"], [[6.0, 0.0], [0.0, 0.0]])  # norm 5 -> 10
     np.testing.assert_allclose(out["b"], [[8.0], [0.0]])  # the zero update stays zero
+
+
+def test_paired_difference_by_hand():
+    # two paths, three n: d = a - b = [[0, 1, 3], [0, 3, 1]] -> per-n means 0, 2, 2
+    a = np.array([[1.0, 2.0, 4.0], [1.0, 4.0, 2.0]])
+    b = np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    d = paired_difference(a, b)
+    np.testing.assert_allclose(d.mean, [0.0, 2.0, 2.0])
+    np.testing.assert_allclose(d.stderr, [0.0, 1.0, 1.0])  # sd sqrt(2) / sqrt(2)
+    assert d.avg == pytest.approx(2.0) and d.avg_stderr == pytest.approx(0.0)
+    # z = 2 at n = 2, 3: one-sided p = 0.0228 each, Holm 0.0455 <= 0.05 -> both better
+    assert d.num_better == 2 and d.num_worse == 0
+    assert paired_difference(a, b, alpha=0.04).num_better == 0
