@@ -33,7 +33,8 @@ the dense updates :math:`sBA` and, for the seed code's setting, factor-wise on A
    median task-vector norm), and the kinematic :math:`n^\star` with it (reconstructions).
 
 All keys derive from ``config.seed``. Output ``<out-dir>/real_merging.npz`` + ``.json``
-(``summary`` feeds ``paper/sections/real_merging.md``).
+(``summary`` feeds ``paper/sections/real_merging.md``); the zoo is cached under
+``<out-dir>/zoo``.
 
 Run: ``python -m experiments.real_merging [--quick] [--out-dir DIR]``; the larger
 configuration is ``--size large`` (zoo preset ``large``, more paths; see docs).
@@ -42,6 +43,7 @@ configuration is ``--size large`` (zoo preset ``large``, more paths; see docs).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -93,6 +95,9 @@ OPERATORS: dict[str, tuple[str, dict, str]] = {
     "rht[AB]": ("rht", {"density": 0.7}, "factorwise"),
 }
 EXPERT_SETS = ("full", "lora")
+# linear operators whose weights make a zero-weighted padded subset exact: they are
+# compiled once at n = N (a 0/1 mask selects the first n) instead of once per n
+PADDED = ("average", "task_arithmetic")
 
 
 def tag(label: str) -> str:
@@ -106,8 +111,8 @@ class RealMergingConfig(NamedTuple):
     modalities: tuple[str, ...] = ("vision", "language")
     zoo_size: str = "default"
     seed: int = 0
-    max_experts: int = 12
-    num_paths: int = 16
+    max_experts: int = 10
+    num_paths: int = 12
     operators: tuple[str, ...] = tuple(OPERATORS)
     kappa: float = 0.5
     alpha: float = 0.05
@@ -119,7 +124,6 @@ class RealMergingConfig(NamedTuple):
     hessian_steps: int = 40
     eps_fraction: float = 0.05
     fit_ks: tuple[int, ...] = (1, 2, 4)
-    zoo_cache: str = "results/zoo"
 
 
 QUICK = RealMergingConfig(
@@ -178,6 +182,8 @@ def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
 
     def one(data, key, extra):
         kw = dict(hp)
+        if reg in PADDED:
+            kw["weights"] = extra["mask"]
         if reg == "task_arithmetic":
             kw["scale"] = extra["scale"]
         if reg == "base_knowledge_weighted":
@@ -267,14 +273,19 @@ def _run_operators(
         s_num = paths.shape[0]
         metric = np.zeros((s_num, n_max, base_test.size))
         scales = np.full(n_max, np.nan)
+        padded = OPERATORS[label][0] in PADDED
+        if padded:
+            data = subset_task_vectors(data_all, paths[:, :n_max])
         for n in range(1, n_max + 1):
             subsets = paths[:, :n]
-            data = subset_task_vectors(data_all, subsets)
+            if not padded:
+                data = subset_task_vectors(data_all, subsets)
             keys = jax.vmap(lambda s, n=n: jr.fold_in(jr.fold_in(key, n), s))(jnp.arange(s_num))
             extra = {
                 "knowledge": jnp.asarray(knowledge[subsets]),
                 "budget": jnp.asarray(_subset_norms(sq_norms, subsets)),
                 "scale": jnp.ones(s_num),
+                "mask": jnp.broadcast_to(jnp.arange(n_max) < n, (s_num, n_max)).astype(float),
             }
             if OPERATORS[label][0] == "task_arithmetic":
                 scales[n - 1] = _tune_scale(api, fn, data, keys, extra, subsets, config, val_ref)
@@ -374,6 +385,7 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
     zoo = api.zoo
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {}
+    tally: dict[str, list] = {"concavity": [], "agree": [], "diff": [], "rht": []}
     n_max = paths.shape[1]
     ks = np.arange(1, n_max + 1)
     for set_name, ops in results.items():
@@ -394,6 +406,7 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
             pa = paired_curve(res["perf_all"])
             pm = paired_curve(res["perf_merged"])
             ctest = concavity_test(pa, alpha=config.alpha)
+            tally["concavity"].append(ctest.verdict)
             summary[f"{p}_perf_merged_n1"] = float(pm.mean[0])
             summary[f"{p}_perf_merged_nN"] = f"{pm.mean[-1]:.3f} +- {pm.stderr[-1]:.3f}"
             summary[f"{p}_perf_all_nN"] = f"{pa.mean[-1]:.3f} +- {pa.stderr[-1]:.3f}"
@@ -413,6 +426,9 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
                     "n/a" if cmp is None else ("yes" if cmp.overlap else "no")
                 )
                 rows.append(_nstar_row(pred) + _nstar_row(obs))
+                if cmp is not None and definition == "gain_ratio":
+                    tally["agree"].append(cmp.overlap)
+                    tally["diff"].append(abs(cmp.difference))
             arrays[f"{p}_nstar"] = np.asarray(rows, np.float64)  # [definition, 8]
             loss = _loss_curve(res, zoo)
             lm, lse = loss.mean(0), loss.std(0, ddof=1) / np.sqrt(loss.shape[0])
@@ -438,14 +454,63 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
                     name = f"{pre}_{tag(a)}_vs_{tag(b)}_{curve}"
                     arrays[name + "_mean"], arrays[name + "_stderr"] = d.mean, d.stderr
                     arrays[name + "_avg"] = np.asarray([d.avg, d.avg_stderr])
+                    if curve == "perf_merged" and "ties" in b:
+                        tally["rht"].append(np.sign(d.avg) * (abs(d.avg) > 2 * d.avg_stderr))
                     summary[name] = (
                         f"{d.avg:+.3f} +- {d.avg_stderr:.3f} (better at {d.num_better}, "
                         f"worse at {d.num_worse} of {n_max - 1} n, Holm)"
                     )
+    summary.update(_verdicts(mod, tally))
+    err, noise = (summary.get(f"{mod}_full_average_law_{k}") for k in ("max_abs_error", "noise"))
+    if err is not None:
+        ok = err <= 2 * noise
+        summary[f"{mod}_verdict_law"] = (
+            "forecast within twice the subset noise" if ok else "forecast error exceeds the noise"
+        )
     return arrays, summary
 
 
-def _hessian(mod: str, api: ZooAPI, widths: dict, config, key) -> tuple[dict, dict]:
+def _verdicts(mod: str, tally: dict[str, list]) -> dict[str, Any]:
+    """Per-modality verdicts on the empirical hypotheses (rules in the paper section)."""
+    out: dict[str, Any] = {}
+    conc = tally["concavity"]
+    convex = sum(v == "convex somewhere" for v in conc)
+    concave = sum(v in ("concave", "strictly concave") for v in conc)
+    out[f"{mod}_perf_convex_count"] = f"{convex} of {len(conc)}"
+    out[f"{mod}_perf_concave_count"] = f"{concave} of {len(conc)}"
+    if convex == 0 and 2 * concave >= len(conc):
+        out[f"{mod}_verdict_c3"] = "supported"
+    elif 2 * convex >= len(conc):
+        out[f"{mod}_verdict_c3"] = "refuted"
+    else:
+        out[f"{mod}_verdict_c3"] = "mixed"
+    agree = tally["agree"]
+    frac = float(np.mean(agree)) if agree else float("nan")
+    out[f"{mod}_nstar_agree_count"] = f"{sum(agree)} of {len(agree)}"
+    out[f"{mod}_nstar_mean_abs_diff"] = float(np.mean(tally["diff"])) if agree else float("nan")
+    if not agree:
+        out[f"{mod}_verdict_c4"] = "untestable (no defined n*)"
+    elif frac >= 0.75:
+        out[f"{mod}_verdict_c4"] = "width predicts the observed n*"
+    elif frac < 0.5:
+        out[f"{mod}_verdict_c4"] = "width does not predict the observed n*"
+    else:
+        out[f"{mod}_verdict_c4"] = "width predicts the observed n* only partly"
+    rht = tally["rht"]
+    better, worse = sum(r > 0 for r in rht), sum(r < 0 for r in rht)
+    out[f"{mod}_rht_vs_ties_count"] = f"better in {better}, worse in {worse} of {len(rht)}"
+    if better and not worse:
+        out[f"{mod}_verdict_c5"] = "supported"
+    elif worse and not better:
+        out[f"{mod}_verdict_c5"] = "refuted"
+    else:
+        out[f"{mod}_verdict_c5"] = "not supported (no consistent effect)"
+    return out
+
+
+def _hessian(
+    mod: str, api: ZooAPI, widths: dict, config, key, results_nstar=None
+) -> tuple[dict, dict]:
     zoo = api.zoo
     loss_fn = api.base_loss_fn(zoo)
     spec = hessian_spectrum(
@@ -478,16 +543,26 @@ def _hessian(mod: str, api: ZooAPI, widths: dict, config, key) -> tuple[dict, di
     kin = threshold_kinematic(dc.mean, delta_stderr=dc.stderr, m=m_eff, ambient_dim=spec.dim)
     summary[f"{mod}_kinematic_nstar"] = _fmt_nstar(kin.threshold)
     summary[f"{mod}_kinematic_gap"] = float(kin.lower_edge - m_eff - dc.mean[-1])
+    obs = [] if results_nstar is None else [r for r in results_nstar if not np.isnan(r)]
+    summary[f"{mod}_verdict_kinematic"] = (
+        "untestable"
+        if not obs
+        else ("agrees" if kin.threshold.ci_low <= obs[0] <= kin.threshold.ci_high else "disagrees")
+        + f" (kinematic {_fmt_nstar(kin.threshold)}, observed {int(obs[0])})"
+    )
     return arrays, summary
 
 
-def run(config: RealMergingConfig, *, out_dir=None, progress: bool = True) -> tuple[dict, dict]:
-    """Run the bridge experiment; returns ``(arrays, summary)``."""
+def run(config: RealMergingConfig, *, out_dir: Path, progress: bool = True) -> tuple[dict, dict]:
+    """Run the bridge experiment; returns ``(arrays, summary)``.
+
+    The zoo is built (or loaded) under ``<out_dir>/zoo`` (``results/zoo`` by default).
+    """
     root = jr.key(config.seed)
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {"operators": list(config.operators)}
     for mi, mod in enumerate(config.modalities):
-        api = load_zoo(mod, config.zoo_size, config.seed, config.zoo_cache, progress)
+        api = load_zoo(mod, config.zoo_size, config.seed, str(Path(out_dir) / "zoo"), progress)
         zoo = api.zoo
         num_tasks = len(zoo.task_names)
         n_max = min(config.max_experts, num_tasks)
@@ -524,7 +599,9 @@ def run(config: RealMergingConfig, *, out_dir=None, progress: bool = True) -> tu
         a, s = _analyse(mod, api, results, widths, paths[:, :n_max], config, kmod)
         arrays.update(a)
         summary.update(s)
-        a, s = _hessian(mod, api, widths, config, jr.fold_in(kmod, 30))
+        nstar = a.get(f"{mod}_full_average_nstar")
+        observed = None if nstar is None else nstar[0, 4:5]  # gain ratio, observed n*
+        a, s = _hessian(mod, api, widths, config, jr.fold_in(kmod, 30), observed)
         arrays.update(a)
         summary.update(s)
         summary[f"{mod}_num_tasks"] = num_tasks
