@@ -36,8 +36,9 @@ All keys derive from ``config.seed``. Output ``<out-dir>/real_merging.npz`` + ``
 (``summary`` feeds ``paper/sections/real_merging.md``); the zoo is cached under
 ``<out-dir>/zoo``.
 
-Run: ``python -m experiments.real_merging [--quick] [--out-dir DIR]``; the larger
-configuration is ``--size large`` (zoo preset ``large``, more paths; see docs).
+Run: ``python -m experiments.real_merging [--quick | --large] [--out-dir DIR]``;
+``--large`` runs :data:`LARGE` (zoo preset ``large``, N = 16, 32 paths; meant for a
+machine with more cores or an accelerator).
 """
 
 from __future__ import annotations
@@ -66,13 +67,13 @@ from mergetheory.analysis import (
     rescale_to_norm,
     sublevel_statistical_dimension,
     subset_task_vectors,
+    width_paths,
 )
 from mergetheory.lora import LoraFactors, densify
 from mergetheory.merge import MERGE_OPERATORS, lora_delta, lora_factorwise
-from mergetheory.sets import ConvexHullWithOrigin, make_set
+from mergetheory.sets import make_set
 from mergetheory.theory.scaling_law import three_point_forecast
 from mergetheory.theory.threshold import threshold_kinematic
-from mergetheory.width import nested_width
 
 NAME = "real_merging"
 
@@ -139,6 +140,9 @@ QUICK = RealMergingConfig(
     hessian_probes=2,
     hessian_steps=8,
 )
+
+
+LARGE = RealMergingConfig(zoo_size="large", max_experts=16, num_paths=32, width_samples=8000)
 
 
 class ZooAPI(NamedTuple):
@@ -328,23 +332,18 @@ def _tune_scale(api, fn, data, keys, extra, subsets, config, val_ref) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def _width_paths(key, gram: np.ndarray, paths: np.ndarray, n_max: int, config) -> dict:
-    widths, statdims = [], []
-    for s, perm in enumerate(paths):
-        g = jnp.asarray(gram[np.ix_(perm[:n_max], perm[:n_max])])
-        hull = ConvexHullWithOrigin.from_gram(g)
-        k = jr.fold_in(key, s)
-        w = nested_width(k, hull, kind="hull0", num_samples=config.width_samples)
-        d = nested_width(
-            jr.fold_in(k, 1),
-            hull,
+def _width_paths(key, gram: np.ndarray, paths: np.ndarray, config) -> dict:
+    return {
+        "width": width_paths(key, gram, paths, num_samples=config.width_samples),
+        "statdim": width_paths(
+            jr.fold_in(key, 1),
+            gram,
+            paths,
             kind="cone",
             quantity="statdim",
             num_samples=config.statdim_samples,
-        )
-        widths.append(np.asarray(w.mean))
-        statdims.append(np.asarray(d.mean))
-    return {"width": np.stack(widths), "statdim": np.stack(statdims)}
+        ),
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -593,7 +592,7 @@ def run(config: RealMergingConfig, *, out_dir: Path, progress: bool = True) -> t
                 bar,
                 val_ref,
             )
-            w = _width_paths(jr.fold_in(kmod, 20 + si), es.gram, paths, n_max, config)
+            w = _width_paths(jr.fold_in(kmod, 20 + si), es.gram, paths[:, :n_max], config)
             widths[set_name] = {**w, "gram": es.gram}
         bar.close()
         a, s = _analyse(mod, api, results, widths, paths[:, :n_max], config, kmod)
@@ -625,12 +624,16 @@ def _expert_val(api: ZooAPI, es: _ExpertSet) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m experiments.real_merging [--quick] [--out-dir DIR]``."""
+    """``python -m experiments.real_merging [--quick | --large] [--out-dir DIR]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    large = "--large" in argv
+    if large:
+        argv.remove("--large")
     return run_experiment(
         NAME,
         __doc__,
         lambda config, args: run(config, out_dir=args.out_dir, progress=not args.no_progress),
-        RealMergingConfig(),
+        LARGE if large else RealMergingConfig(),
         QUICK,
         argv,
     )

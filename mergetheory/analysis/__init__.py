@@ -22,6 +22,7 @@ from .bridge import paired_curve as paired_curve
 from .bridge import paired_difference as paired_difference
 from .bridge import rescale_to_norm as rescale_to_norm
 from .bridge import subset_task_vectors as subset_task_vectors
+from .bridge import width_paths as width_paths
 from .hessian import SpectrumEstimate as SpectrumEstimate
 from .hessian import TraceEstimate as TraceEstimate
 from .hessian import hessian_spectrum as hessian_spectrum
@@ -56,4 +57,5 @@ __all__ = [
     "sublevel_statistical_dimension",
     "subset_task_vectors",
     "trace_estimate",
+    "width_paths",
 ]

@@ -47,12 +47,14 @@ import numpy as np
 from scipy.special import ndtr
 
 from .._types import Key
+from ..sets import ConvexHullWithOrigin
 from ..theory.threshold import (
     ThresholdOutput,
     WidthCurve,
     threshold_gain_ratio,
     threshold_utility,
 )
+from ..width import nested_width
 
 __all__ = [
     "ConcavityTest",
@@ -69,6 +71,7 @@ __all__ = [
     "paired_difference",
     "rescale_to_norm",
     "subset_task_vectors",
+    "width_paths",
 ]
 
 N_STAR_DEFINITIONS = ("gain_ratio", "utility")
@@ -91,6 +94,43 @@ def subset_task_vectors(task_vectors: Any, subsets: Any) -> Any:
     """Gather ``[S, n]`` subsets of a ``[T, ...]`` pytree: every leaf becomes ``[S, n, ...]``."""
     idx = jnp.asarray(subsets)
     return jtu.tree_map(lambda x: jnp.take(x, idx, axis=0), task_vectors)
+
+
+def width_paths(
+    key: Key,
+    gram: Any,
+    paths: Any,
+    *,
+    kind: str = "hull0",
+    quantity: str = "width",
+    num_samples: int,
+) -> np.ndarray:
+    r"""Width (or statistical dimension) of the nested sets along every path: ``[S, N]``.
+
+    Entry ``[s, n-1]`` is the Monte Carlo estimate of the width of ``kind`` built from the
+    first ``n`` experts of path ``s`` (:func:`mergetheory.width.nested_width` on the path's
+    reordered Gram matrix, key ``fold_in(key, s)``), so the curve is measured on exactly the
+    subsets the performance curves use. Feed it to :func:`paired_curve`; the spread over
+    paths then includes the Monte Carlo error.
+
+    Args:
+      key: PRNG key.
+      gram: ``[T, T]`` Gram matrix of the task vectors.
+      paths: ``[S, N]`` expert indices (e.g. ``nested_subsets(...)[:, :N]``).
+      kind: set family (``"hull0"``, ``"cone"``, ...).
+      quantity: ``"width"`` or ``"statdim"`` (cones and spans).
+      num_samples: Monte Carlo samples per path.
+    """
+    g = np.asarray(gram)
+    idx = np.asarray(paths)
+    out = []
+    for s, perm in enumerate(idx):
+        hull = ConvexHullWithOrigin.from_gram(jnp.asarray(g[np.ix_(perm, perm)]))
+        est = nested_width(
+            jr.fold_in(key, s), hull, kind=kind, quantity=quantity, num_samples=num_samples
+        )
+        out.append(np.asarray(est.mean))
+    return np.stack(out)
 
 
 def normalized_performance(

@@ -15,6 +15,7 @@ from mergetheory.analysis import (
     paired_curve,
     paired_difference,
     rescale_to_norm,
+    width_paths,
 )
 
 
@@ -126,3 +127,15 @@ def test_paired_difference_by_hand():
     # z = 2 at n = 2, 3: one-sided p = 0.0228 each, Holm 0.0455 <= 0.05 -> both better
     assert d.num_better == 2 and d.num_worse == 0
     assert paired_difference(a, b, alpha=0.04).num_better == 0
+
+
+def test_width_paths_on_orthonormal_experts_match_the_golden_table(key):
+    """Gram = I: every path's hull0 width is E max(0, Z_1..Z_n) (THEORY.md section 4 values),
+    whatever the order; the spread over paths is Monte Carlo error only."""
+    golden = np.array([0.3989, 0.6810, 0.8881, 1.0458])
+    paths = nested_subsets(key, num_tasks=6, num_paths=8)[:, :4]
+    w = width_paths(key, np.eye(6), paths, num_samples=4000)
+    assert w.shape == (8, 4)
+    c = paired_curve(w)
+    assert np.all(np.abs(c.mean - golden) < 4 * c.stderr + 1e-3)
+    assert np.all(np.diff(w, axis=1) >= 0)  # nested sets, common random numbers
