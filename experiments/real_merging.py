@@ -483,15 +483,16 @@ def _verdicts(mod: str, tally: dict[str, list]) -> dict[str, Any]:
         out[f"{mod}_verdict_c3"] = "refuted"
     else:
         out[f"{mod}_verdict_c3"] = "mixed"
-    agree = tally["agree"]
-    frac = float(np.mean(agree)) if agree else float("nan")
+    agree, diff = tally["agree"], np.asarray(tally["diff"], float)
+    close = diff <= 1  # point estimates within one expert of each other
     out[f"{mod}_nstar_agree_count"] = f"{sum(agree)} of {len(agree)}"
-    out[f"{mod}_nstar_mean_abs_diff"] = float(np.mean(tally["diff"])) if agree else float("nan")
-    if not agree:
+    out[f"{mod}_nstar_close_count"] = f"{int(close.sum())} of {close.size}"
+    out[f"{mod}_nstar_mean_abs_diff"] = float(diff.mean()) if diff.size else float("nan")
+    if not diff.size:
         out[f"{mod}_verdict_c4"] = "untestable (no defined n*)"
-    elif frac >= 0.75:
+    elif close.mean() >= 0.75:
         out[f"{mod}_verdict_c4"] = "width predicts the observed n*"
-    elif frac < 0.5:
+    elif close.mean() < 0.5:
         out[f"{mod}_verdict_c4"] = "width does not predict the observed n*"
     else:
         out[f"{mod}_verdict_c4"] = "width predicts the observed n* only partly"
