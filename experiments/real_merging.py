@@ -384,7 +384,6 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
     zoo = api.zoo
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {}
-    tally: dict[str, list] = {"concavity": [], "agree": [], "diff": [], "rht": []}
     n_max = paths.shape[1]
     ks = np.arange(1, n_max + 1)
     for set_name, ops in results.items():
@@ -405,7 +404,6 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
             pa = paired_curve(res["perf_all"])
             pm = paired_curve(res["perf_merged"])
             ctest = concavity_test(pa, alpha=config.alpha)
-            tally["concavity"].append(ctest.verdict)
             summary[f"{p}_perf_merged_n1"] = float(pm.mean[0])
             summary[f"{p}_perf_merged_nN"] = f"{pm.mean[-1]:.3f} +- {pm.stderr[-1]:.3f}"
             summary[f"{p}_perf_all_nN"] = f"{pa.mean[-1]:.3f} +- {pa.stderr[-1]:.3f}"
@@ -425,9 +423,6 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
                     "n/a" if cmp is None else ("yes" if cmp.overlap else "no")
                 )
                 rows.append(_nstar_row(pred) + _nstar_row(obs))
-                if cmp is not None and definition == "gain_ratio":
-                    tally["agree"].append(cmp.overlap)
-                    tally["diff"].append(abs(cmp.difference))
             arrays[f"{p}_nstar"] = np.asarray(rows, np.float64)  # [definition, 8]
             loss = _loss_curve(res, zoo)
             lm, lse = loss.mean(0), loss.std(0, ddof=1) / np.sqrt(loss.shape[0])
@@ -439,6 +434,9 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
                 summary[f"{p}_law_max_rel_error"] = fc.max_rel_error
                 summary[f"{p}_law_noise"] = float(np.max(lse))
                 arrays[f"{p}_law_forecast"] = fc.forecast
+            else:  # too few k to fit on fit_ks and forecast another k
+                for k in ("max_abs_error", "max_rel_error", "noise"):
+                    summary[f"{p}_law_{k}"] = f"n/a (N = {n_max})"
         # RHT vs TIES vs mean (paired over paths)
         for a, b in (
             ("rht", "ties"),
@@ -453,24 +451,47 @@ def _analyse(mod: str, api: ZooAPI, results: dict, widths: dict, paths, config, 
                     name = f"{pre}_{tag(a)}_vs_{tag(b)}_{curve}"
                     arrays[name + "_mean"], arrays[name + "_stderr"] = d.mean, d.stderr
                     arrays[name + "_avg"] = np.asarray([d.avg, d.avg_stderr])
-                    if curve == "perf_merged" and "ties" in b:
-                        tally["rht"].append(np.sign(d.avg) * (abs(d.avg) > 2 * d.avg_stderr))
                     summary[name] = (
                         f"{d.avg:+.3f} +- {d.avg_stderr:.3f} (better at {d.num_better}, "
                         f"worse at {d.num_worse} of {n_max - 1} n, Holm)"
                     )
-    summary.update(_verdicts(mod, tally))
+    summary.update(verdicts(mod, arrays, summary))
     err, noise = (summary.get(f"{mod}_full_average_law_{k}") for k in ("max_abs_error", "noise"))
-    if err is not None:
+    if isinstance(err, float):
         ok = err <= 2 * noise
         summary[f"{mod}_verdict_law"] = (
             "forecast within twice the subset noise" if ok else "forecast error exceeds the noise"
         )
+    else:
+        summary[f"{mod}_verdict_law"] = f"untestable: needs N > {max(config.fit_ks)}"
     return arrays, summary
 
 
-def _verdicts(mod: str, tally: dict[str, list]) -> dict[str, Any]:
-    """Per-modality verdicts on the empirical hypotheses (rules in the paper section)."""
+def _tally(mod: str, arrays: dict, summary: dict) -> dict[str, list]:
+    """Collect the per-operator evidence of one modality from the saved results."""
+    tally: dict[str, list] = {"concavity": [], "agree": [], "diff": [], "rht": []}
+    for key, value in summary.items():
+        if key.startswith(f"{mod}_") and key.endswith("_perf_concavity"):
+            tally["concavity"].append(value.split(" (")[0])
+    for key, rows in arrays.items():
+        if key.startswith(f"{mod}_") and key.endswith("_nstar"):
+            p_n, p_lo, p_hi, p_c, o_n, o_lo, o_hi, o_c = rows[0]  # gain ratio
+            if np.isnan(p_n) or np.isnan(o_n):
+                continue
+            p_hi, o_hi = (np.inf if c else h for c, h in ((p_c, p_hi), (o_c, o_hi)))
+            tally["agree"].append(bool(p_lo <= o_hi and o_lo <= p_hi))
+            tally["diff"].append(abs(o_n - p_n))
+    for key, value in arrays.items():
+        if key.startswith(f"{mod}_") and key.endswith("ties_perf_merged_avg") and "_vs_" in key:
+            avg, se = value
+            tally["rht"].append(np.sign(avg) * (abs(avg) > 2 * se))
+    return tally
+
+
+def verdicts(mod: str, arrays: dict, summary: dict) -> dict[str, Any]:
+    """Per-modality verdicts on the empirical hypotheses, from the results (rules in the
+    paper section): C3 on models, C4 (n* within one expert), C5 (RHT vs TIES)."""
+    tally = _tally(mod, arrays, summary)
     out: dict[str, Any] = {}
     conc = tally["concavity"]
     convex = sum(v == "convex somewhere" for v in conc)
