@@ -59,6 +59,8 @@ def make_figure(a: dict[str, np.ndarray], metadata: dict):
         for c, curve in enumerate(("perf_merged", "perf_all")):
             ax = axes[r, c]
             for i, op in enumerate(ops):
+                if f"{pre}_{tag(op)}_{curve}" not in a:
+                    continue
                 m, b = mean_band(a[f"{pre}_{tag(op)}_{curve}"])
                 ns = np.arange(1, m.size + 1)
                 ax.plot(ns, m, marker="o", ms=2.5, color=f"C{i}", label=op)
