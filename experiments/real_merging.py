@@ -626,6 +626,7 @@ def run(config: RealMergingConfig, *, out_dir: Path, progress: bool = True) -> t
         arrays.update(a)
         summary.update(s)
         summary[f"{mod}_num_tasks"] = num_tasks
+        summary[f"{mod}_zoo_size"] = config.zoo_size
         summary[f"{mod}_n_max"] = n_max
         summary[f"{mod}_metric"] = zoo.metric_name
         summary[f"{mod}_base_metric_mean"] = float(np.mean(zoo.base_metric))
