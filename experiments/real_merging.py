@@ -125,6 +125,10 @@ class RealMergingConfig(NamedTuple):
     hessian_steps: int = 40
     eps_fraction: float = 0.05
     fit_ks: tuple[int, ...] = (1, 2, 4)
+    # (modality, operator) pairs not run: TSV-M and Iso-C hung (no CPU progress, threads in
+    # futex waits) under jit(vmap) on the language full task vectors on XLA:CPU; not
+    # diagnosed yet (docs/real_merging.md)
+    skip: tuple[tuple[str, str], ...] = (("language", "tsv_m"), ("language", "iso_c"))
 
 
 QUICK = RealMergingConfig(
@@ -592,7 +596,7 @@ def run(config: RealMergingConfig, *, out_dir: Path, progress: bool = True) -> t
         arrays[f"{mod}_paths"] = paths
         sets = _expert_sets(api)
         val_base = np.asarray(api.evaluate(zoo, zoo.base_params, split="val"))
-        labels = list(config.operators)
+        labels = [lb for lb in config.operators if (mod, lb) not in config.skip]
         total = sum(
             n_max
             for es in sets.values()
