@@ -486,7 +486,7 @@ def _tally(mod: str, arrays: dict, summary: dict) -> dict[str, list]:
             tally["agree"].append(bool(p_lo <= o_hi and o_lo <= p_hi))
             tally["diff"].append(abs(o_n - p_n))
     for key, value in arrays.items():
-        if key.startswith(f"{mod}_") and key.endswith("ties_perf_merged_avg") and "_vs_" in key:
+        if key.startswith(f"{mod}_") and key.endswith("_perf_merged_avg") and "_vs_ties" in key:
             avg, se = value
             tally["rht"].append(np.sign(avg) * (abs(avg) > 2 * se))
     return tally
