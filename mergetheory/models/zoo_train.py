@@ -88,6 +88,7 @@ def _logits(cfg: TrainConfig, params: Any, x: jax.Array) -> jax.Array:
     return mlp_apply(params, x)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def model_loss(cfg: TrainConfig, params: Any, batch: Any) -> jax.Array:
     """Mean training loss (nats): next-byte or 10-way cross-entropy on ``batch``.
 
@@ -201,7 +202,7 @@ def train(
     with tqdm(total=steps, desc=f"zoo {cfg.modality} {stage}", disable=not progress) as bar:
         for _ in range(steps // chunk):
             state, chunk_losses = _run_chunk(state, key, data, frozen, run=run)
-            losses.append(chunk_losses)
+            losses.append(jax.block_until_ready(chunk_losses))  # the bar follows the work
             bar.update(chunk)
     return state.params, jnp.concatenate(losses, axis=-1)
 
