@@ -136,12 +136,12 @@ class ZooSpec(NamedTuple):
 
 
 _LANG_16 = (
-    "email", "json", "asyncio", "xml", "http", "unittest", "logging", "multiprocessing",
+    "email", "json", "asyncio", "xml", "distutils", "unittest", "logging", "multiprocessing",
     "urllib", "importlib", "tkinter", "idlelib", "lib2to3", "ctypes", "concurrent",
     "pydoc_data",
 )  # fmt: skip
 _LANG_24 = _LANG_16 + (
-    "distutils", "encodings", "html", "re", "xmlrpc", "wsgiref", "turtledemo", "zoneinfo",
+    "http", "encodings", "html", "re", "xmlrpc", "wsgiref", "turtledemo", "zoneinfo",
 )  # fmt: skip
 
 
@@ -189,16 +189,16 @@ _PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("language", "large"): dict(
         tasks=_LANG_24,
         d_model=128,
-        num_layers=4,
+        num_layers=3,
         num_heads=4,
         context=128,
-        base_steps=6000,
+        base_steps=4000,
         base_lr=2e-3,
-        base_batch=64,
-        expert_steps=600,
+        base_batch=32,
+        expert_steps=400,
         expert_lr=5e-4,
         lora_lr=2e-3,
-        expert_batch=32,
+        expert_batch=16,
         num_eval_windows=64,
         replay_fraction=0.25,
         lora_rank=8,
