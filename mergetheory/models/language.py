@@ -115,7 +115,7 @@ class ByteTransformer(nnx.Module):
             raise ValueError(f"d_model = {cfg.d_model} not divisible by num_heads")
         self.num_layers = cfg.num_layers
         self.embed = nnx.Embed(VOCAB_SIZE, cfg.d_model, embedding_init=_EMBED_INIT, rngs=rngs)
-        self.pos = nnx.Param(_EMBED_INIT(rngs.params(), (cfg.context, cfg.d_model)))
+        self.pos = nnx.Param(_EMBED_INIT(rngs.params(), (cfg.context, cfg.d_model), jnp.float32))
         for i in range(cfg.num_layers):
             setattr(self, f"block_{i}", _Block(cfg, rngs=rngs))
         self.ln_f = nnx.LayerNorm(cfg.d_model, rngs=rngs)

@@ -108,6 +108,8 @@ class ZooSpec(NamedTuple):
       expert_steps, expert_lr, lora_lr, expert_batch: expert training (constant step).
       num_eval_windows: language evaluation windows per task and split.
       holdout: language: share of each family's bytes held out for val and for test.
+      replay_fraction: share of every expert minibatch drawn from the base's training data
+        (limits forgetting of what the base knows; 0 = the task's data only).
     """
 
     modality: str
@@ -130,15 +132,16 @@ class ZooSpec(NamedTuple):
     expert_batch: int = 16
     num_eval_windows: int = 32
     holdout: float = 0.1
+    replay_fraction: float = 0.0
 
 
 _LANG_16 = (
-    "email", "json", "asyncio", "xml", "http", "unittest", "logging", "multiprocessing",
+    "email", "json", "asyncio", "xml", "distutils", "unittest", "logging", "multiprocessing",
     "urllib", "importlib", "tkinter", "idlelib", "lib2to3", "ctypes", "concurrent",
     "pydoc_data",
 )  # fmt: skip
 _LANG_24 = _LANG_16 + (
-    "distutils", "encodings", "html", "re", "xmlrpc", "wsgiref", "turtledemo", "zoneinfo",
+    "http", "encodings", "html", "re", "xmlrpc", "wsgiref", "turtledemo", "zoneinfo",
 )  # fmt: skip
 
 
@@ -158,14 +161,14 @@ _PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         num_layers=1,
         num_heads=2,
         context=32,
-        base_steps=400,
+        base_steps=300,
         base_lr=3e-3,
         base_batch=16,
-        expert_steps=200,
-        expert_lr=2e-3,
-        lora_lr=5e-3,
+        expert_steps=120,
+        expert_lr=3e-3,
+        lora_lr=1e-2,
         expert_batch=16,
-        num_eval_windows=32,
+        num_eval_windows=16,
     ),
     ("language", "default"): dict(
         tasks=_LANG_16,
@@ -177,25 +180,27 @@ _PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         base_lr=3e-3,
         base_batch=32,
         expert_steps=200,
-        expert_lr=1e-3,
-        lora_lr=3e-3,
+        expert_lr=7e-4,
+        lora_lr=2e-3,
         expert_batch=16,
         num_eval_windows=32,
+        replay_fraction=0.25,
     ),
     ("language", "large"): dict(
         tasks=_LANG_24,
         d_model=128,
-        num_layers=4,
+        num_layers=3,
         num_heads=4,
         context=128,
-        base_steps=6000,
+        base_steps=4000,
         base_lr=2e-3,
-        base_batch=64,
-        expert_steps=600,
+        base_batch=32,
+        expert_steps=400,
         expert_lr=5e-4,
         lora_lr=2e-3,
-        expert_batch=32,
+        expert_batch=16,
         num_eval_windows=64,
+        replay_fraction=0.25,
         lora_rank=8,
         lora_alpha=16.0,
     ),
@@ -323,6 +328,7 @@ def zoo_data(spec: ZooSpec) -> ZooData:
     return vision_data(spec.tasks, seed=spec.seed)
 
 
+@functools.lru_cache(maxsize=1)
 def _code_version() -> str:
     here = Path(__file__).parent
     h = hashlib.sha256()
@@ -357,14 +363,9 @@ def _train_config(spec: ZooSpec) -> TrainConfig:
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path, v in flat.items():
-        node = out
-        *head, last = path.split("/")
-        for k in head:
-            node = node.setdefault(k, {})
-        node[last] = v
-    return out
+    from ..checkpoints import unflatten_tree
+
+    return unflatten_tree(flat, sep="/")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -386,22 +387,25 @@ def _train_zoo(spec: ZooSpec, data: ZooData, progress: bool) -> tuple[dict, dict
     cfg = _train_config(spec)
     k_init, k_base, k_full, k_lora_init, k_lora = jr.split(jr.key(spec.seed), 5)
     timings: dict[str, Any] = {"loadavg_start": _loadavg(), "device": str(jax.devices()[0])}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     params0 = init_params(k_init, spec)
     base, base_losses = train(
         cfg, params0, k_base, data.base_train, spec, stage="base", progress=progress
     )
+    jax.block_until_ready(base)  # honest stage timings (async dispatch)
     t1 = time.perf_counter()
     num_tasks = len(spec.tasks)
     full, full_losses = train(
         cfg, base, jr.split(k_full, num_tasks), data.task_train, spec, stage="full",
-        progress=progress,
+        progress=progress, replay=data.base_train,
     )  # fmt: skip
+    jax.block_until_ready(full)  # honest stage timings (async dispatch)
     t2 = time.perf_counter()
     lora, lora_losses = train(
         cfg, base, (jr.split(k_lora_init, num_tasks), jr.split(k_lora, num_tasks)),
-        data.task_train, spec, stage="lora", progress=progress,
+        data.task_train, spec, stage="lora", progress=progress, replay=data.base_train,
     )  # fmt: skip
+    jax.block_until_ready(lora)  # honest stage timings (async dispatch)
     t3 = time.perf_counter()
     tv = jax.tree.map(lambda e, b: e - b[None], full, base)
     test = data.eval["test"]
@@ -417,7 +421,7 @@ def _train_zoo(spec: ZooSpec, data: ZooData, progress: bool) -> tuple[dict, dict
     t4 = time.perf_counter()
     timings.update(
         base_s=t1 - t0, full_s=t2 - t1, lora_s=t3 - t2, eval_s=t4 - t3, train_total_s=t4 - t0,
-        loadavg_end=_loadavg(),
+        cpu_s=time.process_time() - cpu0, loadavg_end=_loadavg(),
     )  # fmt: skip
     trees = {"base": base, "full": tv, "lora": _nest(lora)}
     extra = {

@@ -66,6 +66,7 @@ class _Run(NamedTuple):
     total_steps: int
     chunk_steps: int
     cosine: bool
+    num_replay: int
 
 
 def init_params(key: Key, spec: Any) -> dict[str, Any]:
@@ -88,6 +89,7 @@ def _logits(cfg: TrainConfig, params: Any, x: jax.Array) -> jax.Array:
     return mlp_apply(params, x)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def model_loss(cfg: TrainConfig, params: Any, batch: Any) -> jax.Array:
     """Mean training loss (nats): next-byte or 10-way cross-entropy on ``batch``.
 
@@ -122,22 +124,39 @@ def _sample(cfg: TrainConfig, key: Key, data: Any, *, batch: int) -> Any:
     return x[idx], y[idx]
 
 
+def _sample_mixed(cfg: TrainConfig, key: Key, data: Any, *, batch: int, num_replay: int) -> Any:
+    # ``data = (task data, replay data)``: ``num_replay`` rows of each batch are replayed
+    task, replay = data
+    if num_replay == 0:
+        return _sample(cfg, key, task, batch=batch)
+    k_task, k_replay = jr.split(key)
+    own = _sample(cfg, k_task, task, batch=batch - num_replay)
+    old = _sample(cfg, k_replay, replay, batch=num_replay)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), own, old)
+
+
 def _optimizer(run: _Run) -> optax.GradientTransformation:
     warmup = run.total_steps // 20 if run.cosine else 0
     return make_optimizer(run.learning_rate, run.total_steps, warmup=warmup, cosine=run.cosine)
 
 
 @functools.partial(jax.jit, static_argnames=("run",))
-def _run_chunk(state: Any, key: Any, data: Any, frozen: Any, *, run: _Run) -> Any:
-    one = functools.partial(
+def _run_chunk(state: Any, key: Any, data: Any, frozen: Any, replay: Any, *, run: _Run) -> Any:
+    fit_one = functools.partial(
         fit,
         optimizer=_optimizer(run),
         loss_fn=functools.partial(model_loss, run.cfg),
-        sample_fn=functools.partial(_sample, run.cfg, batch=run.batch),
+        sample_fn=functools.partial(
+            _sample_mixed, run.cfg, batch=run.batch, num_replay=run.num_replay
+        ),
         num_steps=run.chunk_steps,
         frozen=frozen,
         lora_scaling=run.cfg.lora_scaling if run.stage == "lora" else None,
     )
+
+    def one(s: Any, k: Any, d: Any) -> Any:
+        return fit_one(s, k, (d, replay))
+
     return one(state, key, data) if run.stage == "base" else jax.vmap(one)(state, key, data)
 
 
@@ -159,6 +178,7 @@ def train(
     *,
     stage: str,
     progress: bool,
+    replay: Any = None,
 ) -> tuple[Any, jax.Array]:
     """Run one training stage (see the module docstring).
 
@@ -171,6 +191,8 @@ def train(
       spec: the :class:`~.zoo.ZooSpec` (steps, learning rates, batch sizes, rank).
       stage: ``"base"``, ``"full"`` or ``"lora"``.
       progress: show a tqdm bar.
+      replay: experts only: data (the base's) of which a share ``spec.replay_fraction`` of
+        every minibatch is drawn.
 
     Returns:
       ``(params, losses)``: trained parameters (``"full"``: leaves ``[T, ...]``;
@@ -182,7 +204,12 @@ def train(
     steps = spec.base_steps if base else spec.expert_steps
     lr = {"base": spec.base_lr, "full": spec.expert_lr, "lora": spec.lora_lr}[stage]
     chunk = steps // _num_chunks(steps)
-    run = _Run(cfg, stage, spec.base_batch if base else spec.expert_batch, lr, steps, chunk, base)
+    batch = spec.base_batch if base else spec.expert_batch
+    num_replay = 0 if base or replay is None else int(round(spec.replay_fraction * batch))
+    if num_replay >= batch:
+        raise ValueError(f"ZooSpec.replay_fraction = {spec.replay_fraction} leaves no task rows")
+    run = _Run(cfg, stage, batch, lr, steps, chunk, base, num_replay)
+    replay = None if num_replay == 0 else jax.tree.map(jnp.asarray, replay)
     data = jax.tree.map(jnp.asarray, data)
     frozen = None
     if stage == "lora":
@@ -200,8 +227,8 @@ def train(
     state, losses = init, []
     with tqdm(total=steps, desc=f"zoo {cfg.modality} {stage}", disable=not progress) as bar:
         for _ in range(steps // chunk):
-            state, chunk_losses = _run_chunk(state, key, data, frozen, run=run)
-            losses.append(chunk_losses)
+            state, chunk_losses = _run_chunk(state, key, data, frozen, replay, run=run)
+            losses.append(jax.block_until_ready(chunk_losses))  # the bar follows the work
             bar.update(chunk)
     return state.params, jnp.concatenate(losses, axis=-1)
 
