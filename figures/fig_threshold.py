@@ -36,7 +36,9 @@ def make_figure(a: dict[str, np.ndarray], metadata: dict):
     kappas = [float(k) for k in cfg["kappas"]]
     ns = a["ns"]
     colors = rho_colors(len(labels))
-    fig, axes = plt.subplots(1, 5, figsize=(19.0, 3.9))
+    # a 2 x 3 grid (readable at the report's width); the sixth cell holds panel (a)'s legend
+    fig, grid = plt.subplots(2, 3, figsize=(12.0, 7.6))
+    axes = grid.ravel()
     ax = axes[0]
     for f, lab in enumerate(labels):
         m, s = a["avg_mean"][f], a["avg_stderr"][f]
@@ -49,7 +51,9 @@ def make_figure(a: dict[str, np.ndarray], metadata: dict):
     ax.set_xlabel("number of experts n")
     ax.set_ylabel(r"mean width $w(\mathrm{conv}\{0,\tau_{1..n}\})\,/\,w_1$")
     ax.set_title("(a) averaged width curves")
-    ax.legend(fontsize=5, ncol=2)
+    handles, names = ax.get_legend_handles_labels()
+    axes[5].axis("off")
+    axes[5].legend(handles, names, loc="center", fontsize=7, ncol=2, title="families")
 
     ax = axes[1]
     gn = ns[:-1]
@@ -82,7 +86,7 @@ def make_figure(a: dict[str, np.ndarray], metadata: dict):
     for f in range(len(labels)):
         frac = float(np.mean(a["single_unique"][f]))
         ax.text(ns[-1] + 0.3, f, f"{frac:.0%}", va="center", fontsize=6)
-    ax.set_yticks(y, labels, fontsize=6)
+    ax.set_yticks(y, labels, fontsize=7)
     ax.set_xlim(0.5, ns[-1] + 2.5)
     ax.set_xlabel(r"$n^\star$ and confidence set (right: unique single draws)")
     ax.set_title("(c) threshold per family")

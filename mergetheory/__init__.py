@@ -21,7 +21,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "diagnostics geometry io linalg lora merge mergeability models stats tasks "
+    "analysis diagnostics geometry io linalg lora merge mergeability models stats tasks "
     "theory tree verdict width"
 ).split()
 

@@ -3,9 +3,9 @@
 A check returns its evidence (NamedTuples with uncertainties) and a :class:`Verdict`:
 a ``status`` from :data:`STATUSES` and a ``reason`` (the counterexample, the
 assumption, or the interval that decided it). ``str(verdict)`` is the one-line prose
-form ``"status: reason"`` (or just ``"status"``): a verdict *is* that string (a ``str`` subclass), so it is
-written unchanged to results sidecars and the report, and code reads ``verdict.status``
-instead of parsing prose back.
+form ``"status: reason"`` (or just ``"status"``): a verdict *is* that string (a ``str``
+subclass), so it is written unchanged to results sidecars and the report, and code reads
+``verdict.status`` instead of parsing prose back.
 
 Example:
   >>> v = Verdict("fails", "convex step at n=3")

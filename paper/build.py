@@ -35,6 +35,7 @@ SECTION_ORDER = [
     "kinematic",
     "rht_coverage",
     "scaling_law",
+    "real_merging",
     "mergeability",
     "extending",
 ]

@@ -4,7 +4,13 @@
   (:func:`init_mlp`, :func:`mlp_apply`);
 * :mod:`.train` -- Adam training on scikit-learn's bundled digits: a base model with uneven
   per-class knowledge and one expert per class (:func:`train_digits_experts`), evaluation
-  per task (:func:`evaluate`) and orbax checkpoints (:func:`save_digits_checkpoints`).
+  per task (:func:`evaluate`) and orbax checkpoints (:func:`save_digits_checkpoints`);
+* :mod:`.zoo` -- the expert zoo trained here on real data (a byte-level transformer on the
+  standard library's source, digits transform x label-map tasks), full and LoRA experts,
+  cached by fingerprint (:func:`build_zoo`, :func:`zoo_spec`); its evaluation and delta
+  helpers live in :mod:`mergetheory.models.zoo` (``zoo.evaluate`` is not the digits
+  :func:`evaluate`). Pieces: :mod:`.corpus`, :mod:`.language`, :mod:`.vision`,
+  :mod:`.lora_train`, :mod:`.zoo_data`, :mod:`.zoo_train`.
 """
 
 from .mlp import MLP as MLP
@@ -27,6 +33,10 @@ from .train import predict_proba as predict_proba
 from .train import save_digits_checkpoints as save_digits_checkpoints
 from .train import train_classifier as train_classifier
 from .train import train_digits_experts as train_digits_experts
+from .zoo import ExpertZoo as ExpertZoo
+from .zoo import ZooSpec as ZooSpec
+from .zoo import build_zoo as build_zoo
+from .zoo import zoo_spec as zoo_spec
 
 __all__ = [
     "MLP",
@@ -34,8 +44,11 @@ __all__ = [
     "DigitsData",
     "DigitsExperts",
     "DigitsSpec",
+    "ExpertZoo",
     "TaskSet",
     "TrainOutput",
+    "ZooSpec",
+    "build_zoo",
     "class_tasks",
     "cross_entropy",
     "evaluate",
@@ -49,4 +62,5 @@ __all__ = [
     "save_digits_checkpoints",
     "train_classifier",
     "train_digits_experts",
+    "zoo_spec",
 ]
