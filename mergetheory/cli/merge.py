@@ -154,7 +154,6 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = _hparams_epilog()
     p.add_argument(
         "--operator",
-        required=True,
         choices=_merge_operator_names(),
         metavar="NAME",
         help="a key of mergetheory.merge.MERGE_OPERATORS: " + ", ".join(_merge_operator_names()),
@@ -167,7 +166,7 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="IN",
         help="one expert's task vector each (.npz, .safetensors, .msgpack, orbax directory)",
     )
@@ -175,6 +174,20 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         "--base", metavar="BASE", help="base model: inputs are then fine-tuned models, not deltas"
     )
     p.add_argument("--step", type=int, help="orbax CheckpointManager step (default: latest)")
+    p.add_argument(
+        "--config",
+        metavar="MERGE.yml",
+        help="mergekit YAML (models, base_model, merge_method, parameters, dtype); "
+        "--out is then a model folder",
+    )
+    p.add_argument("--dtype", help="output dtype of a model-folder merge (default: the base's)")
+    p.add_argument(
+        "--max-shard-size",
+        type=int,
+        default=5 * 2**30,
+        metavar="BYTES",
+        help="model-folder output: shard above this size (with an index)",
+    )
     p.add_argument("--density", type=float, help="fraction kept (ties, dare_*, rht, ...)")
     p.add_argument("--scale", type=float, help="global scale lambda")
     p.add_argument(
@@ -272,6 +285,12 @@ def _stack_experts(
     return {k: np.stack(v) for k, v in stacked.items()}
 
 
+def _is_model_folder(path: str) -> bool:
+    p = Path(path)
+    names = ("config.json", "model.safetensors", "model.safetensors.index.json")
+    return bool(path) and p.is_dir() and any((p / n).is_file() for n in names)
+
+
 def _check_out(out: str) -> Path:
     """``--out``: a known suffix, not a directory, in a writable place (before any merge)."""
     path = Path(out)
@@ -323,7 +342,12 @@ def _run_merge(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from ..merge import MERGE_OPERATORS
+    from .merge_models import merge_models
 
+    if args.config or any(_is_model_folder(p) for p in [*args.inputs, args.base or ""]):
+        return merge_models(args, _check_hparams)
+    if args.operator is None or not args.inputs:
+        raise CliError("give --operator and at least one input (or --config)")
     op = MERGE_OPERATORS[args.operator]
     out_path = _check_out(args.out)
     num = len(args.inputs)

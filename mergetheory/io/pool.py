@@ -44,6 +44,7 @@ __all__ = [
     "DenseExpert",
     "LoraExpert",
     "PoolStatistics",
+    "check_same_tensors",
     "file_fingerprint",
     "open_expert",
     "stream_pool_statistics",
@@ -160,7 +161,8 @@ def _accumulate(x: np.ndarray, gram: np.ndarray, opp: np.ndarray) -> None:
     opp += (a @ a.T - s @ s.T) / 2
 
 
-def _check_dense(ref: DenseExpert, ex: DenseExpert) -> None:
+def check_same_tensors(ref: DenseExpert, ex: DenseExpert) -> None:
+    """Raise unless ``ex`` has ``ref``'s tensor names and shapes, all floating."""
     if ex.names != ref.names:
         diff = sorted(set(ex.names) ^ set(ref.names))
         raise CheckpointError(f"{ex.path}: tensor {diff[0]!r} is not in both {ref.path} and it")
@@ -224,7 +226,7 @@ def stream_pool_statistics(
         return PoolStatistics(gram, opp, size, True)
     ref = base if base is not None else experts[0]
     for ex in experts if base is None else [base, *experts]:
-        _check_dense(ref, ex)
+        check_same_tensors(ref, ex)
     size = 0
     for i, name in enumerate(ref.names):
         theta0 = base.get(name).astype(np.float64) if base is not None else 0.0

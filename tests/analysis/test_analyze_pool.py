@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mergetheory.cli import main
-from mergetheory.io import save_peft_adapter, save_safetensors
+from mergetheory.io import save_peft_adapter
 
 BF16 = ml_dtypes.bfloat16
 FAST = ["--num-samples", "256", "--num-orders", "2", "--quiet"]
@@ -27,34 +27,6 @@ def _adapters(tmp, num=10, seed=0):
         paths.append(str(save_peft_adapter(tmp / f"adapter{i}", mods, r=2, lora_alpha=16.0)))
         dense.append(np.concatenate([u.ravel() for u in upd]))
     return paths, np.stack(dense)
-
-
-def _hf_folder(folder, tensors, shards=2):
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"model_type": "toy"}))
-    names = sorted(tensors)
-    weight_map = {}
-    for k in range(shards):
-        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: tensors[n] for n in names[k::shards]}
-        save_safetensors(folder / fname, part)
-        weight_map.update(dict.fromkeys(part, fname))
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-
-
-def _hf_pool(tmp, num=4, seed=1):
-    rng = np.random.default_rng(seed)
-    shapes = {"embed.weight": (5, 4), "layers.0.w": (4, 4), "layers.0.b": (4,), "head.w": (4, 3)}
-    base = {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()}
-    _hf_folder(tmp / "base", base)
-    taus = []
-    for i in range(num):
-        ex = {n: (v + 0.1 * rng.normal(size=v.shape)).astype(np.float32) for n, v in base.items()}
-        _hf_folder(tmp / f"expert{i}", ex)
-        taus.append(
-            np.concatenate([(ex[n].astype(np.float64) - base[n]).ravel() for n in sorted(ex)])
-        )
-    return np.stack(taus)
 
 
 def _report(out):
@@ -90,8 +62,8 @@ def test_ten_bf16_peft_adapters(tmp_path, capsys):
             assert (out / f"{stem}.pdf").stat().st_size > 0
 
 
-def test_sharded_hf_pool_from_mergekit_config_is_reproducible(tmp_path, capsys):
-    taus = _hf_pool(tmp_path)
+def test_sharded_hf_pool_from_mergekit_config_is_reproducible(tmp_path, capsys, hf_pool):
+    taus = hf_pool(tmp_path)[2]
     cfg = tmp_path / "merge.yml"
     cfg.write_text(
         "models:\n"
