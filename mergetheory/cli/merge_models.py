@@ -2,7 +2,7 @@
 
 When the inputs are Hugging Face model folders / ``.safetensors`` files (with ``--base``)
 or a mergekit YAML (``--config``), the merge runs tensor by tensor: for each tensor name
-the ``n`` experts' copies are read (memory-mapped), the task vectors
+the ``n`` experts' copies are read (one tensor of each), the task vectors
 :math:`\\tau_t = \\theta_t - \\theta_0` stacked ``[n, ...]``, the registry operator applied
 to that one tensor, and :math:`\\theta_0 + \\tau` written into the output folder
 (``model.safetensors``, or shards ``model-0000k-of-0000m.safetensors`` with

@@ -4,7 +4,7 @@ r"""A pool of experts on disk, read one tensor at a time, and the streaming Gram
 
 * a Hugging Face model folder (``config.json`` + ``model.safetensors``, or shards listed
   in ``model.safetensors.index.json``'s ``weight_map``) or a ``.safetensors`` file: a
-  :class:`DenseExpert` over memory-mapped :class:`~mergetheory.io.safetensors.SafetensorsReader`
+  :class:`DenseExpert` over lazy :class:`~mergetheory.io.safetensors.SafetensorsReader`
   files, read lazily tensor by tensor;
 * a PEFT adapter folder (``adapter_config.json``): a :class:`LoraExpert` (factors stay
   factored; adapters are small and are read whole);

@@ -4,8 +4,9 @@ The format is an 8-byte little-endian header length, a JSON header
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`` and the
 raw little-endian bytes. It is parsed here directly (not through ``safetensors.numpy``,
 whose NumPy framework has no bfloat16, the usual dtype of real adapters): bfloat16 and
-float8 map to ``ml_dtypes`` types. :class:`SafetensorsReader` memory-maps the file and
-copies out one tensor per :meth:`~SafetensorsReader.get`, so reading a model costs about
+float8 map to ``ml_dtypes`` types. :class:`SafetensorsReader` reads the header once and
+each tensor's bytes on :meth:`~SafetensorsReader.get` (a positioned read, not a memory map
+whose pages would stay resident), so reading a model costs about
 its largest tensor in memory; :class:`SafetensorsWriter` writes tensor by tensor into an
 atomic temporary. Nested pytrees go through :func:`mergetheory.io.flat.flatten_tree` /
 :func:`~mergetheory.io.flat.unflatten_tree` with ``.``-joined names.
@@ -59,7 +60,7 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 class SafetensorsReader:
-    """A memory-mapped safetensors file: names, shapes and dtypes, one tensor at a time.
+    """A safetensors file read lazily: names, shapes and dtypes, one tensor at a time.
 
     Args:
       path: the ``.safetensors`` file.
@@ -110,7 +111,6 @@ class SafetensorsReader:
             if end - begin != nbytes or begin < 0 or self._start + end > size:
                 self._corrupt(f"tensor {name!r} is truncated or its offsets are wrong")
             self._entries[name] = (dtype, shape, int(begin), int(end))
-        self._map: np.memmap | None = None
 
     def _corrupt(self, why: str) -> None:
         raise CheckpointError(f"corrupt or truncated safetensors file {self.path}: {why}")
@@ -133,12 +133,14 @@ class SafetensorsReader:
         if name not in self._entries:
             raise CheckpointError(f"safetensors file {self.path} has no tensor {name!r}")
         dtype, shape, begin, end = self._entries[name]
-        if end == begin:
+        count = int(np.prod(shape, dtype=np.int64))
+        if count == 0:
             return np.zeros(shape, dtype)
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-        raw = self._map[self._start + begin : self._start + end]
-        return np.frombuffer(raw.tobytes(), dtype=dtype.newbyteorder("<")).reshape(shape)
+        # a positioned read, not a memory map: mapped pages would stay in the RSS
+        arr = np.fromfile(
+            self.path, dtype=dtype.newbyteorder("<"), count=count, offset=self._start + begin
+        )
+        return arr.astype(dtype, copy=False).reshape(shape)
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._entries:
