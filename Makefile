@@ -32,6 +32,7 @@ benchmarks: $(STAMP)
 	mkdir -p $(BENCH_OUT)
 	$(PY) -m benchmarks.merge_ops --out $(BENCH_OUT)/merge_ops.json
 	$(PY) -m benchmarks.width --out $(BENCH_OUT)/width.json
+	$(PY) -m benchmarks.stream_gram --out $(BENCH_OUT)/stream_gram.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mergetheory tests experiments figures benchmarks

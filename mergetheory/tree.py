@@ -16,7 +16,7 @@ so reductions over the task axis go through :func:`sum_tasks`, which unrolls the
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -32,6 +32,7 @@ __all__ = [
     "check_dense",
     "check_finite",
     "check_same_structure",
+    "check_unstacked",
     "gram_2d",
     "gram_matrix",
     "leaf_paths",
@@ -140,7 +141,13 @@ def validate_task_vectors(
 
     Returns:
       ``T``, the size of the shared leading axis.
+
+    Raises:
+      TaskVectorError: also for a list / tuple of two or more dicts of identical structure
+        and leaf shapes: unstacked experts, not one ``[T, ...]`` pytree (stack them with
+        :func:`tree_stack`; a list of per-layer dicts of equal shapes must be a dict).
     """
+    check_unstacked(task_vectors, name=name)
     check_dense(task_vectors, name=name)
     flat = jtu.tree_flatten_with_path(task_vectors)[0]
     if not flat:
@@ -170,6 +177,34 @@ def validate_task_vectors(
     if finite:
         check_finite(task_vectors, name=name)
     return int(num)
+
+
+def check_unstacked(task_vectors: Any, *, name: str = "task_vectors") -> None:
+    """Raise if ``task_vectors`` looks like a list of unstacked expert pytrees.
+
+    A list / tuple of ``>= 2`` dicts with one tree structure and the same leaf shapes is
+    what ``[expert_0, expert_1, ...]`` looks like; read as a pytree its leaves' first axis
+    would be taken for the task axis and the result would be garbage.
+
+    Raises:
+      TaskVectorError: naming the stacking convention and :func:`tree_stack`.
+    """
+    if not isinstance(task_vectors, list | tuple) or len(task_vectors) < 2:
+        return
+    if not all(isinstance(t, Mapping) for t in task_vectors):
+        return
+    ref = task_vectors[0]
+    ref_shapes = [jnp.shape(x) for x in jtu.tree_leaves(ref)]
+    for t in task_vectors[1:]:
+        if jtu.tree_structure(t) != jtu.tree_structure(ref):
+            return
+        if [jnp.shape(x) for x in jtu.tree_leaves(t)] != ref_shapes:
+            return
+    raise TaskVectorError(
+        f"{name} is a {type(task_vectors).__name__} of {len(task_vectors)} pytrees with the "
+        "same structure and shapes, i.e. unstacked experts: operators take ONE pytree whose "
+        "every leaf is stacked [T, ...] (use mergetheory.tree.tree_stack(experts))"
+    )
 
 
 def check_dense(task_vectors: TaskVectors, *, name: str = "task_vectors") -> None:

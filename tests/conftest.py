@@ -76,3 +76,55 @@ def assert_traced_once():
         return out
 
     return check
+
+
+def save_hf_folder(folder, tensors, shards=2):
+    """A Hugging Face model folder: config.json + ``shards`` safetensors files + index."""
+    import json
+
+    from mergetheory.io import save_safetensors
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "toy"}))
+    names = sorted(tensors)
+    weight_map = {}
+    for k in range(shards):
+        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[k::shards]}
+        save_safetensors(folder / fname, part)
+        weight_map.update(dict.fromkeys(part, fname))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.fixture
+def hf_pool():
+    """``hf_pool(tmp, num=4, seed=1) -> (base dict, expert dicts, taus [num, D])``.
+
+    Writes ``tmp/base`` and ``tmp/expert{i}`` as sharded HF folders (float32); ``taus``
+    are the flattened task vectors (float64, tensors in sorted name order).
+    """
+    import numpy as np
+
+    def make(tmp, num=4, seed=1):
+        rng = np.random.default_rng(seed)
+        shapes = {
+            "embed.weight": (5, 4),
+            "layers.0.w": (4, 4),
+            "layers.0.b": (4,),
+            "head.w": (4, 3),
+        }
+        base = {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()}
+        save_hf_folder(tmp / "base", base)
+        experts, taus = [], []
+        for i in range(num):
+            ex = {
+                n: (v + 0.1 * rng.normal(size=v.shape)).astype(np.float32) for n, v in base.items()
+            }
+            save_hf_folder(tmp / f"expert{i}", ex)
+            experts.append(ex)
+            taus.append(
+                np.concatenate([(ex[n].astype(np.float64) - base[n]).ravel() for n in sorted(ex)])
+            )
+        return base, experts, np.stack(taus)
+
+    return make

@@ -1,19 +1,30 @@
 """The ``mergetheory merge`` subcommand: merge experts' task vectors with a registered operator.
 
-Every input is one expert's task vector as an ``.npz`` file of named arrays (the same names
-and shapes in every file); the output is the merged task vector as an ``.npz`` written
-atomically::
+Every input is one expert's task vector of named arrays (the same names, shapes and dtypes
+in every file) as an ``.npz``, ``.safetensors`` (bfloat16 included) or ``.msgpack`` file or
+an orbax directory (a ``CheckpointManager`` root or step folder too: ``--step``); with
+``--base`` the inputs are full fine-tuned models and the task vectors are
+:math:`\theta_t - \theta_0`. The output is the merged task vector (or, with ``--base``,
+the merged model :math:`\theta_0 + \tau`) in the format its suffix names (``.npz``,
+``.safetensors``, ``.msgpack``), written atomically::
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
-The operator names are listed here without importing JAX (so that ``--help`` answers
-fast); ``tests/cli/test_cli_main.py`` checks them against
-:data:`mergetheory.merge.MERGE_OPERATORS`.
+Rules, one for the CLI and the library (:func:`mergetheory.io.validate_lineage`): all
+inputs share names, shapes and dtypes (no silent promotion); leaves must be floating
+(integer checkpoints are refused, not widened); hyperparameters must be finite and known
+to the operator; the merged output must be finite; ``--out`` is checked before merging.
+
+The operator names and hyperparameters are listed here without importing JAX (so that
+``--help`` answers fast); ``tests/cli/test_cli_main.py`` checks them against
+:data:`mergetheory.merge.MERGE_OPERATORS` and the operators' signatures.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +58,68 @@ OPERATOR_NAMES = (
 )
 """The keys of :data:`mergetheory.merge.MERGE_OPERATORS`, sorted (kept JAX-free)."""
 
+OPERATOR_HPARAMS: dict[str, tuple[tuple[str, str], ...]] = {
+    "average": (),
+    "base_knowledge_weighted": (
+        ("base_accuracy", "required"),
+        ("temperature", "0.1"),
+        ("scale", "1.0"),
+    ),
+    "breadcrumbs": (("beta", "0.15"), ("gamma", "0.006"), ("scale", "0.2"), ("scope", "'row'")),
+    "dare_linear": (("density", "0.5"), ("scale", "1.0")),
+    "dare_ties": (
+        ("density", "0.5"),
+        ("scale", "1.0"),
+        ("weights_before_election", "False"),
+        ("election", "'mass'"),
+        ("aggregate", "'mean'"),
+        ("zero_sign", "'positive'"),
+    ),
+    "emr": (("sign_rule", "'code'"),),
+    "iso_c": (("alpha", "1.0"),),
+    "iso_cts": (("alpha", "1.0"), ("common_space_fraction", "0.8")),
+    "knots": (("density", "0.2"), ("scale", "1.0"), ("trim_scope", "'global'")),
+    "knots_dare_ties": (
+        ("density", "0.9"),
+        ("trim_density", "1.0"),
+        ("scale", "1.0"),
+        ("trim_scope", "'global'"),
+    ),
+    "magnitude_prune": (
+        ("density", "0.2"),
+        ("scale", "1.0"),
+        ("trim", "'tensor'"),
+        ("keep_rule", "'peft'"),
+    ),
+    "model_stock": (("cosine_average", "'cosines'"), ("granularity", "'tensor'")),
+    "rht": (("density", "0.7"),),
+    "task_arithmetic": (("scale", "1.0"),),
+    "ties": (
+        ("density", "0.2"),
+        ("scale", "1.0"),
+        ("trim", "'tensor'"),
+        ("weights_before_election", "False"),
+        ("election", "'mass'"),
+        ("aggregate", "'mean'"),
+        ("zero_sign", "'positive'"),
+        ("keep_rule", "'peft'"),
+    ),
+    "tsv_m": (("alpha", "1.0"), ("sv_reduction", "None")),
+}
+"""Each operator's keyword hyperparameters (``weights`` aside) and the default the CLI
+uses (``repr`` of ``default_hparams`` or of the signature default), kept JAX-free."""
+
+OUT_SUFFIXES = (".npz", ".safetensors", ".msgpack")
+"""Output formats of ``--out``, chosen by suffix."""
+
+
+def _hparams_epilog() -> str:
+    lines = ["operators and their hyperparameters (defaults; set with --NAME or --hparam):"]
+    for name in OPERATOR_NAMES:
+        hps = ", ".join(f"{k}={v}" for k, v in OPERATOR_HPARAMS[name]) or "(none)"
+        lines.append(f"  {name}: {hps}")
+    return "\n".join(lines)
+
 
 def _merge_operator_names() -> list[str]:
     return list(OPERATOR_NAMES)
@@ -77,16 +150,43 @@ def _hparam(text: str) -> tuple[str, Any]:
 
 
 def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _hparams_epilog()
     p.add_argument(
         "--operator",
-        required=True,
         choices=_merge_operator_names(),
         metavar="NAME",
         help="a key of mergetheory.merge.MERGE_OPERATORS: " + ", ".join(_merge_operator_names()),
     )
-    p.add_argument("--out", required=True, metavar="OUT.npz", help="merged task vector (.npz)")
     p.add_argument(
-        "inputs", nargs="+", metavar="IN.npz", help="one expert's task vector (named arrays) each"
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="merged task vector (or model, with --base): .npz, .safetensors or .msgpack",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="IN",
+        help="one expert's task vector each (.npz, .safetensors, .msgpack, orbax directory)",
+    )
+    p.add_argument(
+        "--base", metavar="BASE", help="base model: inputs are then fine-tuned models, not deltas"
+    )
+    p.add_argument("--step", type=int, help="orbax CheckpointManager step (default: latest)")
+    p.add_argument(
+        "--config",
+        metavar="MERGE.yml",
+        help="mergekit YAML (models, base_model, merge_method, parameters, dtype); "
+        "--out is then a model folder",
+    )
+    p.add_argument("--dtype", help="output dtype of a model-folder merge (default: the base's)")
+    p.add_argument(
+        "--max-shard-size",
+        type=int,
+        default=5 * 2**30,
+        metavar="BYTES",
+        help="model-folder output: shard above this size (with an index)",
     )
     p.add_argument("--density", type=float, help="fraction kept (ties, dare_*, rht, ...)")
     p.add_argument("--scale", type=float, help="global scale lambda")
@@ -111,42 +211,128 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="key = jax.random.key(S) (stochastic ops)")
 
 
-def _load_expert(path: str) -> dict[str, np.ndarray]:
+def _is_float(dtype: np.dtype) -> bool:
+    import jax.numpy as jnp
+
+    return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+def _load_expert(path: str, step: int | None = None) -> dict[str, np.ndarray]:
+    """One input as flat named arrays; every failure is a one-line :class:`CliError`."""
+    from ..io import CheckpointError, flatten_tree, load_checkpoint
+    from ..io.npz import load_npz
+
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise CliError(f"{path}: no such file")
     try:
-        with np.load(file, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k]) for k in data.files}
-    except Exception as exc:  # zipfile / pickle / OS errors: a corrupt or foreign file
-        raise CliError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
+        if file.is_file() and file.suffix not in (".safetensors", ".msgpack", ".npy"):
+            arrays = load_npz(file, check_finite=False)
+        else:
+            arrays = flatten_tree(load_checkpoint(file, check_finite=False, step=step))
+    except CheckpointError as exc:
+        raise CliError(one_line(str(exc))) from None
     if not arrays:
         raise CliError(f"{path}: contains no arrays")
     for k, a in arrays.items():
-        if not np.issubdtype(a.dtype, np.floating):
-            raise CliError(f"{path}: key {k!r} has dtype {a.dtype}, expected a float array")
-        if not np.all(np.isfinite(a)):
-            bad = int(np.size(a) - np.isfinite(a).sum())
-            raise CliError(f"{path}: key {k!r} has {bad} NaN/Inf value(s)")
+        if not _is_float(a.dtype):
+            raise CliError(
+                f"{path}: key {k!r} has dtype {a.dtype}, expected a float array "
+                "(integer checkpoints are refused, not widened)"
+            )
+        finite = np.isfinite(a.astype(np.float32) if a.dtype.itemsize < 4 else a)
+        if not np.all(finite):
+            raise CliError(
+                f"{path}: key {k!r} has {int(finite.size - finite.sum())} NaN/Inf value(s)"
+            )
     return arrays
 
 
-def _stack_experts(paths: Sequence[str]) -> dict[str, np.ndarray]:
-    experts = [_load_expert(p) for p in paths]
-    ref, ref_path = experts[0], paths[0]
-    for path, ex in zip(paths[1:], experts[1:], strict=True):
-        missing = sorted(set(ref) - set(ex))
-        extra = sorted(set(ex) - set(ref))
-        if missing or extra:
-            what = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
-            raise CliError(f"{path}: {what} (keys must match {ref_path})")
+def _check_same(ref: dict[str, np.ndarray], ex: dict[str, np.ndarray], path: str, ref_path: str):
+    """The lineage rule of :func:`mergetheory.io.validate_lineage`: names, shapes, dtypes."""
+    missing = sorted(set(ref) - set(ex))
+    extra = sorted(set(ex) - set(ref))
+    if missing or extra:
+        what = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
+        raise CliError(f"{path}: {what} (keys must match {ref_path})")
+    for k in ref:
+        if ex[k].shape != ref[k].shape:
+            raise CliError(
+                f"{path}: key {k!r} has shape {ex[k].shape}, but {ref_path} has {ref[k].shape}"
+            )
+        if ex[k].dtype != ref[k].dtype:
+            raise CliError(
+                f"{path}: key {k!r} has dtype {ex[k].dtype}, but {ref_path} has {ref[k].dtype} "
+                "(mixed dtypes are refused, as by the library's lineage check)"
+            )
+
+
+def _stack_experts(
+    paths: Sequence[str],
+    base: dict[str, np.ndarray] | None = None,
+    base_path: str = "",
+    step: int | None = None,
+) -> dict[str, np.ndarray]:
+    ref, ref_path = (base, base_path) if base is not None else (None, paths[0])
+    stacked: dict[str, list[np.ndarray]] = {}
+    for path in paths:
+        ex = _load_expert(path, step)
+        if ref is None:
+            ref = ex
+        _check_same(ref, ex, path, ref_path)
         for k in ref:
-            if ex[k].shape != ref[k].shape:
-                raise CliError(
-                    f"{path}: key {k!r} has shape {ex[k].shape}, but {ref_path} has {ref[k].shape}"
-                )
-    dtype = np.result_type(*[a.dtype for ex in experts for a in ex.values()])
-    return {k: np.stack([ex[k] for ex in experts]).astype(dtype) for k in ref}
+            stacked.setdefault(k, []).append(ex[k] - base[k] if base is not None else ex[k])
+    return {k: np.stack(v) for k, v in stacked.items()}
+
+
+def _is_model_folder(path: str) -> bool:
+    p = Path(path)
+    names = ("config.json", "model.safetensors", "model.safetensors.index.json")
+    return bool(path) and p.is_dir() and any((p / n).is_file() for n in names)
+
+
+def _check_out(out: str) -> Path:
+    """``--out``: a known suffix, not a directory, in a writable place (before any merge)."""
+    path = Path(out)
+    if path.is_dir():
+        raise CliError(f"--out {out}: is a directory, expected a file name")
+    if path.suffix not in OUT_SUFFIXES:
+        raise CliError(
+            f"--out {out}: unknown output format {path.suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(OUT_SUFFIXES)}"
+        )
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: cannot write in {parent}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CliError(f"--out {out}: the existing file is not writable")
+    return path
+
+
+def _check_hparams(op_name: str, hparams: dict[str, Any]) -> None:
+    known = {k for k, _ in OPERATOR_HPARAMS[op_name]} | {"weights"}
+    for name, value in hparams.items():
+        if name not in known:
+            listed = ", ".join(sorted(known - {"weights"})) or "none"
+            raise CliError(
+                f"operator {op_name!r} has no hyperparameter {name!r} (it takes: {listed})"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CliError(f"hyperparameter {name}={value} is not a finite number")
+
+
+def _write_out(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from ..io import save_msgpack, save_safetensors, unflatten_tree
+    from ..io.npz import save_npz
+
+    if path.suffix == ".safetensors":
+        save_safetensors(path, arrays)
+    elif path.suffix == ".msgpack":
+        save_msgpack(path, unflatten_tree(arrays))
+    else:
+        save_npz(path, arrays)
 
 
 def _run_merge(args: argparse.Namespace) -> int:
@@ -156,37 +342,56 @@ def _run_merge(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from ..merge import MERGE_OPERATORS
+    from .merge_models import merge_models
 
+    if args.config or any(_is_model_folder(p) for p in [*args.inputs, args.base or ""]):
+        return merge_models(args, _check_hparams)
+    if args.operator is None or not args.inputs:
+        raise CliError("give --operator and at least one input (or --config)")
     op = MERGE_OPERATORS[args.operator]
-    stacked = _stack_experts(args.inputs)
+    out_path = _check_out(args.out)
     num = len(args.inputs)
     hparams: dict[str, Any] = dict(op.default_hparams)
     for name in ("density", "scale", "temperature"):
         if getattr(args, name) is not None:
             hparams[name] = getattr(args, name)
     hparams.update(dict(args.hparam))
+    _check_hparams(args.operator, hparams)
     for flag, name in (("weights", "weights"), ("base_accuracy", "base_accuracy")):
         values = getattr(args, flag)
         if values is None:
             continue
         if len(values) != num:
             raise CliError(f"--{flag.replace('_', '-')} has {len(values)} values for {num} inputs")
+        if not all(math.isfinite(v) for v in values):
+            raise CliError(f"--{flag.replace('_', '-')} has a non-finite value: {values}")
         hparams[name] = jnp.asarray(values, dtype=jnp.float64)
     for need in op.needs:
         if need not in hparams:
             raise CliError(f"operator {args.operator!r} needs --{need.replace('_', '-')}")
     if "weights" in hparams and not op.has_weights:
         raise CliError(f"operator {args.operator!r} takes no weights")
+    base = _load_expert(args.base, args.step) if args.base else None
+    stacked = _stack_experts(args.inputs, base, args.base or "", args.step)
     tv = {k: jnp.asarray(v) for k, v in stacked.items()}
     try:
         merged = op.fn(tv, jax.random.key(args.seed), **hparams)
     except (ValueError, TypeError) as exc:  # library validation: bad hyperparameters
         raise CliError(one_line(exc)) from None
     out = {k: np.asarray(v) for k, v in merged.items()}
-    from ..io.atomic import atomic_write
-
-    with atomic_write(args.out) as fh:  # temp file + rename: never a half-written result
-        np.savez(fh, **out)
+    if base is not None:
+        out = {k: (base[k] + v).astype(base[k].dtype) for k, v in out.items()}
+    for k, v in out.items():
+        finite = np.isfinite(v.astype(np.float32) if v.dtype.itemsize < 4 else v)
+        if not np.all(finite):
+            raise CliError(
+                f"the merged output has {int(finite.size - finite.sum())} NaN/Inf value(s) in "
+                f"{k!r} (overflow: are the hyperparameters too large?); {args.out} not written"
+            )
+    try:
+        _write_out(out_path, out)  # temp file + rename: never a half-written result
+    except OSError as exc:
+        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
     sys.stdout.write(
         f"merged {num} experts with {args.operator} -> {args.out} "
         f"({len(out)} arrays, {sum(v.size for v in out.values())} parameters)\n"

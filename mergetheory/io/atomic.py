@@ -2,27 +2,84 @@
 
 A reader never sees a half-written file or directory under the real name, and an exception
 during writing leaves any previous version untouched and no temporary behind. Every
-temporary is named ``.<name>.tmp-<random>`` in the destination's directory (one naming
-rule for files and directories, so stale ones are recognisable as ours).
+temporary is named ``.<name>.tmp-<pid>-<random>`` in the destination's directory (one
+naming rule for files and directories, so stale ones are recognisable as ours): a process
+killed mid-write leaves its temporary behind, and the next write of the same target
+removes those whose process is gone (:func:`clean_stale_temps`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_dir", "temp_sibling"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_dir",
+    "clean_stale_temps",
+    "temp_sibling",
+]
+
+STALE_AGE_S = 3600.0
+"""A temporary without a process id (older naming) is stale after this many seconds."""
 
 
 def temp_sibling(path: str | os.PathLike[str]) -> Path:
-    """A fresh temporary name ``.<name>.tmp-<random>`` next to ``path`` (not created)."""
+    """A fresh temporary name ``.<name>.tmp-<pid>-<random>`` next to ``path`` (not created)."""
     path = Path(path)
-    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporaries of ``path`` left by killed writers; return what was removed.
+
+    A temporary ``.<name>.tmp-<pid>-<random>`` is stale when process ``pid`` no longer
+    exists on this machine; one of the older form ``.<name>.tmp-<random>`` when it is
+    older than :data:`STALE_AGE_S`. Live writers' temporaries are never touched.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp-(?:(\d+)-)?[0-9a-f]{{12}}")
+    removed = []
+    now = time.time()
+    for entry in path.parent.iterdir():
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            if m[1] is not None:
+                stale = not _pid_alive(int(m[1]))
+            else:
+                stale = now - entry.lstat().st_mtime > STALE_AGE_S
+            if not stale:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:  # raced with another cleaner, or not ours to remove
+            continue
+        removed.append(entry)
+    return removed
 
 
 def _file_mode(path: Path) -> int:
@@ -64,6 +121,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
     tmp = temp_sibling(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -93,6 +151,7 @@ def atomic_write_dir(path: str | os.PathLike[str], write_fn: Callable[[Path], No
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
     tmp = temp_sibling(path)
     try:
         write_fn(tmp)

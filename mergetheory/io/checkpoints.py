@@ -22,22 +22,51 @@ import numpy as np
 from .._types import TaskVectors
 from ..tree import leaf_paths
 from .common import CheckpointError, check_finite_checkpoint
-from .flat import unflatten_tree
+from .flat import strip_variable_wrappers, unflatten_tree
 from .msgpack import load_msgpack
+from .npz import load_npz
 from .orbax import load_orbax
 from .safetensors import load_safetensors
 
-__all__ = ["load_checkpoint", "task_vectors_from_checkpoints", "validate_lineage"]
+__all__ = [
+    "check_floating",
+    "load_checkpoint",
+    "task_vectors_from_checkpoints",
+    "validate_lineage",
+]
 
 
-def load_checkpoint(source: Any, *, check_finite: bool = True) -> Any:
+def check_floating(tree: Any, source: str) -> None:
+    """Refuse a checkpoint with a non-floating leaf (integer weights are not widened).
+
+    ``uint8`` 200 - 100 would be 100 but 100 - 200 wraps to 156: task vectors need floats.
+
+    Raises:
+      CheckpointError: naming ``source`` and the first integer / bool leaf.
+    """
+    for p, leaf in zip(leaf_paths(tree), jtu.tree_leaves(tree), strict=True):
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise CheckpointError(
+                f"{source}: leaf {p} has dtype {dtype}; checkpoints must hold floating "
+                "weights (integer leaves are refused, not widened: cast them to float first)"
+            )
+
+
+def load_checkpoint(source: Any, *, check_finite: bool = True, step: int | None = None) -> Any:
     """Load a checkpoint of any supported format, chosen from the path.
 
-    * a directory -> orbax;
+    * a directory -> orbax (an item, a ``CheckpointManager`` root or step folder; ``step``
+      picks the manager step, default the latest);
     * ``*.msgpack`` -> flax msgpack;
     * ``*.safetensors`` -> safetensors, unflattened on ``"."`` into nested dicts;
+    * ``*.npz`` -> named arrays, unflattened on ``"."``;
     * anything that is not a path (a pytree already in memory) is returned as is (after
       the finiteness check).
+
+    Flax variable wrappers (``{"value": array}`` of a saved ``nnx.State``) are removed
+    (:func:`~mergetheory.io.flat.strip_variable_wrappers`), so an orbax ``nnx.State`` and
+    a msgpack pure dict of one model load alike.
 
     Raises:
       CheckpointError: missing file, unknown extension, corrupt file, non-finite values.
@@ -50,14 +79,22 @@ def load_checkpoint(source: Any, *, check_finite: bool = True) -> Any:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
-        return load_orbax(path, check_finite=check_finite)
+        return strip_variable_wrappers(load_orbax(path, check_finite=check_finite, step=step))
     if path.suffix == ".msgpack":
-        return load_msgpack(path, check_finite=check_finite)
+        return strip_variable_wrappers(load_msgpack(path, check_finite=check_finite))
     if path.suffix == ".safetensors":
-        return unflatten_tree(load_safetensors(path, check_finite=check_finite))
+        flat = load_safetensors(path, check_finite=check_finite)
+        return strip_variable_wrappers(unflatten_tree(flat))
+    if path.suffix == ".npz":
+        return strip_variable_wrappers(unflatten_tree(load_npz(path, check_finite=check_finite)))
+    if path.suffix == ".npy":
+        raise CheckpointError(
+            f"{path}: a single .npy array is not a checkpoint of named arrays "
+            "(use .npz, .safetensors, .msgpack or an orbax directory)"
+        )
     raise CheckpointError(
         f"unknown checkpoint format for {path}: expected an orbax directory, "
-        "a .msgpack or a .safetensors file"
+        "a .msgpack, .safetensors or .npz file"
     )
 
 
@@ -125,8 +162,8 @@ def task_vectors_from_checkpoints(
       base's dtypes).
 
     Raises:
-      CheckpointError: empty expert list, unreadable file, lineage mismatch, non-finite
-        values.
+      CheckpointError: empty expert list, unreadable file, lineage mismatch, integer
+        (non-floating) leaves, non-finite values.
 
     Example:
       >>> tv = task_vectors_from_checkpoints("ckpt/base", ["ckpt/expert_00", "ckpt/expert_01"])
@@ -136,10 +173,12 @@ def task_vectors_from_checkpoints(
     theta0 = load_checkpoint(base, check_finite=check_finite)
     if not jtu.tree_leaves(theta0):
         raise CheckpointError(f"base checkpoint {_describe(base)} holds no arrays")
+    check_floating(theta0, f"base checkpoint {_describe(base)}")
     taus = []
     for t, src in enumerate(experts):
         theta = load_checkpoint(src, check_finite=check_finite)
         validate_lineage(theta0, theta, expert_name=f"expert {t} ({_describe(src, t)})")
+        check_floating(theta, f"expert {t} ({_describe(src, t)})")
         # NumPy on the host: no per-leaf XLA compilation for a one-off subtraction
         taus.append(jtu.tree_map(lambda a, b: np.asarray(b) - np.asarray(a), theta0, theta))
     return jtu.tree_map(lambda *xs: jnp.asarray(np.stack(xs)), *taus)

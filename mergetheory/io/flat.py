@@ -15,7 +15,10 @@ import numpy as np
 
 from .common import CheckpointError
 
-__all__ = ["flatten_tree", "unflatten_tree"]
+__all__ = ["VARIABLE_WRAPPER_KEYS", "flatten_tree", "strip_variable_wrappers", "unflatten_tree"]
+
+VARIABLE_WRAPPER_KEYS = ("value", "raw_value")
+"""The one key under which a saved ``nnx.State`` (or ``nnx.Variable``) holds its array."""
 
 
 def flatten_tree(tree: Any, *, sep: str = ".") -> dict[str, np.ndarray]:
@@ -80,3 +83,25 @@ def unflatten_tree(flat: Mapping[str, Any], *, sep: str = ".") -> dict[str, Any]
             if sep.join(parts[:i]) in names:
                 raise CheckpointError(f"name {name!r} nests under the array {parts[i - 1]!r}")
     return traverse_util.unflatten_dict({name: flat[name] for name in sorted(flat)}, sep=sep)
+
+
+def strip_variable_wrappers(tree: Any) -> Any:
+    """Replace every ``{"value": array}`` node (a saved Flax variable) by the array.
+
+    ``nnx.state(model)`` saved with orbax restores as ``{"kernel": {"value": w}}`` while
+    the same model's pure dict (``nnx.to_pure_dict`` / linen params, e.g. in msgpack) is
+    ``{"kernel": w}``; both load as the latter. Only a dict whose *only* key is one of
+    :data:`VARIABLE_WRAPPER_KEYS` and whose value is an array is unwrapped, so a submodule
+    named ``value`` (a dict of arrays) is kept.
+
+    Example:
+      >>> strip_variable_wrappers({"dense": {"kernel": {"value": 1.0}}})
+      {'dense': {'kernel': 1.0}}
+    """
+    if isinstance(tree, Mapping):
+        if len(tree) == 1:
+            ((key, val),) = tree.items()
+            if key in VARIABLE_WRAPPER_KEYS and not isinstance(val, Mapping):
+                return val
+        return {k: strip_variable_wrappers(v) for k, v in tree.items()}
+    return tree

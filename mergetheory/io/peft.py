@@ -66,9 +66,13 @@ class PeftAdapter(NamedTuple):
 
 
 def _pattern_lookup(module: str, pattern: Mapping[str, Any], default: Any) -> Any:
-    """PEFT's ``rank_pattern`` / ``alpha_pattern``: the key matching the module's name end."""
+    r"""PEFT's ``rank_pattern`` / ``alpha_pattern``: the key matching the module's name end.
+
+    As PEFT: a key matches when ``(.*\.)?(key)$`` matches the whole module name, so a key
+    may be a regex alternation (``"fc1|fc2"``) or a dotted suffix (``"layers.0.fc1"``).
+    """
     for key, val in pattern.items():
-        if re.fullmatch(rf"(.*\.)?{key}", module):
+        if re.fullmatch(rf"(.*\.)?({key})", module):
             return val
     return default
 
@@ -210,22 +214,34 @@ def save_peft_adapter(
     return path
 
 
-def peft_dense_update(adapter: PeftAdapter | Mapping[str, Any]) -> dict[str, Any]:
-    r"""Dense per-module updates :math:`\Delta W = s\,B A` ``[d_out, d_in]`` of one adapter.
+def peft_dense_update(
+    adapter: PeftAdapter | Mapping[str, Any], *, fan_in_fan_out: bool | None = None
+) -> dict[str, Any]:
+    r"""Dense per-module updates :math:`\Delta W = s\,B A` of one adapter, in the base's layout.
+
+    The update is ``[d_out, d_in]`` (``torch.nn.Linear``'s weight layout); with PEFT's
+    ``fan_in_fan_out`` (GPT-2's ``Conv1D``, weight ``[d_in, d_out]``) it is transposed,
+    :math:`\Delta W = s\,(B A)^\top`, as PEFT adds it to the weight.
 
     Args:
       adapter: a :class:`PeftAdapter` or its ``factors`` tree (unstacked, ``B [d, r]``).
+      fan_in_fan_out: transpose to ``[d_in, d_out]``; default: the adapter config's
+        ``fan_in_fan_out`` (``False`` for a bare factors tree).
 
     Returns:
       The same nested dict with every :class:`~mergetheory.lora.LoraFactors` replaced by
       its dense update (NumPy, float64 for float inputs up to float64).
     """
     factors = adapter.factors if isinstance(adapter, PeftAdapter) else adapter
+    if fan_in_fan_out is None:
+        cfg = adapter.config if isinstance(adapter, PeftAdapter) else {}
+        fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
 
     def one(f: LoraFactors) -> np.ndarray:
         b = np.asarray(f.B)
         a = np.asarray(f.A)
-        return np.asarray(f.scaling, dtype=np.result_type(b, a)) * (b @ a)
+        dense = np.asarray(f.scaling, dtype=np.result_type(b, a)) * (b @ a)
+        return dense.T if fan_in_fan_out else dense
 
     return jtu.tree_map(one, factors, is_leaf=is_lora_factors)
 

@@ -43,3 +43,29 @@ def test_help_and_version_do_not_import_jax(argv):
 def test_operator_names_match_the_registry():
     # the CLI lists the operators without importing JAX: the list must follow the registry
     assert list(OPERATOR_NAMES) == sorted(MERGE_OPERATORS)
+
+
+def test_operator_hparams_match_the_registry():
+    # `merge --help` lists each operator's hyperparameters and defaults without importing
+    # JAX: the static table must equal the registry's defaults and the signatures
+    import inspect
+
+    from mergetheory.cli.merge import OPERATOR_HPARAMS
+
+    for name, op in MERGE_OPERATORS.items():
+        want = []
+        for p in inspect.signature(op.fn).parameters.values():
+            if p.kind != p.KEYWORD_ONLY or p.name == "weights":
+                continue
+            default = op.default_hparams.get(p.name, p.default)
+            want.append((p.name, "required" if default is p.empty else repr(default)))
+        assert OPERATOR_HPARAMS[name] == tuple(want), name
+
+
+def test_merge_help_lists_hyperparameters(capsys):
+    from mergetheory.cli import main
+
+    assert main(["merge", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "ties: density=0.2, scale=1.0, trim='tensor'" in out
+    assert "base_knowledge_weighted: base_accuracy=required" in out

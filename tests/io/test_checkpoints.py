@@ -194,9 +194,8 @@ def test_truncated_and_corrupt_files(tmp_path, key):
     ):
         ck.load_safetensors(st)
     st.write_bytes(b"\x00garbage")
-    with pytest.raises(ck.CheckpointError, match="corrupt or truncated safetensors") as err:
+    with pytest.raises(ck.CheckpointError, match="corrupt or truncated safetensors .*exceeds"):
         ck.load_safetensors(st)
-    assert err.value.__cause__ is not None  # the library's exception is chained
 
     od = ck.save_orbax(tmp_path / "o", p)
     for f in od.rglob("*"):

@@ -1,0 +1,258 @@
+r"""Analyze a pool of experts on disk: geometry, width curves, concavity and :math:`n^\star`.
+
+:func:`analyze_pool` opens every expert lazily (:func:`mergetheory.io.pool.open_expert`),
+makes ONE streaming pass for the Gram matrix and the sign conflicts
+(:func:`mergetheory.io.pool.stream_pool_statistics`), and then works on the ``[n, n]``
+Gram alone:
+
+* norms :math:`\|\tau_i\| = \sqrt{G_{ii}}`, cosines :math:`G_{ij}/(\|\tau_i\|\|\tau_j\|)`
+  and sign conflicts (fraction of coordinates where :math:`\tau_i, \tau_j` disagree in sign);
+* the width curves :math:`n \mapsto w(\mathrm{hull}_0(\tau_1..\tau_n))` and the statistical
+  dimensions :math:`\delta(\mathrm{span})`, :math:`\delta(\mathrm{cone})`
+  (:func:`mergetheory.nested_width`, common random numbers along the order) for the given
+  (or greedy) order, and their mean over ``num_orders`` random orders;
+* the concavity verdict of the hull0 curve (:func:`mergetheory.theory.concavity_verdict`)
+  and :math:`n^\star` by the gain-ratio definition for several :math:`\kappa` with its
+  confidence set (:func:`mergetheory.theory.threshold.threshold_gain_ratio`).
+
+``order="greedy"`` orders experts by marginal hull0 width gain: with :math:`G = L L^\top`
+the support values on a Gaussian draw are :math:`(L z)_i`, so the gain of adding
+:math:`j` is :math:`\mathbb E[\max(h_S, (Lz)_j)] - \mathbb E[h_S]` on fixed draws.
+
+Reference: THEORY.md sections 4 (concavity) and 5 (:math:`n^\star`) in ``paper/``.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..verdict import Verdict
+
+__all__ = ["CURVE_KINDS", "KAPPAS", "PoolAnalysis", "analyze_pool", "greedy_order"]
+
+CURVE_KINDS = (("hull0", "width"), ("span", "statdim"), ("cone", "statdim"))
+"""The width curves computed: (set family, quantity)."""
+
+KAPPAS = (0.5, 0.25, 0.1)
+r"""The ratios :math:`\kappa` of the gain-ratio :math:`n^\star`."""
+
+
+class PoolAnalysis(NamedTuple):
+    """Everything :func:`analyze_pool` computes (host NumPy arrays and plain Python).
+
+    Attributes:
+      experts: the experts' paths, in the input order.
+      base: the base model's path or ``None``.
+      config: the analysis settings (seed, samples, orders, order rule).
+      fingerprints: ``{file: sha256}`` of every input file.
+      versions: package versions.
+      num_params: ``D``.
+      factored: LoRA adapters (Gram from the factors).
+      norms: ``[n]``.  cosine: ``[n, n]``.  sign_conflict: ``[n, n]``.  gram: ``[n, n]``.
+      order: ``[n]`` the order of the "given" curves (input order, or greedy).
+      curves: ``{kind: {"order": {...}, "random_orders": {...}}}`` with ``mean`` and
+        ``stderr`` lists per ``n`` (and ``diff1``/``diff2`` with stderrs for the order).
+      concavity: ``{"verdict": Verdict, "details": {...}}`` of the hull0 curve.
+      n_star: ``{"gain_ratio_kappa=K": {...}}`` threshold outputs.
+    """
+
+    experts: list[str]
+    base: str | None
+    config: dict[str, Any]
+    fingerprints: dict[str, str]
+    versions: dict[str, str]
+    num_params: int
+    factored: bool
+    norms: np.ndarray
+    cosine: np.ndarray
+    sign_conflict: np.ndarray
+    gram: np.ndarray
+    order: np.ndarray
+    curves: dict[str, Any]
+    concavity: dict[str, Any]
+    n_star: dict[str, Any]
+
+
+def greedy_order(gram: np.ndarray, *, seed: int, num_samples: int) -> np.ndarray:
+    """Experts ordered by marginal hull0 width gain (fixed Gaussian draws; see module doc)."""
+    w, v = np.linalg.eigh(np.asarray(gram, np.float64))
+    factor = v * np.sqrt(np.clip(w, 0.0, None))  # G = F F^T
+    z = np.random.default_rng(seed).standard_normal((num_samples, factor.shape[1]))
+    values = z @ factor.T  # [M, n] support values <g, tau_i>
+    current = np.zeros(num_samples)
+    left = list(range(gram.shape[0]))
+    order = []
+    while left:
+        gains = [np.mean(np.maximum(current, values[:, j])) for j in left]
+        j = left.pop(int(np.argmax(gains)))
+        current = np.maximum(current, values[:, j])
+        order.append(j)
+    return np.asarray(order)
+
+
+def _curve_dict(est: Any) -> dict[str, list[float]]:
+    return {
+        f: np.asarray(getattr(est, f), np.float64).tolist()
+        for f in ("mean", "stderr", "diff1", "diff1_stderr", "diff2", "diff2_stderr")
+    }
+
+
+def _versions() -> dict[str, str]:
+    import jax
+
+    from .. import __version__
+
+    return {
+        "mergetheory": __version__,
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def analyze_pool(
+    experts: Sequence[str | Path],
+    base: str | Path | None = None,
+    *,
+    seed: int = 0,
+    num_samples: int = 4096,
+    num_orders: int = 8,
+    order: str = "given",
+    step: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PoolAnalysis:
+    """Analyze ``n`` experts (files or folders in any supported format) against ``base``.
+
+    Args:
+      experts: the experts (PEFT adapter folders, HF model folders, safetensors, orbax,
+        msgpack, npz); PEFT adapters need no base.
+      base: the base model, subtracted from dense experts (omit for task vectors).
+      seed: every random number derives from it (same inputs + seed: same numbers).
+      num_samples: Gaussian samples per width curve.
+      num_orders: random orders averaged for the order-free curves.
+      order: ``"given"`` (input order) or ``"greedy"`` (marginal hull0 width gain).
+      step: orbax ``CheckpointManager`` step.
+      progress: ``fn(stage, done, total)``.
+
+    Returns:
+      A :class:`PoolAnalysis`.
+
+    Raises:
+      CheckpointError: unreadable or mismatching inputs (naming the file);
+      ValueError: fewer than 3 experts, an unknown ``order``.
+
+    Example:
+      >>> res = analyze_pool(["ad0", "ad1", "ad2", "ad3"], seed=0, num_samples=2048)
+      >>> res.n_star["gain_ratio_kappa=0.5"]["n_star"]
+    """
+    import jax
+
+    from .. import Span, nested_width
+    from ..io.pool import file_fingerprint, open_expert, stream_pool_statistics
+    from ..theory import concavity_verdict
+    from ..theory.threshold import threshold_gain_ratio, width_curve
+
+    if order not in ("given", "greedy"):
+        raise ValueError(f"order must be 'given' or 'greedy', got {order!r}")
+    if len(experts) < 3:
+        raise ValueError(f"a pool analysis needs at least 3 experts, got {len(experts)}")
+    opened = [open_expert(p, step=step) for p in experts]
+    base_opened = open_expert(base, step=step) if base is not None else None
+    stats = stream_pool_statistics(opened, base_opened, progress=progress)
+    gram = stats.gram
+    n = gram.shape[0]
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    denom = np.outer(norms, norms)
+    cosine = np.divide(gram, denom, out=np.zeros_like(gram), where=denom > 0)
+    sign_conflict = stats.opposite / max(stats.num_params, 1)
+    perm = (
+        greedy_order(gram, seed=seed, num_samples=num_samples)
+        if order == "greedy"
+        else np.arange(n)
+    )
+    key_order, key_random, key_perm = jax.random.split(jax.random.key(seed), 3)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key_perm)).tolist())
+    perms = [rng.permutation(n) for _ in range(num_orders)]
+    curves: dict[str, Any] = {}
+    hull0_order = None
+    total = len(CURVE_KINDS) * (1 + num_orders)
+    done = 0
+    for kind, quantity in CURVE_KINDS:
+
+        def curve(p, k, kind=kind, quantity=quantity):
+            g = gram[np.ix_(p, p)]
+            return nested_width(
+                k, Span.from_gram(g), kind=kind, quantity=quantity, num_samples=num_samples
+            )
+
+        est = curve(perm, key_order)
+        done += 1
+        if progress:
+            progress("width curves", done, total)
+        means = []
+        for r, p in enumerate(perms):
+            means.append(np.asarray(curve(p, jax.random.fold_in(key_random, r)).mean))
+            done += 1
+            if progress:
+                progress("width curves", done, total)
+        means = np.stack(means)
+        spread = means.std(axis=0, ddof=1) / np.sqrt(len(perms)) if len(perms) > 1 else 0 * means[0]
+        curves[f"{kind}_{quantity}"] = {
+            "order": _curve_dict(est),
+            "random_orders": {
+                "mean": means.mean(axis=0).tolist(),
+                "stderr": spread.tolist(),
+                "num_orders": len(perms),
+            },
+        }
+        if kind == "hull0":
+            hull0_order = est
+    status, details = concavity_verdict(hull0_order)
+    concavity = {
+        "verdict": Verdict.parse(status),
+        "details": {k: float(v) for k, v in details.items()},
+    }
+    n_star = {}
+    wc = width_curve(hull0_order)
+    for kappa in KAPPAS:
+        out = threshold_gain_ratio(wc, kappa=kappa)
+        n_star[f"gain_ratio_kappa={kappa}"] = {
+            "n_star": int(out.n_star),
+            "ci_low": int(out.ci_low),
+            "ci_high": int(out.ci_high),
+            "censored": bool(out.censored),
+            "unique": bool(out.unique),
+            "verdict": Verdict.parse(out.verdict),
+        }
+    files = [f for e in [*opened, *([base_opened] if base_opened else [])] for f in e.files]
+    fingerprints = {str(f): file_fingerprint(f) for f in sorted(set(files)) if Path(f).is_file()}
+    config = {
+        "seed": seed,
+        "num_samples": num_samples,
+        "num_orders": num_orders,
+        "order": order,
+        "step": step,
+        "kappas": list(KAPPAS),
+    }
+    return PoolAnalysis(
+        experts=[str(Path(p).absolute()) for p in experts],
+        base=None if base is None else str(Path(base).absolute()),
+        config=config,
+        fingerprints=fingerprints,
+        versions=_versions(),
+        num_params=int(stats.num_params),
+        factored=stats.factored,
+        norms=norms,
+        cosine=cosine,
+        sign_conflict=sign_conflict,
+        gram=gram,
+        order=perm,
+        curves=curves,
+        concavity=concavity,
+        n_star=n_star,
+    )

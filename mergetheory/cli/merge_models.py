@@ -1,0 +1,216 @@
+"""``mergetheory merge`` on model folders and mergekit configs: a per-tensor streaming merge.
+
+When the inputs are Hugging Face model folders / ``.safetensors`` files (with ``--base``)
+or a mergekit YAML (``--config``), the merge runs tensor by tensor: for each tensor name
+the ``n`` experts' copies are read (one tensor of each), the task vectors
+:math:`\\tau_t = \\theta_t - \\theta_0` stacked ``[n, ...]``, the registry operator applied
+to that one tensor, and :math:`\\theta_0 + \\tau` written into the output folder
+(``model.safetensors``, or shards ``model-0000k-of-0000m.safetensors`` with
+``model.safetensors.index.json`` when larger than ``--max-shard-size``; ``config.json``
+copied from the base). The dtype is the base's unless ``--dtype`` / the config's
+``dtype`` says otherwise. mergekit merges tensor by tensor too.
+
+:data:`MERGEKIT_METHODS` is the one table of which mergekit ``merge_method`` maps to which
+registry operator and hyperparameters (``docs/mergekit.md`` explains it); anything else is
+refused with the list of supported methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import CliError, one_line
+
+__all__ = ["MERGEKIT_METHODS", "MERGEKIT_OPTIONS", "merge_models"]
+
+MERGEKIT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "linear": ("average", {}),
+    "task_arithmetic": ("task_arithmetic", {"scale": 1.0}),
+    "ties": (
+        "ties",
+        {"weights_before_election": True, "aggregate": "weighted_mean", "scale": 1.0},
+    ),
+    "dare_ties": (
+        "dare_ties",
+        {"weights_before_election": True, "aggregate": "weighted_mean", "scale": 1.0},
+    ),
+    "breadcrumbs": ("breadcrumbs", {"scope": "tensor", "scale": 1.0}),
+    "model_stock": ("model_stock", {}),
+}
+"""mergekit ``merge_method`` -> (registry operator, fixed hyperparameters)."""
+
+MERGEKIT_OPTIONS: dict[str, str] = {"density": "density", "lambda": "scale", "gamma": "gamma"}
+"""mergekit parameters -> registry hyperparameter names (``weight`` becomes ``weights``;
+for ``breadcrumbs`` mergekit's ``density``, the fraction kept, is the registry's ``beta``)."""
+
+_ACCEPTED_DEFAULTS = {"normalize": True, "int8_mask": False, "rescale": True}
+
+
+def _mergekit_hparams(cfg: Any) -> tuple[str, dict[str, Any], list[float] | None, str | None]:
+    method = cfg.merge_method
+    if method not in MERGEKIT_METHODS:
+        raise CliError(
+            f"{cfg.path}: merge_method {method!r} is not supported "
+            f"(supported: {', '.join(sorted(MERGEKIT_METHODS))})"
+        )
+    op, fixed = MERGEKIT_METHODS[method]
+    hparams: dict[str, Any] = dict(fixed)
+    weights = None
+    per_model: dict[str, list[Any]] = {}
+    for p in cfg.model_parameters:
+        for k, v in p.items():
+            per_model.setdefault(k, []).append(v)
+    if "weight" in per_model:
+        if len(per_model["weight"]) != len(cfg.models):
+            raise CliError(f"{cfg.path}: 'weight' must be given for every model or none")
+        weights = [float(w) for w in per_model.pop("weight")]
+    params = dict(cfg.parameters)
+    for k, vals in per_model.items():
+        if len(set(map(repr, vals))) != 1 or len(vals) != len(cfg.models):
+            raise CliError(f"{cfg.path}: per-model {k!r} must be the same for every model")
+        params.setdefault(k, vals[0])
+    for k, v in params.items():
+        if k in _ACCEPTED_DEFAULTS:
+            if v != _ACCEPTED_DEFAULTS[k]:
+                raise CliError(
+                    f"{cfg.path}: {k}: {v} is not supported (only {k}: {_ACCEPTED_DEFAULTS[k]})"
+                )
+            continue
+        if k not in MERGEKIT_OPTIONS:
+            raise CliError(f"{cfg.path}: parameter {k!r} of {method} is not supported")
+        name = "beta" if (op, k) == ("breadcrumbs", "density") else MERGEKIT_OPTIONS[k]
+        hparams[name] = v
+    return op, hparams, weights, cfg.dtype
+
+
+def _shards(spec: dict[str, tuple[tuple[int, ...], np.dtype]], max_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, (shape, dtype) in spec.items():
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
+    """Run the streaming merge of ``args`` (see the module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    from ..io import CheckpointError
+    from ..io.atomic import atomic_write_dir
+    from ..io.mergekit import load_mergekit_config
+    from ..io.pool import DenseExpert, check_same_tensors, open_expert
+    from ..io.safetensors import SafetensorsWriter
+    from ..merge import MERGE_OPERATORS
+
+    experts, base, weights, dtype = list(args.inputs), args.base, args.weights, args.dtype
+    op_name = args.operator
+    hparams: dict[str, Any] = {}
+    try:
+        if args.config:
+            cfg = load_mergekit_config(args.config)
+            op_name, hparams, cfg_weights, cfg_dtype = _mergekit_hparams(cfg)
+            experts = [str(p) for p in cfg.models]
+            base = base or (str(cfg.base_model) if cfg.base_model else None)
+            weights = weights or cfg_weights
+            dtype = dtype or cfg_dtype
+        if op_name is None:
+            raise CliError("give --operator (or --config with a merge_method)")
+        if base is None:
+            raise CliError("merging model folders needs --base (or base_model in --config)")
+        op = MERGE_OPERATORS[op_name]
+        hparams = {**op.default_hparams, **hparams}
+        for name in ("density", "scale", "temperature"):
+            if getattr(args, name) is not None:
+                hparams[name] = getattr(args, name)
+        hparams.update(dict(args.hparam))
+        check_hparams(op_name, hparams)
+        if weights is not None:
+            if len(weights) != len(experts) or not all(math.isfinite(w) for w in weights):
+                raise CliError(f"weights {weights}: need {len(experts)} finite values")
+            hparams["weights"] = jnp.asarray(weights, jnp.float64)
+        theta0 = open_expert(base, step=args.step)
+        opened = [open_expert(p, step=args.step) for p in experts]
+        if not all(isinstance(e, DenseExpert) for e in [theta0, *opened]):
+            raise CliError("merging PEFT adapters is not supported yet (analyze them instead)")
+        for ex in opened:
+            check_same_tensors(theta0, ex)
+    except CheckpointError as exc:
+        raise CliError(one_line(str(exc))) from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {args.out}: exists and is not a folder")
+    names = theta0.names
+    out_dtypes = {}
+    for n in names:
+        if dtype is None:
+            out_dtypes[n] = theta0.dtype(n)
+        else:
+            try:
+                out_dtypes[n] = np.dtype(getattr(ml_dtypes, str(dtype), None) or str(dtype))
+            except TypeError:
+                raise CliError(f"--dtype {dtype}: unknown dtype") from None
+    spec = {n: (theta0.shape(n), out_dtypes[n]) for n in names}
+    shards = _shards(spec, args.max_shard_size)
+    key = jax.random.key(args.seed)
+    order = {n: i for i, n in enumerate(names)}
+
+    def merged(name: str) -> np.ndarray:
+        t0 = theta0.get(name).astype(np.float64)
+        x = np.stack([e.get(name).astype(np.float64) - t0 for e in opened])
+        try:
+            tau = op.fn({"t": jnp.asarray(x)}, jax.random.fold_in(key, order[name]), **hparams)
+        except (ValueError, TypeError) as exc:
+            raise CliError(one_line(str(exc))) from None
+        res = t0 + np.asarray(tau["t"], np.float64)
+        if not np.all(np.isfinite(res)):
+            raise CliError(f"the merged tensor {name!r} is not finite; {args.out} not written")
+        return res.astype(out_dtypes[name])
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        cfg_json = Path(base) / "config.json"
+        if Path(base).is_dir() and cfg_json.is_file():
+            shutil.copyfile(cfg_json, tmp / "config.json")
+        files = (
+            ["model.safetensors"]
+            if len(shards) == 1
+            else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+        )
+        weight_map = {}
+        for fname, part in zip(files, shards, strict=True):
+            with SafetensorsWriter(tmp / fname, {n: spec[n] for n in part}) as w:
+                for n in part:
+                    w.write(n, merged(n))
+            weight_map.update(dict.fromkeys(part, fname))
+        if len(shards) > 1:
+            index = {
+                "metadata": {
+                    "total_size": sum(
+                        int(np.prod(s)) * np.dtype(d).itemsize for s, d in spec.values()
+                    )
+                },
+                "weight_map": weight_map,
+            }
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+
+    atomic_write_dir(out, write)
+    sys.stdout.write(
+        f"merged {len(opened)} models with {op_name} -> {out} ({len(names)} tensors, "
+        f"{len(shards)} file(s))\n"
+    )
+    return 0

@@ -1,0 +1,240 @@
+r"""A pool of experts on disk, read one tensor at a time, and the streaming Gram pass.
+
+:func:`open_expert` opens any supported expert without reading its weights:
+
+* a Hugging Face model folder (``config.json`` + ``model.safetensors``, or shards listed
+  in ``model.safetensors.index.json``'s ``weight_map``) or a ``.safetensors`` file: a
+  :class:`DenseExpert` over lazy :class:`~mergetheory.io.safetensors.SafetensorsReader`
+  files, read lazily tensor by tensor;
+* a PEFT adapter folder (``adapter_config.json``): a :class:`LoraExpert` (factors stay
+  factored; adapters are small and are read whole);
+* anything else :func:`~mergetheory.io.checkpoints.load_checkpoint` reads (orbax,
+  msgpack, npz): loaded whole, then served tensor by tensor.
+
+:func:`stream_pool_statistics` makes one pass over the tensor names, holding the ``n``
+experts' (and the base's) copy of ONE tensor at a time, and accumulates the Gram matrix
+:math:`G = \sum_{\text{tensors}} X X^\top` of the task vectors, the opposite-sign counts
+:math:`C_{ij} = \#\{k : \tau_{ik}\tau_{jk} < 0\}` (from :math:`S = \mathrm{sign}(X)`:
+:math:`C = (|S||S|^\top - S S^\top)/2`) and the number of coordinates; LoRA pools get
+their Gram from the factors (:func:`mergetheory.lora.lora_gram_matrix`) and their sign
+counts from one module's dense updates at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import jax.tree_util as jtu
+import numpy as np
+
+from .._types import is_lora_factors
+from .checkpoints import load_checkpoint
+from .common import CheckpointError, PathLike, require_exists
+from .flat import flatten_tree
+from .peft import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, load_peft_adapter, stack_peft_adapters
+from .safetensors import SafetensorsReader
+
+__all__ = [
+    "HF_INDEX_NAME",
+    "HF_WEIGHTS_NAME",
+    "DenseExpert",
+    "LoraExpert",
+    "PoolStatistics",
+    "check_same_tensors",
+    "file_fingerprint",
+    "open_expert",
+    "stream_pool_statistics",
+]
+
+HF_WEIGHTS_NAME = "model.safetensors"
+HF_INDEX_NAME = "model.safetensors.index.json"
+
+
+def file_fingerprint(path: PathLike, chunk: int = 1 << 20) -> str:
+    """``sha256`` of a file's bytes (hex), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class DenseExpert:
+    """A dense model (or task vector) served one named tensor at a time.
+
+    Attributes:
+      path: what was opened.
+      files: the files holding the weights (for fingerprints).
+      names: tensor names, sorted.
+    """
+
+    def __init__(self, path: Path, readers: dict[str, SafetensorsReader] | None, arrays=None):
+        self.path = path
+        self._readers = readers or {}
+        self._arrays = arrays or {}
+        self.names = sorted(self._readers or self._arrays)
+        files = {r.path for r in self._readers.values()} or ({path} if path.is_file() else set())
+        if not files and path.is_dir():
+            files = {p for p in path.rglob("*") if p.is_file()}
+        self.files = sorted(files)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of tensor ``name`` without reading it (safetensors)."""
+        return self._readers[name].shape(name) if self._readers else self._arrays[name].shape
+
+    def dtype(self, name: str) -> np.dtype:
+        """Dtype of tensor ``name``."""
+        return self._readers[name].dtype(name) if self._readers else self._arrays[name].dtype
+
+    def get(self, name: str) -> np.ndarray:
+        """Tensor ``name`` (only its bytes are read from a safetensors file)."""
+        return self._readers[name].get(name) if self._readers else self._arrays[name]
+
+
+class LoraExpert(NamedTuple):
+    """A PEFT adapter: factored, already a delta (no base needed)."""
+
+    path: Path
+    files: list[Path]
+
+
+def _sharded(path: Path) -> dict[str, SafetensorsReader]:
+    index = path / HF_INDEX_NAME
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not a safetensors index with a weight_map ({e})") from e
+    shards = {f: SafetensorsReader(path / f) for f in sorted(set(weight_map.values()))}
+    readers = {}
+    for name, shard in weight_map.items():
+        if name not in shards[shard].names:
+            raise CheckpointError(f"{index}: {name!r} is mapped to {shard}, which lacks it")
+        readers[name] = shards[shard]
+    return readers
+
+
+def open_expert(path: PathLike, *, step: int | None = None) -> DenseExpert | LoraExpert:
+    """Open one expert (or base) without reading its weights; the format from the path.
+
+    Raises:
+      CheckpointError: missing / corrupt files (naming the file).
+    """
+    path = Path(path).absolute()
+    require_exists(path, kind="expert", is_dir=None)
+    if path.is_dir() and (path / PEFT_CONFIG_NAME).is_file():
+        return LoraExpert(path, [path / PEFT_CONFIG_NAME, path / PEFT_WEIGHTS_NAME])
+    if path.is_dir() and (path / HF_INDEX_NAME).is_file():
+        return DenseExpert(path, _sharded(path))
+    single = path / HF_WEIGHTS_NAME if path.is_dir() else path
+    if single.suffix == ".safetensors" and single.is_file():
+        reader = SafetensorsReader(single)
+        return DenseExpert(path, dict.fromkeys(reader.names, reader))
+    arrays = flatten_tree(load_checkpoint(path, check_finite=False, step=step))
+    return DenseExpert(path, None, arrays)
+
+
+class PoolStatistics(NamedTuple):
+    """What one streaming pass over a pool gives.
+
+    Attributes:
+      gram: ``[n, n]`` Gram matrix of the task vectors (float64).
+      opposite: ``[n, n]`` counts of coordinates where two task vectors have opposite signs.
+      num_params: ``D``, the number of coordinates.
+      factored: the pool is LoRA adapters (Gram from the factors).
+    """
+
+    gram: np.ndarray
+    opposite: np.ndarray
+    num_params: int
+    factored: bool
+
+
+def _accumulate(x: np.ndarray, gram: np.ndarray, opp: np.ndarray) -> None:
+    x = x.reshape(x.shape[0], -1).astype(np.float64)
+    gram += x @ x.T
+    s = np.sign(x)
+    a = np.abs(s)
+    opp += (a @ a.T - s @ s.T) / 2
+
+
+def check_same_tensors(ref: DenseExpert, ex: DenseExpert) -> None:
+    """Raise unless ``ex`` has ``ref``'s tensor names and shapes, all floating."""
+    if ex.names != ref.names:
+        diff = sorted(set(ex.names) ^ set(ref.names))
+        raise CheckpointError(f"{ex.path}: tensor {diff[0]!r} is not in both {ref.path} and it")
+    for name in ref.names:
+        if ex.shape(name) != ref.shape(name):
+            raise CheckpointError(
+                f"{ex.path}: tensor {name!r} has shape {ex.shape(name)}, "
+                f"but {ref.path} has {ref.shape(name)}"
+            )
+        import jax.numpy as jnp
+
+        if not jnp.issubdtype(ex.dtype(name), jnp.floating):
+            raise CheckpointError(f"{ex.path}: tensor {name!r} has dtype {ex.dtype(name)}")
+
+
+def stream_pool_statistics(
+    experts: Sequence[DenseExpert | LoraExpert],
+    base: DenseExpert | None = None,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PoolStatistics:
+    r"""One pass over the pool: Gram, opposite-sign counts and ``D`` of :math:`\tau_t`.
+
+    Dense experts are read one tensor name at a time (``n`` + 1 copies of one tensor in
+    memory); ``base`` is subtracted when given. LoRA adapters are deltas already.
+
+    Args:
+      experts: from :func:`open_expert`, all dense or all LoRA.
+      base: the base model (dense pools only).
+      progress: ``fn(stage, done, total)`` called after each tensor / module.
+
+    Raises:
+      CheckpointError: mixed kinds, names / shapes that differ, non-floating tensors.
+    """
+    from ..lora import lora_gram_matrix
+
+    n = len(experts)
+    if n == 0:
+        raise CheckpointError("the pool has no experts")
+    gram = np.zeros((n, n))
+    opp = np.zeros((n, n))
+    lora = [isinstance(e, LoraExpert) for e in experts]
+    if any(lora) and not all(lora):
+        raise CheckpointError("the pool mixes PEFT adapters and dense models")
+    if all(lora):
+        if base is not None:
+            raise CheckpointError(f"{base.path}: PEFT adapters are deltas; drop --base")
+        stacked = stack_peft_adapters([load_peft_adapter(e.path) for e in experts])
+        # float64 accumulation (under x64) whatever the adapters' dtype (bf16 usually)
+        wide = jtu.tree_map(lambda x: np.asarray(x, np.float64), stacked)
+        gram = np.asarray(lora_gram_matrix(wide), np.float64)
+        modules = jtu.tree_leaves(stacked, is_leaf=is_lora_factors)
+        size = 0
+        for i, f in enumerate(modules):
+            b, a = np.asarray(f.B, np.float64), np.asarray(f.A, np.float64)
+            dense = np.asarray(f.scaling, np.float64)[:, None, None] * (b @ a)
+            _accumulate(dense, np.zeros((n, n)), opp)
+            size += dense[0].size
+            if progress:
+                progress("modules", i + 1, len(modules))
+        return PoolStatistics(gram, opp, size, True)
+    ref = base if base is not None else experts[0]
+    for ex in experts if base is None else [base, *experts]:
+        check_same_tensors(ref, ex)
+    size = 0
+    for i, name in enumerate(ref.names):
+        theta0 = base.get(name).astype(np.float64) if base is not None else 0.0
+        x = np.stack([e.get(name).astype(np.float64) - theta0 for e in experts])
+        if not np.all(np.isfinite(x)):
+            raise CheckpointError(f"tensor {name!r}: NaN / Inf in the pool's task vectors")
+        _accumulate(x, gram, opp)
+        size += x[0].size
+        if progress:
+            progress("tensors", i + 1, len(ref.names))
+    return PoolStatistics(gram, opp, size, False)

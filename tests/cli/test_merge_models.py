@@ -1,0 +1,91 @@
+"""``mergetheory merge`` on HF model folders and mergekit configs (per-tensor streaming)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mergetheory.cli import main
+from mergetheory.io import load_safetensors
+from mergetheory.merge import MERGE_OPERATORS
+
+WEIGHTS = [1.0, 0.5, 2.0, 1.5]
+
+
+def _config(tmp, method, params="", models_params=""):
+    text = "models:\n" + "".join(
+        f"  - model: expert{i}\n{models_params.format(w=WEIGHTS[i])}" for i in range(4)
+    )
+    text += f"base_model: base\nmerge_method: {method}\n{params}"
+    (tmp / "merge.yml").write_text(text)
+    return str(tmp / "merge.yml")
+
+
+def _read_folder(folder):
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        out = {}
+        for f in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            out.update(load_safetensors(folder / f))
+        return out
+    return load_safetensors(folder / "model.safetensors")
+
+
+def test_mergekit_ties_config_equals_the_registry_operator(tmp_path, hf_pool, capsys):
+    base, experts, _ = hf_pool(tmp_path)
+    weights = WEIGHTS
+    per_model = "    parameters: {{weight: {w}}}\n"
+    cfg = _config(tmp_path, "ties", "parameters: {density: 0.5}\ndtype: float32\n", per_model)
+    out = tmp_path / "merged"
+    rc = main(["merge", "--config", cfg, "--out", str(out), "--max-shard-size", "100"])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "config.json").is_file() and (out / "model.safetensors.index.json").is_file()
+    got = _read_folder(out)
+    stacked = {
+        n: jnp.asarray(np.stack([e[n].astype(np.float64) - base[n] for e in experts])) for n in base
+    }
+    hp = {
+        **MERGE_OPERATORS["ties"].default_hparams,
+        "density": 0.5,
+        "weights": jnp.asarray(weights),
+        "weights_before_election": True,
+        "aggregate": "weighted_mean",
+    }
+    want = MERGE_OPERATORS["ties"].fn(stacked, jax.random.key(0), **hp)
+    for n in base:
+        assert got[n].dtype == np.float32
+        np.testing.assert_allclose(got[n], base[n] + np.asarray(want[n]), rtol=1e-6, atol=1e-6)
+
+
+def test_folder_merge_with_base_keeps_dtype_unless_asked(tmp_path, hf_pool, capsys):
+    base, experts, _ = hf_pool(tmp_path)
+    paths = [str(tmp_path / f"expert{i}") for i in range(4)]
+    out = tmp_path / "avg"
+    argv = ["merge", "--operator", "average", "--base", str(tmp_path / "base"), "--out"]
+    assert main([*argv, str(out), *paths]) == 0, capsys.readouterr().err
+    got = _read_folder(out)
+    for n in base:
+        want = np.mean([e[n].astype(np.float64) for e in experts], axis=0)
+        np.testing.assert_allclose(got[n], want, rtol=1e-6)
+        assert got[n].dtype == np.float32
+    assert main([*argv, str(tmp_path / "bf"), "--dtype", "bfloat16", *paths]) == 0
+    assert str(_read_folder(tmp_path / "bf")["head.w"].dtype) == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    "method, params, problem",
+    [
+        ("slerp", "", "merge_method 'slerp' is not supported"),
+        ("ties", "parameters: {normalize: false}\n", "normalize: False is not supported"),
+        ("ties", "parameters: {epsilon: 0.1}\n", "parameter 'epsilon' of ties"),
+    ],
+)
+def test_unsupported_mergekit_config_refused(tmp_path, hf_pool, capsys, method, params, problem):
+    hf_pool(tmp_path)
+    cfg = _config(tmp_path, method, params)
+    assert main(["merge", "--config", cfg, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and problem in err and "merge.yml" in err, err
+    assert not (tmp_path / "o").exists()
