@@ -8,7 +8,7 @@ and warm, the DARE step ``where(mask, x / rho, 0)`` with the mask from
 * ``threefry2x32``, ``rbg``, ``unsafe_rbg``: ``jax.random.bernoulli(key, rho, shape)`` with a
   key of that implementation (``jax.random.key(seed, impl=...)``);
 
-and the NumPy probe ``X.sum(0)`` (one read of the data, DESIGN.md section 8). Timings are
+and the NumPy probe ``X.sum(0)`` (one read of the data, docs/width_engine.md). Timings are
 round-robin over the variants, ``--rounds`` times; reported per variant: compile time,
 min and median seconds and ``min / min(probe)``. Results go to ``--out`` as JSON (the
 script never writes into ``benchmarks/results/`` unless told to).

@@ -5,7 +5,7 @@ to pick operators). For ``n = 8`` experts of ``D = 1e7`` float32 entries (one ``
 leaf) it times, in one process:
 
 * the **probe**: NumPy ``X.sum(0)`` over the same ``[n, D]`` array (one read of the data;
-  the unit of DESIGN.md section 8);
+  the unit of docs/width_engine.md);
 * every operator of :data:`mergetheory.merge.MERGE_OPERATORS` (zoo operators included
   automatically), jitted, warm, with its registry ``default_hparams``;
 * a NumPy reference TIES (``np.partition`` top-k, the fastest exact CPU selection in the

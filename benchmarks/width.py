@@ -1,4 +1,4 @@
-r"""Benchmark of the width engine (DESIGN.md section 4) against same-process baselines.
+r"""Benchmark of the width engine (docs/width_engine.md) against same-process baselines.
 
 Run ``python -m benchmarks.width`` (``--quick`` for a small smoke run). Each part runs in a
 fresh subprocess (so its peak-memory reading is its own) and the results go, atomically,
@@ -174,7 +174,7 @@ def part_fast_vs_naive(quick: bool) -> dict[str, Any]:
     naive_per_sample = naive_t["min_s"] / m_naive
     naive_total = naive_per_sample * m_fast  # same M -> same stderr
 
-    # NumPy naive baseline (DESIGN.md section 8 quotes 11.4 ms per sample at D = 1e6)
+    # NumPy naive baseline (docs/width_engine.md quotes 11.4 ms per sample at D = 1e6)
     def numpy_naive() -> float:
         vals = [np.max(x_np @ rng.standard_normal(dim, dtype=np.float32)) for _ in range(m_numpy)]
         return float(np.mean(vals))

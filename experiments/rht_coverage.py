@@ -12,7 +12,7 @@ split the log-gain into *rescaling* (:math:`\log` of the max-norm ratio) and *ge
 
 Also: the code-level RHT norm ratio on Gaussian entries against
 :func:`~mergetheory.theory.rht.predicted_norm_ratio` (1.4182 at density 0.7) with the
-kurtosis before and after (THEORY.md 6.5), and the coverage curve :math:`w(S_n)/R_n`
+kurtosis before and after (Sources S6), and the coverage curve :math:`w(S_n)/R_n`
 against ``n`` of correlated experts before / after (does RHT delay saturation, or only
 shift the level?).
 
@@ -222,7 +222,7 @@ def run(config: RHTCoverageConfig, *, progress: bool = True) -> tuple[dict, dict
             verdicts[(f, "heavy_tailed", float(nu))] = v
             heavy_code[f, j] = 0 if v == "holds" else 2
 
-    # code-level RHT norm ratio on Gaussian entries (THEORY.md 6.5)
+    # code-level RHT norm ratio on Gaussian entries (Sources S6)
     x = jr.normal(key_norm, (config.norm_experts, config.norm_entries), dtype)
     norm_ratio = np.zeros((num_d, config.norm_experts))
     norm_ratio_se = np.zeros(num_d)

@@ -12,7 +12,7 @@ i.i.d. Gaussian effective updates merged with equal weights :math:`c/k`,
 2. ``opt``: the same with :math:`\theta^\star = \theta_0 + c\mu` (``a = 0``): variance
    :math:`\Theta(1/k^2)`.
 3. ``pool``: one fixed pool of ``M = 9`` experts, subsets *without* replacement, against
-   the conditional finite-population formula (and the literal reading of THEORY.md 11.5).
+   the conditional finite-population formula (and the literal reading of Sources S8).
 4. ``pools``: the conditional formula averaged over ``num_pools`` i.i.d. pools, against
    :math:`L_\infty + A/k` (exact on average) and the literal
    :math:`L_\infty + \frac{M-k}{M-1}A/k`.

@@ -25,7 +25,7 @@ from figures._style import plt, rho_colors, run_figure
 NAME = "fig_threshold"
 RESULTS = ("threshold",)
 
-# E max(0, Z_1..Z_n), THEORY.md section 4 (for reference only; not used for any verdict)
+# E max(0, Z_1..Z_n), Sources S2 (for reference only; not used for any verdict)
 _E0 = [0.3989, 0.6810, 0.8881, 1.0458, 1.1697, 1.2701, 1.3534, 1.4242, 1.4853, 1.5389]
 
 

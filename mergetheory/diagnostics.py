@@ -12,9 +12,9 @@ experts merges well or badly:
   (``gargiulo2025tsv``) per 2-D leaf,
   :math:`\|(U^\top U - I)\,\Sigma\,(V^\top V - I)\|_1` with **column** concatenation
   :math:`U = [U_1 \cdots U_T]` (FusionBench's dim-0 concatenation raises for
-  :math:`T > 1`; OPERATORS.md section 2.5).
+  :math:`T > 1`).
 * :func:`model_kinship`: model kinship (``hu2025kinship``): Pearson correlation (PCC),
-  cosine similarity (CS, **absolute** cosine as in the reference code, OPERATORS.md 3.3)
+  cosine similarity (CS, **absolute** cosine as in the reference code)
   and Euclidean distance (ED) of the flattened deltas.
 
 :func:`interference_diagnostics` computes all of them at once and returns a
@@ -66,7 +66,7 @@ class SignConflictOutput(NamedTuple):
 
 
 class KinshipOutput(NamedTuple):
-    """Model-kinship matrices ``[T, T]`` (``hu2025kinship``; THEORY.md section 12.2).
+    """Model-kinship matrices ``[T, T]`` (``hu2025kinship``; Sources S7).
 
     Attributes:
       pcc: Pearson correlation of the flattened deltas (``torch.corrcoef`` semantics).

@@ -6,7 +6,7 @@ A *factored expert set* is a pytree whose leaves (per adapted module) are
 (PEFT convention: ``d = out_features``, ``k = in_features``, ``lora_B: [d, r]``,
 ``lora_A: [r, k]``, ``s = lora_alpha / r``).
 
-Everything the width engine needs is the Gram matrix of the experts (DESIGN.md section 4),
+Everything the width engine needs is the Gram matrix of the experts (docs/width_engine.md),
 and for factored experts it is cheap:
 
 .. math::

@@ -1,10 +1,10 @@
 r"""Mergeability (Rahamim et al., "Will it Merge?", arXiv 2601.06672), reconstructed.
 
-**Status.** The paper's body is not available (``reference/THEORY.md`` section 10.1): the
+**Status.** The paper's body is not available (Sources S7): the
 estimator, the binomial null, the base-knowledge measurements and the weighted merge below
 are *reconstructions* from the abstract and secondary sources, and are labelled as such.
 
-**Estimator** (reconstruction of THEORY.md 10.2). The mergeability of an update
+**Estimator** (reconstruction of Sources S7). The mergeability of an update
 :math:`\tau_i` is the expected score on its own task after merging it with :math:`M`
 random partners from the pool of the other updates:
 
@@ -21,7 +21,7 @@ not normalised by the expert's own score (the paper pre-filters to updates that 
 :math:`\hat S` is per example. Reusing one key across merge operators reuses the same
 partner sets (common random numbers), so operators are compared on paired draws.
 
-**Binomial null** (reconstruction of THEORY.md 10.2, "[S1: Figure 2]"). If every unit
+**Binomial null** (reconstruction of Sources S7, "[S1: Figure 2]"). If every unit
 (example) survived each merge independently with one common probability :math:`\bar p`,
 the success counts :math:`c_u = N \hat S_u` would be :math:`\mathrm{Binomial}(N, \bar p)`.
 :func:`binomial_null_test` compares the histogram of :math:`c_u` with that law by a
@@ -30,7 +30,7 @@ likelihood-ratio (G) and a Pearson :math:`\chi^2` statistic
 :math:`\widehat{\mathrm{Var}}(c) / (N\bar p(1-\bar p))` (1 under the null, > 1 when
 mergeability is a trait of the unit).
 
-**Base knowledge** (hypothesis H-BK, reconstruction of THEORY.md 10.5): *updates
+**Base knowledge** (hypothesis H-BK, reconstruction of Sources S7): *updates
 fine-tuned on tasks the base model knows better are more mergeable*, i.e.
 :math:`\mathrm{corr}(\mathrm{acc}_{\theta_0}(t), \hat S(\tau_t)) > 0`.
 :func:`mergetheory.stats.bootstrap_correlation` gives Spearman / Pearson with a
@@ -39,12 +39,12 @@ percentile-bootstrap CI, and :func:`base_margin` the example-level measure
 (H-BK predicts a *negative* correlation of :math:`\Delta_\text{base}` with :math:`\hat S`
 over examples the fine-tune fixed).
 
-**Moderation** (hypothesis H-MOD, [inferred] from the ACTMat replication, THEORY.md 10.8):
+**Moderation** (hypothesis H-MOD, [inferred] from the ACTMat replication, Sources S7):
 *the base-knowledge correlation shrinks for operators that reduce interference (TIES)
 relative to the plain mean*. :func:`moderation_test` gives every operator's correlation
 and its paired-bootstrap difference from a reference operator.
 
-**Weighted merge** (reconstruction of THEORY.md 10.6): the weights
+**Weighted merge** (reconstruction of Sources S7): the weights
 :math:`w_i = \mathrm{softmax}_i\big((1 - \mathrm{acc}_i)/t\big)` (temperature ``t``) live
 with the operator in :mod:`mergetheory.merge.linear` (``base_knowledge_weights``,
 ``MERGE_OPERATORS["base_knowledge_weighted"]``); this module only measures.
@@ -355,7 +355,7 @@ def binomial_null_test(
 ) -> BinomialNullTest:
     r"""Is mergeability a trait? Compare success counts with :math:`\mathrm{Binomial}(N, \bar p)`.
 
-    Reconstruction of the paper's null model (THEORY.md 10.2): under the null every unit
+    Reconstruction of the paper's null model (Sources S7): under the null every unit
     survives each merge independently with the same probability
     :math:`\bar p = \sum_u c_u / (U N)`, so the counts :math:`c_u` are i.i.d.
     :math:`\mathrm{Binomial}(N, \bar p)`. Bins of the histogram ``c = 0..N`` are pooled
@@ -430,7 +430,7 @@ def moderation_test(
     For operators :math:`k = 1..K` with mergeability :math:`\hat S_k(\tau_t)`,
     :math:`\rho_k = \mathrm{corr}(\mathrm{acc}_{\theta_0}(t), \hat S_k(\tau_t))` and the
     paired-bootstrap CI of :math:`\rho_k - \rho_\text{ref}` (same resampled experts for
-    all operators). H-MOD ([inferred] from THEORY.md 10.8) predicts
+    all operators). H-MOD ([inferred] from Sources S7) predicts
     :math:`\rho_\text{TIES} - \rho_\text{mean} < 0`.
 
     Args:
@@ -472,7 +472,7 @@ def moderation_test(
 def base_margin(probs: jax.Array, labels: jax.Array) -> jax.Array:
     r"""Example-level base knowledge :math:`\Delta_\text{base} = p(\text{top}) - p(y)`.
 
-    Reconstruction of the PopQA measure of THEORY.md 10.4 row 1: how far the base model's
+    Reconstruction of the PopQA measure of Sources S7 row 1: how far the base model's
     top-ranked class is above the correct one (0 when the base is right; small when it
     "almost knows").
 

@@ -2,7 +2,7 @@ r"""Synthetic task-vector samplers: one ``*Spec`` NamedTuple per family, one ent
 
 :func:`sample_task_vectors` ``(key, spec, shapes, dtype)`` draws a task-vector set, i.e. a
 pytree with the structure of ``shapes`` whose every leaf has a leading task axis
-``[T, ...]`` (DESIGN.md section 2). ``shapes`` is any pytree of leaf shapes: tuples of
+``[T, ...]`` (docs/). ``shapes`` is any pytree of leaf shapes: tuples of
 ints (``{"w": (64, 32), "b": (32,)}``), ``jax.ShapeDtypeStruct`` leaves (the output of
 ``jax.eval_shape(model.init, ...)`` for a Flax model) or arrays (their shape is used).
 

@@ -8,7 +8,7 @@ Validation (:func:`validate_task_vectors`, :func:`check_same_structure`) raises
 :class:`TaskVectorError` naming the offending leaf path. Value checks (NaN/Inf) run only
 on concrete arrays, i.e. at public entry points outside ``jit``.
 
-Performance note (DESIGN.md section 8): XLA:CPU reduces badly over a short leading axis,
+Performance note (docs/width_engine.md): XLA:CPU reduces badly over a short leading axis,
 so reductions over the task axis go through :func:`sum_tasks`, which unrolls the sum over
 ``T`` (a static Python int) into ``x[0] + x[1] + ...``.
 """
@@ -303,7 +303,7 @@ def sum_tasks(x: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     r"""Sum a ``[T, ...]`` array over its task axis: :math:`\sum_t w_t x_t`.
 
     The sum is unrolled over ``T`` (``x[0] + x[1] + ...``), which XLA:CPU runs at memory
-    bandwidth, unlike ``jnp.sum(x, axis=0)`` (DESIGN.md section 8). For ``T`` above 64 it
+    bandwidth, unlike ``jnp.sum(x, axis=0)`` (docs/width_engine.md). For ``T`` above 64 it
     falls back to ``jnp.tensordot`` / ``jnp.sum``.
 
     Args:

@@ -48,6 +48,8 @@ def test_readme_docs_and_report_stand_alone():
 
     root = Path(__file__).resolve().parents[1]
     docs = [root / "README.md", *root.glob("docs/*.md"), *root.glob("paper/sections/*.md")]
+    docs += [*root.glob("mergetheory/**/*.py"), *root.glob("experiments/*.py")]
+    docs += [*root.glob("figures/*.py"), *root.glob("benchmarks/*.py")]
     outside = re.compile(r"\.\./shared|THEORY\.md|OPERATORS\.md|PEERS\.md|DESIGN\.md")
     offenders = [
         f"{p.relative_to(root)}: {m.group(0)}"

@@ -25,7 +25,7 @@ width curve use the same paths, so the comparisons between them are paired too.
 
 *Reconstruction.* The paper's claims (C3 concavity, C4 a unique :math:`n^\star`) are stated
 for the Gaussian width; reading them as claims about merged performance, with the gain
-ratio and utility definitions of THEORY.md section 5.2 applied to the performance curve, is
+ratio and utility definitions of Sources S5 applied to the performance curve, is
 this toolkit's reconstruction (``wang2025moreexperts`` in ``paper/refs.bib``).
 
 Example:

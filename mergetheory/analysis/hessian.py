@@ -18,7 +18,7 @@ an unbiased estimate up to the quadrature error, with a standard error across th
 :math:`P` probes. The nodes and weights are the *spectral density* estimate
 :math:`\rho(\lambda) \approx \frac1P\sum_{p,j} w_{pj}\,\delta(\lambda - \theta_{pj})`.
 
-**Statistical dimension of the quadratic loss sublevel set** (*reconstruction*, THEORY.md
+**Statistical dimension of the quadratic loss sublevel set** (*reconstruction*, Sources S3
 sections 2.5 and 3, candidate 4). Near :math:`\theta_0` the sublevel set
 :math:`\{\Delta : \tfrac12 \Delta^\top H \Delta \le \varepsilon\}` is an ellipsoid with
 semi-axes :math:`r_j = \sqrt{2\varepsilon/|\lambda_j|}`. Following the pruning precedent's

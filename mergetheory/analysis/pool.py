@@ -19,7 +19,7 @@ Gram alone:
 the support values on a Gaussian draw are :math:`(L z)_i`, so the gain of adding
 :math:`j` is :math:`\mathbb E[\max(h_S, (Lz)_j)] - \mathbb E[h_S]` on fixed draws.
 
-Reference: THEORY.md sections 4 (concavity) and 5 (:math:`n^\star`) in ``paper/``.
+Reference: Sources S2 (concavity) and 5 (:math:`n^\star`) in ``paper/``.
 """
 
 from __future__ import annotations

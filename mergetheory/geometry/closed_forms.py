@@ -14,7 +14,7 @@ here is host-side NumPy / SciPy and returns Python floats; nothing is traced.
 * :math:`\delta(\mathrm{Circ}_D(\alpha))` and its width, by quadrature over the polar
   angle;
 * :math:`E_n = \mathbb{E}\max(Z_1..Z_n)` and :math:`E^0_n = \mathbb{E}\max(0, Z_1..Z_n)`
-  (THEORY.md section 4);
+  (Sources S2);
 * the zonotope :math:`w = \sum_i \|t_i\|/\sqrt{2\pi}`; the finite-set bound
   :math:`\max_t\|t\|\sqrt{2\log N}`; the kinematic constant
   :math:`a_\eta = \sqrt{8\log(4/\eta)}`.
@@ -22,7 +22,7 @@ here is host-side NumPy / SciPy and returns Python floats; nothing is traced.
 References (``paper/refs.bib``): Amelunxen, Lotz, McCoy, Tropp 2014, "Living on the
 edge" (statistical dimension, circular cones, Theorem I); Vershynin 2018, *High-
 Dimensional Probability* (widths of balls, finite-set bound); the Snowmaker / conivol
-tables in ``reference/PEERS.md``.
+tables in peer toolkits' published figures.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def expected_max_normal(n: int) -> float:
 
     .. math:: E_n = \int_0^\infty (1 - \Phi(x)^n)\,dx - \int_{-\infty}^0 \Phi(x)^n\,dx .
 
-    Reproduces THEORY.md section 4 (e.g. :math:`E_2 = 1/\sqrt\pi = 0.5642`,
+    Reproduces Sources S2 (e.g. :math:`E_2 = 1/\sqrt\pi = 0.5642`,
     :math:`E_{10} = 1.5388`). ``w(conv{rho e_1..rho e_n}) = rho * E_n``.
     """
     n = _check_int("n", n, 1)
@@ -147,7 +147,7 @@ def expected_max_normal_with_zero(n: int) -> float:
     r""":math:`E^0_n = \mathbb{E}\max(0, Z_1..Z_n) = \int_0^\infty (1 - \Phi(x)^n)\,dx`.
 
     :math:`E^0_1 = 1/\sqrt{2\pi}`; ``w(conv{0, rho e_1..rho e_n}) = rho * E0_n``
-    (THEORY.md section 4). ``n = 0`` gives 0 (the set ``{0}``).
+    (Sources S2). ``n = 0`` gives 0 (the set ``{0}``).
     """
     n = _check_int("n", n, 0)
     if n == 0:
@@ -285,7 +285,7 @@ def finite_set_width_bound(max_norm: float, num_points: int) -> float:
 def kinematic_a_eta(eta: float) -> float:
     r"""ALMT 2014 Theorem I constant :math:`a_\eta = \sqrt{8\log(4/\eta)}`, :math:`\eta\in(0,1)`.
 
-    :math:`a_{0.05} \approx 5.92`, :math:`a_{0.01} \approx 6.92` (THEORY.md section 2.4).
+    :math:`a_{0.05} \approx 5.92`, :math:`a_{0.01} \approx 6.92` (Sources S4).
     """
     eta = float(eta)
     if not 0.0 < eta < 1.0:

@@ -4,7 +4,7 @@ Every set built from ``n`` task vectors :math:`t_1, \dots, t_n \in \mathbb{R}^D`
 :math:`T \in \mathbb{R}^{n \times D}`) has a support function
 :math:`h_S(g) = \sup_{s \in S} \langle g, s\rangle` that depends on :math:`g` only through
 :math:`z = T g`, and :math:`z \sim \mathcal{N}(0, G)` for :math:`g \sim \mathcal{N}(0, I_D)`,
-with :math:`G = T T^\top` the Gram matrix (DESIGN.md section 4). Each family owns its
+with :math:`G = T T^\top` the Gram matrix (docs/width_engine.md). Each family owns its
 maths (:meth:`GeneratedSet.support_from_z`, and for cones
 :meth:`GeneratedCone.projection_sq_from_z`), as ott-jax's geometries own their cost:
 
@@ -408,7 +408,7 @@ class Ellipsoid(GeneratedSet):
 
         Without ``axes`` the ellipsoid lives in :math:`\mathbb{R}^k` with coordinate axes.
         E.g. a Hessian sublevel set :math:`\{\Delta: \tfrac12\Delta^\top H\Delta\le\epsilon\}`
-        has :math:`a_j = \sqrt{2\epsilon/\lambda_j}` (THEORY.md section 3, candidate 4).
+        has :math:`a_j = \sqrt{2\epsilon/\lambda_j}` (Sources S3, candidate 4).
         """
         concrete = is_concrete(semi_axes) and (axes is None or is_concrete(axes))
         xp = np if concrete else jnp  # host-side construction: no eager compiles

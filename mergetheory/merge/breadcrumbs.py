@@ -37,7 +37,7 @@ The band is found by thresholds, not by sorting indices: an entry is kept iff
 :math:`\theta_k` the :math:`k`-th largest magnitude of its row (one value sort per row;
 rows or tensors longer than ``2**15`` use the exact count search of
 :func:`mergetheory.merge.magnitude_threshold` instead of a 26 s sort,
-DESIGN.md section 8). This equals the index-based rule of the references except when
+docs/width_engine.md). This equals the index-based rule of the references except when
 non-zero magnitudes tie exactly at a band edge (``torch.topk`` breaks such ties in an
 unspecified order; here tied entries fall on the same side). ``beta``, ``gamma`` and
 ``scale`` are traced in the jitted core, so the counts :math:`\lfloor n\beta\rfloor` are

@@ -1,6 +1,6 @@
 r"""DARE: drop and rescale, then a linear merge (``dare_linear``) or TIES (``dare_ties``).
 
-DARE (Yu et al., ICML 2024, arXiv 2311.03099; OPERATORS.md 2.3, 3.2) sparsifies each task
+DARE (Yu et al., ICML 2024, arXiv 2311.03099) sparsifies each task
 vector at random and rescales the survivors so that the expectation is unchanged:
 
 .. math::

@@ -33,7 +33,7 @@ rewrite is needed, and the measurements, are in ``docs/merge_kernels.md``.
   :math:`s_0, s_1`) for the DARE masks (reference: :func:`hash_uniform_bits_reference`,
   the same hash in NumPy).
 
-Reference: DESIGN.md section 8; ``docs/merge_kernels.md``.
+Reference: docs/width_engine.md; ``docs/merge_kernels.md``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@ r"""Linear merges: weight averaging, Task Arithmetic and base-knowledge weightin
 
 All three are linear maps of the task vectors,
 :math:`\Delta = \sum_t \omega_t \tau_t`, that differ only in the coefficients
-:math:`\omega` (OPERATORS.md section 2.1, THEORY.md section 10.6). The task-axis reduction
-is :func:`mergetheory.tree.sum_tasks` (unrolled over ``T``, DESIGN.md section 8).
+:math:`\omega` (Sources S7). The task-axis reduction
+is :func:`mergetheory.tree.sum_tasks` (unrolled over ``T``, docs/width_engine.md).
 
 References (``paper/refs.bib``): ``ilharco2023editing`` (Task Arithmetic),
 ``rahamim2026mergeability`` (base-knowledge weighting, arXiv 2601.06672).
@@ -60,7 +60,7 @@ def average(task_vectors: TaskVectors, key: Key, *, weights: Any = None) -> Merg
 
     On task vectors this is the update of the averaged model,
     :math:`\frac1T\sum_t\theta_t - \theta_0`; it equals Task Arithmetic with
-    :math:`\lambda = 1/T` (OPERATORS.md 2.1). Linear and permutation invariant; the
+    :math:`\lambda = 1/T`. Linear and permutation invariant; the
     identity at ``T = 1``.
 
     Args:
@@ -108,7 +108,7 @@ def task_arithmetic(
     The merged model is :math:`\theta_0 + \Delta`. With ``weights=None`` all
     :math:`w_t = 1` (the paper's sum of task vectors); per-task weights follow mergekit's
     ``task_arithmetic`` (``normalize = False``). Reference scales: FusionBench
-    :math:`\lambda = 0.3`, the task_vectors README 0.8 (OPERATORS.md 2.1).
+    :math:`\lambda = 0.3`, the task_vectors README 0.8.
 
     Args:
       task_vectors: pytree of ``[T, ...]`` leaves.
@@ -188,7 +188,7 @@ def base_knowledge_weighted(
     "Will it Merge? On The Causes of Model Mergeability" (arXiv 2601.06672) weights each
     adapter inversely to the base model's accuracy on its task, with a softmax over
     :math:`1 - \mathrm{Acc}` at temperature :math:`\tau`, against a mean-merge baseline
-    (THEORY.md 10.6). The exact form below is inferred from that description; the
+    (Sources S7). The exact form below is inferred from that description; the
     paper's :math:`\tau`, and whether the weights multiply a KnOTS or a plain linear merge,
     are not available. Here they multiply a linear merge:
 

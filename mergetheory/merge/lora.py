@@ -8,9 +8,9 @@ A set of ``T`` LoRA experts is a pytree of :class:`mergetheory.lora.LoraFactors`
   :math:`B_m = \mathrm{merge}(s_1 B_1, \dots, s_T B_T)`,
   :math:`A_m = \mathrm{merge}(A_1, \dots, A_T)`, and the model receives :math:`B_m A_m`.
   This is what the seed repository of arXiv 2505.21226 does for RHT and every other
-  operator: it merges each tensor of the adapter state dict on its own (THEORY.md 6.3). It
+  operator: it merges each tensor of the adapter state dict on its own (Sources S6). It
   is **not** linear in :math:`\Delta W`: even for Task Arithmetic
-  :math:`B_m A_m = (\sum_t B_t)(\sum_t A_t) \ne \sum_t B_t A_t` (OPERATORS.md 4, item 13).
+  :math:`B_m A_m = (\sum_t B_t)(\sum_t A_t) \ne \sum_t B_t A_t`.
   A scalar ``scaling`` is kept outside the merge (as a PEFT config value); a per-expert
   ``[T]`` scaling is folded into ``B`` first.
 * :func:`lora_deltawise` merges the dense products :math:`\Delta W_t` themselves

@@ -4,7 +4,7 @@ r"""Code-level RHT: the operator the released code of arXiv 2505.21226 runs as "
 (RHT) method whose formula is not public. Its repository's ``scripts/RHT.sh`` runs GENOME
 with the merge ``dare_ties_magnitude_with_rescaler`` (seed repository
 ``src/base/merge_utils.py``); this module implements that operator **exactly** as
-documented in THEORY.md 6.2 / OPERATORS.md 2.12 (provenance [C]). Per tensor, for
+documented in Sources S6 (provenance: the released code). Per tensor, for
 experts :math:`x_1, \dots, x_K` with weights :math:`c`:
 
 1. normalize the weights, :math:`c \leftarrow c / \sum_k c_k` (default :math:`c_k = 1/K`);
@@ -21,7 +21,7 @@ code. This is PEFT ``ties`` on the rescaled tensors :math:`x_k / \rho`, so it sh
 TIES primitives (top-k ties at the threshold are kept, see
 :mod:`mergetheory.merge.topk`).
 
-Measured effect (THEORY.md 6.5): with one Gaussian tensor, :math:`\|RHT(x)\| / \|x\| =
+Measured effect (Sources S6): with one Gaussian tensor, :math:`\|RHT(x)\| / \|x\| =
 \sqrt{2(c\varphi(c) + 1 - \Phi(c))}/\rho` with :math:`c = \Phi^{-1}(1 - \rho/2)`, i.e.
 1.4182 at :math:`\rho = 0.7`; the operator enlarges scale (and any width-based coverage)
 by that factor and makes tails slightly heavier.

@@ -1,6 +1,6 @@
 r"""TIES-Merging and magnitude pruning (trim, elect, disjoint merge).
 
-TIES-Merging (Yadav et al., NeurIPS 2023, arXiv 2306.01708; OPERATORS.md 2.2, 3.1), per
+TIES-Merging (Yadav et al., NeurIPS 2023, arXiv 2306.01708), per
 tensor, for task vectors :math:`\tau_1, \dots, \tau_T` with optional weights :math:`w_t`:
 
 1. **Trim.** :math:`\hat\tau_t = \tau_t \odot \mathbb 1[|\tau_t| \ge \theta_t]`, keeping the

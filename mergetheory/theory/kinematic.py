@@ -2,7 +2,7 @@ r"""The Approximate Kinematic Formula, checked empirically on polyhedral cones.
 
 Hypothesis **H-kinematic** (a theorem, [B]: Amelunxen, Lotz, McCoy, Tropp 2014,
 "Living on the edge", Theorem I; its use for claim C4 of arXiv 2505.21226 is a
-*reconstruction*, THEORY.md sections 1.4 C4 and 2.4). Let
+*reconstruction*, Sources S1 C4 and 2.4). Let
 :math:`C = \operatorname{cone}\{t_1, \dots, t_n\} \subset \mathbb R^D` be a polyhedral cone
 with statistical dimension :math:`\delta(C) = \mathbb E\|\Pi_C(g)\|^2` and :math:`L` a
 uniformly random :math:`m`-dimensional subspace. For :math:`\eta \in (0, 1)` and

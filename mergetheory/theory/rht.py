@@ -1,7 +1,7 @@
 r"""Does RHT extend coverage? Width of the expert hull before and after a reparameterization (C5).
 
 Hypothesis **H-RHT** (claim C5 of arXiv 2505.21226, *reconstruction*: the paper's RHT
-formula and its measure of "coverage" are unknown; THEORY.md sections 1.4 C5 and 6). A
+formula and its measure of "coverage" are unknown; Sources S1 C5 and 6). A
 per-expert reparameterization :math:`\tau_i \mapsto \tilde\tau_i = \phi(\tau_i)` *extends
 the coverage* of the merged model: the Gaussian width of the set of merges,
 :math:`w(\mathrm{conv}\{\tilde\tau_i\}) > w(\mathrm{conv}\{\tau_i\})`, **at equal norm
@@ -26,7 +26,7 @@ supports and sign conflicts. :func:`coverage_gain` measures both terms with pair
 width engine, so the identity is checked on the estimator, not just on paper.
 
 **The reparameterizations** (:data:`REPARAMETERIZATIONS`; each is applied to every expert
-and every tensor separately, like step 2 of the released code, THEORY.md 6.2):
+and every tensor separately, like step 2 of the released code, Sources S6):
 
 * ``rht`` -- the released code's RHT step: keep the top :math:`k = \lfloor\rho_d\,
   \mathrm{numel}\rfloor` magnitudes, divide by the density :math:`\rho_d`.
@@ -37,7 +37,7 @@ and every tensor separately, like step 2 of the released code, THEORY.md 6.2):
   (the two differ by the common factor :math:`1/\rho_d`), so their coverages agree exactly;
 * ``dare`` -- Bernoulli(:math:`\rho_d`) keep masks, divide by :math:`\rho_d`;
   :math:`\mathbb E\|\tilde\tau\|^2 = \|\tau\|^2/\rho_d`;
-* ``heavy_tailed`` -- *hypothesis* (the paper's family is unknown; THEORY.md section 9
+* ``heavy_tailed`` -- *hypothesis* (the paper's family is unknown; Sources S1
   recommends a Student-t scale mixture): every coordinate of every expert is multiplied by
   an independent :math:`s \sim \sqrt{\nu/\chi^2_\nu}`, then each expert is rescaled to its
   original norm (so the rescaling term is exactly 0 and the whole effect is geometric).
@@ -162,7 +162,7 @@ def rht_reparameterize(task_vectors: TaskVectors, key: Key, *, density: Any) -> 
 
     :math:`T_{\rho_d}` is the top-magnitude mask keeping a fraction :math:`\rho_d`.
 
-    ``magnitude_based_pruning_with_rescaler`` of the seed repository (THEORY.md 6.2 step 2),
+    ``magnitude_based_pruning_with_rescaler`` of the seed repository (Sources S6 step 2),
     applied to every expert tensor. With one expert the full code-level RHT merge
     (``MERGE_OPERATORS["rht"]``) reduces to this map. Deterministic: ``key`` is ignored.
 
@@ -177,7 +177,7 @@ def rht_reparameterize(task_vectors: TaskVectors, key: Key, *, density: Any) -> 
     Example:
       >>> x = jr.normal(jr.key(0), (1, 200_000))
       >>> jnp.linalg.norm(rht_reparameterize(x, None, density=0.7)) / jnp.linalg.norm(x)
-      >>> # ~ 1.4182 (THEORY.md 6.5)
+      >>> # ~ 1.4182 (Sources S6)
     """
     del key
     return _prune(task_vectors, density, True)

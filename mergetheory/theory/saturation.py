@@ -1,6 +1,6 @@
 r"""Upper bound, lower bound and saturation of the merged-set width (claims C1, C2).
 
-Hypothesis **H-bound** (C1, *reconstruction*: the paper's statement is unknown; THEORY.md
+Hypothesis **H-bound** (C1, *reconstruction*: the paper's statement is unknown; Sources S1
 sections 1.4 C1-C3 and 2.2 L-b). For the hull of ``n`` task vectors (``kind="hull"``,
 ``p = n`` points) or of the ``n`` vectors and the origin (``kind="hull0"``, ``p = n + 1``
 points), with :math:`R_n = \max_{i\le n}\|\tau_i\|` and :math:`r_n` the rank of the vectors,

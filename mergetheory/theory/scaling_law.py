@@ -29,7 +29,7 @@ moments vanish and :math:`\operatorname{Var}(\tfrac12\varepsilon^\top H \varepsi
 = \tfrac12 \operatorname{tr}((HS)^2)` for :math:`\varepsilon \sim \mathcal N(0, S)`.
 
 **Finite population** (sampling *without* replacement from a fixed pool
-:math:`v_1, \dots, v_M`; a statement made precise here, since THEORY.md section 11.5 leaves
+:math:`v_1, \dots, v_M`; a statement made precise here, since Sources S8 leaves
 open what the factor multiplies). Conditional on the pool, with pool mean :math:`\bar v`
 and *population* covariance :math:`\hat\Sigma = \frac1M \sum_i (v_i - \bar v)(v_i - \bar
 v)^\top`, a uniform :math:`k`-subset mean has covariance
@@ -48,7 +48,7 @@ with :math:`S = \frac{M}{M-1}\hat\Sigma` the *unbiased* covariance. The factor
 (:math:`\mathbb E\,L(\theta_0 + c\bar v) = L_\infty + \tfrac{c^2}{2M}\operatorname{tr}(H\Sigma)`,
 :math:`\mathbb E\,S = \Sigma`) it collapses *exactly* to :math:`L_\infty + A/k`: no finite-
 population factor survives the average (a random subset of an i.i.d. pool is an i.i.d.
-sample). Reading THEORY.md 11.5 literally as ":math:`L_\infty + (M-k)/(M-1) \cdot A/k`"
+sample). Reading Sources S8 literally as ":math:`L_\infty + (M-k)/(M-1) \cdot A/k`"
 is therefore wrong on average over pools; it is right conditionally, with the two
 replacements above. Note the conditional curve is still *exactly* of the law's form
 :math:`L'_\infty + A'/k` (``b = 0``), with

@@ -1,10 +1,10 @@
 r"""The optimal merging threshold :math:`n^\star` (claim C4 of arXiv 2505.21226).
 
 Hypothesis **H-threshold** (*reconstruction*: the paper's statement, constants and
-definition of :math:`n^\star` are unknown; THEORY.md sections 1.4 C4 and 5). Let
+definition of :math:`n^\star` are unknown; Sources S1 C4 and 5). Let
 :math:`w_n = w(T_n)` be the Gaussian width of the effective parameter set after merging
 :math:`n` experts (by default :math:`T_n = \operatorname{conv}\{0, \tau_1, \dots, \tau_n\}`,
-THEORY.md section 3 candidate 1). *There is a unique* :math:`n^\star` *past which further
+Sources S3 candidate 1). *There is a unique* :math:`n^\star` *past which further
 experts give no significant gain.* Three candidate definitions are implemented, each with
 a uniqueness check, an uncertainty and a verdict:
 
@@ -15,7 +15,7 @@ a uniqueness check, an uncertainty and a verdict:
     :math:`\{n : g_n < \kappa g_1\}` is a tail :math:`\{n^\star, n^\star + 1, \dots\}`.
     On the exact curve :math:`w_n = \mathbb E\max(0, Z_1, \dots, Z_n)` (orthonormal
     experts) it gives :math:`n^\star = 4, 5, 6, 8` for :math:`\kappa = 0.5, 0.4, 0.3, 0.25`
-    (THEORY.md section 5.2).
+    (Sources S5).
 
 (ii) **Kinematic crossing** (:func:`threshold_kinematic`).
     :math:`n^\star = \min\{n : \delta(C_n) + m \ge D - a_\eta\sqrt D\}`,

@@ -4,7 +4,7 @@ r"""Gaussian width and statistical dimension by Monte Carlo: the public estimato
     w(S) = \mathbb{E}_{g\sim\mathcal{N}(0,I_D)} \sup_{s\in S}\langle g, s\rangle, \qquad
     \delta(C) = \mathbb{E}\,\|\Pi_C(g)\|^2 .
 
-Two estimators that agree in expectation (DESIGN.md section 4), both generic over sets
+Two estimators that agree in expectation (docs/width_engine.md), both generic over sets
 (each set owns its support function, :mod:`mergetheory.geometry`):
 
 * **fast**: every generated set depends on :math:`g` only through :math:`z = Tg \sim
@@ -432,7 +432,7 @@ def gaussian_width(
     Example:
       >>> hull = ConvexHull.from_task_vectors(jnp.eye(10))
       >>> est = gaussian_width(jax.random.key(0), hull, num_samples=10_000)
-      >>> # est.mean ~ 1.5388 = E max(Z_1..Z_10) (THEORY.md section 4)
+      >>> # est.mean ~ 1.5388 = E max(Z_1..Z_10) (Sources S2)
     """
     set_, factor, config = prepare_width(
         key,
@@ -517,7 +517,7 @@ def nested_width(
     :math:`S_m = \mathrm{kind}(t_1..t_m)`, all evaluated on the same Gaussian draws
     (common random numbers): each sample path :math:`m \mapsto h_{S_m}(g)` is monotone, and
     the first and second differences are computed per path, so their standard errors are
-    paired. This is what a concavity test of :math:`m \mapsto w(S_m)` needs (THEORY.md C3).
+    paired. This is what a concavity test of :math:`m \mapsto w(S_m)` needs (claim C3, Sources S1).
 
     With ``method="fast"`` the ``m``-th entry equals :func:`gaussian_width` of the set
     built from the first ``m`` generators with the same key and ``num_samples`` (up to
@@ -544,7 +544,7 @@ def nested_width(
     Example:
       >>> est = nested_width(jax.random.key(0), jnp.eye(12), kind="hull0",
       ...                    num_samples=20_000)
-      >>> # est.mean ~ E0_1..E0_12 and est.diff2 < 0 (THEORY.md section 4)
+      >>> # est.mean ~ E0_1..E0_12 and est.diff2 < 0 (Sources S2)
     """
     check_choice("kind", kind, NESTED_KINDS)
     if isinstance(generators, ReferenceSet):

@@ -1,6 +1,6 @@
 r"""The width engine across devices: shard ``D`` for the Gram pass, samples for Monte Carlo.
 
-Both passes of the width engine (DESIGN.md section 4) are embarrassingly parallel:
+Both passes of the width engine (docs/width_engine.md) are embarrassingly parallel:
 
 * **Gram pass.** :math:`G = \sum_{p=1}^{P} X_{:, S_p} X_{:, S_p}^\top` for any partition
   :math:`S_1, \dots, S_P` of the parameter axis. :func:`sharded_gram_matrix` shards the

@@ -130,7 +130,7 @@ def test_paired_difference_by_hand():
 
 
 def test_width_paths_on_orthonormal_experts_match_the_golden_table(key):
-    """Gram = I: every path's hull0 width is E max(0, Z_1..Z_n) (THEORY.md section 4 values),
+    """Gram = I: every path's hull0 width is E max(0, Z_1..Z_n) (Sources S2 values),
     whatever the order; the spread over paths is Monte Carlo error only."""
     golden = np.array([0.3989, 0.6810, 0.8881, 1.0458])
     paths = nested_subsets(key, num_tasks=6, num_paths=8)[:, :4]

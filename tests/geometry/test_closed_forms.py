@@ -1,6 +1,6 @@
 """Tests for mergetheory.geometry.closed_forms: the oracles themselves, against independent sources.
 
-The golden E max table is typed in from THEORY.md section 4 (an independent source);
+The golden E max table is typed in from Sources S2 (an independent source);
 other values are checked against exact special cases or a large NumPy Monte Carlo.
 """
 
@@ -11,7 +11,7 @@ import pytest
 
 from mergetheory.geometry import closed_forms as cf
 
-# THEORY.md section 4: n, E_n, E0_n (4 decimals)
+# Sources S2: n, E_n, E0_n (4 decimals)
 GOLDEN = [
     (1, 0.0000, 0.3989),
     (2, 0.5642, 0.6810),
@@ -111,7 +111,7 @@ def test_zonotope_bound_and_kinematic_constants():
     assert cf.zonotope_width(gram) == pytest.approx(5.0 / math.sqrt(2 * math.pi))
     assert cf.finite_set_width_bound(2.0, 1) == 0.0
     assert cf.finite_set_width_bound(2.0, 8) == pytest.approx(2 * math.sqrt(2 * math.log(8)))
-    # THEORY.md section 2.4: a_0.05 ~ 5.92, a_0.01 ~ 6.92
+    # Sources S4: a_0.05 ~ 5.92, a_0.01 ~ 6.92
     assert cf.kinematic_a_eta(0.05) == pytest.approx(5.92, abs=0.005)
     assert cf.kinematic_a_eta(0.01) == pytest.approx(6.92, abs=0.005)
 

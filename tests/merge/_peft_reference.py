@@ -1,8 +1,8 @@
 """NumPy transcription of PEFT's merge utilities, the reference semantics for the tests.
 
 Source: huggingface/peft ``src/peft/utils/merge_utils.py`` (Apache-2.0; read at commit
-0d4d8485b7d8ff9bb48b9937b51f91c58e819e5c, same functions as v0.21 / 5d602fd cited in
-OPERATORS.md), and for the code-level RHT the seed repository
+0d4d8485b7d8ff9bb48b9937b51f91c58e819e5c, same functions as v0.21 / 5d602fd), and for the
+code-level RHT the seed repository
 wzj1718/ModelMergingAnalysis ``src/base/merge_utils.py`` @ 8e0e2fd
 (``magnitude_based_pruning_with_rescaler``, ``process_dare_ties_magnitude_with_rescaler``).
 

@@ -1,4 +1,4 @@
-"""Table-driven checks of every claim in ``MERGE_OPERATORS`` (DESIGN.md section 6).
+"""Table-driven checks of every claim in ``MERGE_OPERATORS`` (docs/).
 
 Each registry entry is run on a small two-leaf pytree and checked for: output structure,
 shapes and dtype; eager == jit (with the continuous hyperparameters traced); vmap over

@@ -48,7 +48,7 @@ def _gaussian_ratio(rho):
 
 
 def test_population_norm_ratio_matches_theory_table(key):
-    # THEORY.md 6.5: 1.4182 (rho 0.7), 1.9274 (0.5), 2.9503 (0.3), measured on 2e6 Gaussian
+    # Sources S6: 1.4182 (rho 0.7), 1.9274 (0.5), 2.9503 (0.3), measured on 2e6 Gaussian
     # entries, so each carries a Monte Carlo error of a few 1e-4; the closed form gives
     # 1.41814, 1.92735, 2.95015. The operator runs on the Gaussian quantile grid
     # Phi^-1((i + 1/2) / n), a deterministic stand-in for the population (grid error
@@ -81,7 +81,7 @@ def test_norm_ratio_and_heavier_tails_monte_carlo(key):
     stderr = ratio * infl_log.std() / np.sqrt(num)
     assert abs(ratio - _gaussian_ratio(rho)) < 5 * stderr
     assert abs(ratio - 1.4182) < 5 * stderr + 3e-4
-    # tails get heavier (THEORY.md 6.5: kurtosis 3.00 -> 3.09), pruned zeros included
+    # tails get heavier (Sources S6: kurtosis 3.00 -> 3.09), pruned zeros included
     k_before = stats.kurtosis(x, fisher=False)
     k_after = stats.kurtosis(y, fisher=False)
     assert k_after > k_before + 0.05  # sampling sd of each kurtosis ~ sqrt(24 / n) = 0.005

@@ -22,7 +22,7 @@ def _experts(key, rho):
 
 @pytest.mark.parametrize(("density", "golden"), [(0.7, 1.4182), (0.5, 1.9274), (0.3, 2.9503)])
 def test_code_level_rht_norm_ratio(key, density, golden):
-    """||RHT(x)|| / ||x|| on Gaussian entries (THEORY.md 6.5), tolerance from the sample size."""
+    """||RHT(x)|| / ||x|| on Gaussian entries (Sources S6), tolerance from the sample size."""
     num = 200_000
     x = jr.normal(key, (1, num), jnp.float64)
     y = rht.rht_reparameterize(x, None, density=density)
@@ -130,7 +130,7 @@ def test_unknown_reparameterization(key):
 
 
 def test_single_expert_registry_rht_is_the_reparameterization(key):
-    """With one expert the code-level RHT merge reduces to prune + rescale (THEORY.md 6.2)."""
+    """With one expert the code-level RHT merge reduces to prune + rescale (Sources S6)."""
     from mergetheory.merge import MERGE_OPERATORS as ops
 
     x = jr.normal(key, (1, 40, 30), jnp.float64)

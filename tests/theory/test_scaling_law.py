@@ -77,7 +77,7 @@ def test_pool_average_is_exact_and_literal_factor_is_not(key, problem):
     kf = np.arange(1.0, m + 1)
     literal = l_inf + sl.finite_population_factor(ks, m) * amp / kf
     z = (mean - np.asarray(literal)) / se
-    assert np.max(np.abs(z)) > 5  # THEORY.md 11.5 read literally is rejected on average
+    assert np.max(np.abs(z)) > 5  # Sources S8 read literally is rejected on average
 
 
 def test_variance_is_order_one_over_k(key, problem):

@@ -11,13 +11,13 @@ import scipy.stats
 
 from mergetheory.theory import threshold as th
 
-# THEORY.md section 4, column E0_n = E max(0, Z_1..Z_n), typed in as the oracle.
+# Sources S2, column E0_n = E max(0, Z_1..Z_n), typed in as the oracle.
 E0_TABLE = [
     0.3989, 0.6810, 0.8881, 1.0458, 1.1697, 1.2701,
     0.0, 1.4242, 1.4853, 1.5389, 1.5865, 1.6293,
 ]  # fmt: skip
 E0_TABLE[6] = 1.3534
-# THEORY.md section 5.2: n* of definition (i) on the E0 curve.
+# Sources S5: n* of definition (i) on the E0 curve.
 N_STAR_TABLE = {0.5: 4, 0.4: 5, 0.3: 6, 0.25: 8}
 
 
@@ -54,7 +54,7 @@ def test_gain_ratio_reproduces_theory_table(kappa, expected):
 
 
 def test_gain_ratio_censored_beyond_range():
-    out = th.threshold_gain_ratio(E0, kappa=0.1)  # THEORY.md: n* > 12
+    out = th.threshold_gain_ratio(E0, kappa=0.1)  # the report's Sources section: n* > 12
     assert out.censored and out.n_star == 12  # n* >= 12 with gains up to g_11
     assert out.verdict == "holds under stated assumptions"
 

@@ -63,7 +63,7 @@ def _np(x):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_golden_table_hulls(key, method):
-    # THEORY.md section 4: w(conv{rho e_i}) = rho E_n, w(conv{0, rho e_i}) = rho E0_n
+    # Sources S2: w(conv{rho e_i}) = rho E_n, w(conv{0, rho e_i}) = rho E0_n
     rho = 2.5
     pts = rho * np.eye(N)
     est = gaussian_width(key, ConvexHull.from_task_vectors(pts), num_samples=M, method=method)
