@@ -77,6 +77,7 @@ from .primitives import (
     ELECTIONS,
     ZERO_SIGNS,
     elect_and_merge,
+    elect_and_merge_array,
     trim_parts,
 )
 from .primitives import disjoint_merge as disjoint_merge  # re-exported (home: .primitives)
@@ -126,16 +127,9 @@ def ties_array(
     del key
     k = num_kept(density, int(x[0].size))
     pruned = trim_parts(x, magnitude_threshold(x, k))
-    return elect_and_merge(
-        [pruned],
-        weights,
-        jnp.asarray(scale),
-        weights_before_election=weights_before_election,
-        election=election,
-        aggregate=aggregate,
-        zero_sign=zero_sign,
-        majority_scope="tensor",
-    )[0]
+    return elect_and_merge_array(
+        pruned, weights, scale, weights_before_election, election, aggregate, zero_sign
+    )
 
 
 def magnitude_prune_array(
