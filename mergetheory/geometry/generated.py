@@ -361,11 +361,9 @@ class PointSet(GeneratedSet):
     __slots__ = ()
     kind: ClassVar[str] = "points"
 
-    def support_from_z(self, z, *, nested=False):  # noqa: D102
-        return _reduce_max(z, nested)
-
-    def subset_support_from_z(self, z, mask):  # noqa: D102
-        return jnp.max(jnp.where(mask, z, -jnp.inf))
+    # the support of a finite set is that of its convex hull
+    support_from_z = ConvexHull.support_from_z
+    subset_support_from_z = ConvexHull.subset_support_from_z
 
 
 class Zonotope(GeneratedSet):

@@ -85,8 +85,8 @@ class _BallFields(NamedTuple):
     radius: float = 1.0
 
 
-class L2Ball(ReferenceSet, _BallFields):
-    r"""Euclidean ball of radius ``radius`` in :math:`\mathbb{R}^D`: :math:`h(g) = r\|g\|_2`."""
+class _Ball(ReferenceSet, _BallFields):
+    """A norm ball ``(dim, radius)`` with checked fields; subclasses give the support."""
 
     __slots__ = ()
 
@@ -94,34 +94,30 @@ class L2Ball(ReferenceSet, _BallFields):
         return _BallFields.__new__(
             cls, _check_dim(cls.__name__, dim), _check_radius(cls.__name__, radius)
         )
+
+
+class L2Ball(_Ball):
+    r"""Euclidean ball of radius ``radius`` in :math:`\mathbb{R}^D`: :math:`h(g) = r\|g\|_2`."""
+
+    __slots__ = ()
 
     def support(self, g):  # noqa: D102
         return self.radius * jnp.sqrt(jnp.sum(g * g))
 
 
-class L1Ball(ReferenceSet, _BallFields):
+class L1Ball(_Ball):
     r"""Cross-polytope :math:`\{\|t\|_1 \le r\}`: :math:`h(g) = r\|g\|_\infty`."""
 
     __slots__ = ()
-
-    def __new__(cls, dim: int, radius: float = 1.0):  # noqa: D102
-        return _BallFields.__new__(
-            cls, _check_dim(cls.__name__, dim), _check_radius(cls.__name__, radius)
-        )
 
     def support(self, g):  # noqa: D102
         return self.radius * jnp.max(jnp.abs(g))
 
 
-class LinfBall(ReferenceSet, _BallFields):
+class LinfBall(_Ball):
     r"""Cube :math:`\{\|t\|_\infty \le r\}`: :math:`h(g) = r\|g\|_1`."""
 
     __slots__ = ()
-
-    def __new__(cls, dim: int, radius: float = 1.0):  # noqa: D102
-        return _BallFields.__new__(
-            cls, _check_dim(cls.__name__, dim), _check_radius(cls.__name__, radius)
-        )
 
     def support(self, g):  # noqa: D102
         return self.radius * jnp.sum(jnp.abs(g))

@@ -49,7 +49,7 @@ import jax.tree_util as jtu
 from .._types import Key, Merged, TaskVectors
 from ._common import as_weights, checked, leaf_keys
 from .kernels import sum_parts
-from .primitives import AGGREGATES, ELECTIONS, ZERO_SIGNS, dare_drop_parts, elect_and_merge
+from .primitives import AGGREGATES, ELECTIONS, ZERO_SIGNS, dare_drop_parts, elect_and_merge_array
 from .primitives import dare_rescale as dare_rescale  # re-exported (home: .primitives)
 
 __all__ = [
@@ -99,16 +99,10 @@ def dare_ties_array(
     zero_sign: str = "positive",
 ) -> jax.Array:
     """``dare_ties`` on one array ``x`` ``[T, ...]``; options as :func:`mergetheory.merge.ties`."""
-    return elect_and_merge(
-        [dare_drop_parts(key, x, density, keep_mask)],
-        weights,
-        jnp.asarray(scale),
-        weights_before_election=weights_before_election,
-        election=election,
-        aggregate=aggregate,
-        zero_sign=zero_sign,
-        majority_scope="tensor",
-    )[0]
+    parts = dare_drop_parts(key, x, density, keep_mask)
+    return elect_and_merge_array(
+        parts, weights, scale, weights_before_election, election, aggregate, zero_sign
+    )
 
 
 @functools.partial(

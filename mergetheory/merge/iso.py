@@ -32,8 +32,7 @@ from .svd import (
     check_matrix_task_vectors,
     concat_task_triplets,
     factored_singular_triplets,
-    map_matrix_leaves,
-    mean_tasks,
+    map_matrix_leaves_alpha,
     orthogonalised_factors,
     rank_tolerance,
     recombine_factors,
@@ -166,13 +165,7 @@ def _iso_c(task_vectors: Any, weights: Any, alpha: Any) -> Merged:
         u, s, vt = factored_singular_triplets(b_cat, a_cat)
         return times_alpha(alpha, _iso_from_svd(u, s, vt, (d, k_in)))
 
-    return map_matrix_leaves(
-        task_vectors,
-        weights,
-        matrix_fn=matrix,
-        other_fn=lambda x: times_alpha(alpha, mean_tasks(x)),
-        factors_fn=factors,
-    )
+    return map_matrix_leaves_alpha(task_vectors, weights, alpha, matrix, factors)
 
 
 @checked(validate=check_matrix_task_vectors)
@@ -225,9 +218,4 @@ def _iso_cts(task_vectors: Any, weights: Any, alpha: Any, common_space_fraction:
         f = iso_cts_factors(x, common_space_fraction=common_space_fraction)
         return times_alpha(alpha, recombine_factors(f))
 
-    return map_matrix_leaves(
-        task_vectors,
-        weights,
-        matrix_fn=matrix,
-        other_fn=lambda x: times_alpha(alpha, mean_tasks(x)),
-    )
+    return map_matrix_leaves_alpha(task_vectors, weights, alpha, matrix)

@@ -59,6 +59,7 @@ __all__ = [
     "disjoint_aggregate",
     "disjoint_merge",
     "elect_and_merge",
+    "elect_and_merge_array",
     "elect_sign",
     "election_score",
     "majority_sign",
@@ -285,3 +286,36 @@ def elect_and_merge(
         merged = disjoint_aggregate(parts, gamma, w, aggregate)
         out.append(scale.astype(merged.dtype) * merged)
     return out
+
+
+def elect_and_merge_array(
+    parts: Sequence[jax.Array],
+    weights: Any,
+    scale: Any,
+    weights_before_election: bool,
+    election: str,
+    aggregate: str,
+    zero_sign: str,
+) -> jax.Array:
+    """:func:`elect_and_merge` of one trimmed (or dropped) tensor, majority taken per tensor.
+
+    Args:
+      parts: the ``T`` per-task parts of one tensor.
+      weights: optional ``[T]``.
+      scale: :math:`\\lambda` (array-like).
+      weights_before_election, election, aggregate, zero_sign: see
+        :func:`mergetheory.merge.ties`.
+
+    Returns:
+      The merged ``[...]`` array.
+    """
+    return elect_and_merge(
+        [parts],
+        weights,
+        jnp.asarray(scale),
+        weights_before_election=weights_before_election,
+        election=election,
+        aggregate=aggregate,
+        zero_sign=zero_sign,
+        majority_scope="tensor",
+    )[0]

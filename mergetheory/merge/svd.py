@@ -65,6 +65,7 @@ __all__ = [
     "factored_singular_triplets",
     "is_lora_factors",
     "map_matrix_leaves",
+    "map_matrix_leaves_alpha",
     "mean_tasks",
     "orthogonalised_factors",
     "polar_factor",
@@ -259,6 +260,27 @@ def map_matrix_leaves(
         lambda leaf: factored(leaf) if is_lora_factors(leaf) else dense(leaf),
         task_vectors,
         is_leaf=is_lora_factors,
+    )
+
+
+def map_matrix_leaves_alpha(
+    task_vectors: TaskVectors,
+    weights: Weights | None,
+    alpha: Any,
+    matrix_fn: Callable[[jax.Array], jax.Array],
+    factors_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+) -> Merged:
+    r""":func:`map_matrix_leaves` with :math:`\alpha\,\frac1T\sum_t\tau_t` on the other leaves.
+
+    The dispatch of the SVD merges (Iso-C, Iso-CTS, TSV-M): ``matrix_fn`` and
+    ``factors_fn`` apply ``alpha`` themselves.
+    """
+    return map_matrix_leaves(
+        task_vectors,
+        weights,
+        matrix_fn=matrix_fn,
+        other_fn=lambda x: times_alpha(alpha, mean_tasks(x)),
+        factors_fn=factors_fn,
     )
 
 

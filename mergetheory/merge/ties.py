@@ -77,6 +77,7 @@ from .primitives import (
     ELECTIONS,
     ZERO_SIGNS,
     elect_and_merge,
+    elect_and_merge_array,
     trim_parts,
 )
 from .primitives import disjoint_merge as disjoint_merge  # re-exported (home: .primitives)
@@ -103,6 +104,11 @@ TRIMS = ("tensor", "global")
 KEEP_RULES = ("peft", "official")
 
 
+def _trimmed_parts(x: jax.Array, density: Any) -> list[jax.Array]:
+    """Per-tensor trim of ``x`` ``[T, ...]``: each task keeps its top-``density`` magnitudes."""
+    return trim_parts(x, magnitude_threshold(x, num_kept(density, int(x[0].size))))
+
+
 def ties_array(
     x: jax.Array,
     key: Key | None = None,
@@ -124,18 +130,10 @@ def ties_array(
       ``[...]`` merged array.
     """
     del key
-    k = num_kept(density, int(x[0].size))
-    pruned = trim_parts(x, magnitude_threshold(x, k))
-    return elect_and_merge(
-        [pruned],
-        weights,
-        jnp.asarray(scale),
-        weights_before_election=weights_before_election,
-        election=election,
-        aggregate=aggregate,
-        zero_sign=zero_sign,
-        majority_scope="tensor",
-    )[0]
+    pruned = _trimmed_parts(x, density)
+    return elect_and_merge_array(
+        pruned, weights, scale, weights_before_election, election, aggregate, zero_sign
+    )
 
 
 def magnitude_prune_array(
@@ -148,8 +146,7 @@ def magnitude_prune_array(
 ) -> jax.Array:
     r"""PEFT ``magnitude_prune`` on one array: :math:`\lambda \sum_t w_t \hat\tau_t`."""
     del key
-    k = num_kept(density, int(x[0].size))
-    pruned = trim_parts(x, magnitude_threshold(x, k))
+    pruned = _trimmed_parts(x, density)
     w = as_weights(weights, x.shape[0], x.dtype)
     return jnp.asarray(scale).astype(x.dtype) * sum_parts(pruned, w)
 
@@ -324,10 +321,5 @@ def magnitude_prune(
       The merged pytree (dtypes preserved).
     """
     del key
-    return _magnitude_prune_core(
-        task_vectors,
-        weights,
-        _kept_counts(task_vectors, density, trim, keep_rule),
-        jnp.asarray(scale),
-        trim=trim,
-    )
+    ks = _kept_counts(task_vectors, density, trim, keep_rule)
+    return _magnitude_prune_core(task_vectors, weights, ks, jnp.asarray(scale), trim=trim)

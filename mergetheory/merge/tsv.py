@@ -40,8 +40,7 @@ from .svd import (
     concat_task_triplets,
     factored_singular_triplets,
     is_lora_factors,
-    map_matrix_leaves,
-    mean_tasks,
+    map_matrix_leaves_alpha,
     orthogonalised_factors,
     rank_tolerance,
     recombine_factors,
@@ -167,13 +166,7 @@ def _tsv_m(task_vectors: Any, weights: Any, alpha: Any, sv_reduction: float | No
             return jnp.zeros((d, k_in), b.dtype)
         return times_alpha(alpha, recombine_factors(f))
 
-    return map_matrix_leaves(
-        task_vectors,
-        weights,
-        matrix_fn=matrix,
-        other_fn=lambda x: times_alpha(alpha, mean_tasks(x)),
-        factors_fn=factors,
-    )
+    return map_matrix_leaves_alpha(task_vectors, weights, alpha, matrix, factors)
 
 
 def tsv_c(

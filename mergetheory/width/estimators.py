@@ -183,7 +183,6 @@ def _resolve_chunk(chunk_size: int | None, num_samples: int, set_: Any, method: 
 def prepare_width(
     key: Any,
     set_: Any,
-    *,
     num_samples: Any,
     chunk_size: Any,
     method: str,
@@ -435,16 +434,7 @@ def gaussian_width(
       >>> # est.mean ~ 1.5388 = E max(Z_1..Z_10) (Sources S2)
     """
     set_, factor, config = prepare_width(
-        key,
-        set_,
-        num_samples=num_samples,
-        chunk_size=chunk_size,
-        method=method,
-        quantity="width",
-        convention=convention,
-        nested=False,
-        rank_rtol=rank_rtol,
-        max_iter=max_iter,
+        key, set_, num_samples, chunk_size, method, "width", convention, False, rank_rtol, max_iter
     )
     return run_width(key, set_, factor, config)
 
@@ -485,16 +475,7 @@ def statistical_dimension(
       >>> statistical_dimension(jax.random.key(0), orthant, num_samples=4000).mean  # ~ 4
     """
     cone, factor, config = prepare_width(
-        key,
-        cone,
-        num_samples=num_samples,
-        chunk_size=chunk_size,
-        method=method,
-        quantity="statdim",
-        convention="sup",
-        nested=False,
-        rank_rtol=rank_rtol,
-        max_iter=max_iter,
+        key, cone, num_samples, chunk_size, method, "statdim", "sup", False, rank_rtol, max_iter
     )
     return run_width(key, cone, factor, config)
 
@@ -554,16 +535,7 @@ def nested_width(
     else:
         set_ = make_set(kind, generators, keep_points=(method == "naive"))
     set_, factor, config = prepare_width(
-        key,
-        set_,
-        num_samples=num_samples,
-        chunk_size=chunk_size,
-        method=method,
-        quantity=quantity,
-        convention=convention,
-        nested=True,
-        rank_rtol=rank_rtol,
-        max_iter=max_iter,
+        key, set_, num_samples, chunk_size, method, quantity, convention, True, rank_rtol, max_iter
     )
     return run_width(key, set_, factor, config)
 

@@ -389,14 +389,14 @@ def sharded_gaussian_width(
     set_, factor, config = prepare_width(
         key,
         set_,
-        num_samples=num_samples,
-        chunk_size=chunk_size,
-        method=method,
-        quantity=quantity,
-        convention=convention,
-        nested=nested,
-        rank_rtol=rank_rtol,
-        max_iter=max_iter,
+        num_samples,
+        chunk_size,
+        method,
+        quantity,
+        convention,
+        nested,
+        rank_rtol,
+        max_iter,
     )
     mesh, axis_name, _ = _resolve(mesh, axis_name)
     return run_width(key, set_, factor, config, mesh=mesh, axis_name=axis_name)
