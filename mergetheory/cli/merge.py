@@ -6,9 +6,11 @@ atomically::
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
-The operator names are listed here without importing JAX (so that ``--help`` answers
-fast); ``tests/cli/test_cli_main.py`` checks them against
-:data:`mergetheory.merge.MERGE_OPERATORS`.
+The built-in operator names are listed here without importing JAX (so that ``--help``
+answers fast; ``tests/cli/test_cli_main.py`` checks them against
+:data:`mergetheory.merge.BUILTIN_OPERATOR_NAMES`); operators of installed plugins (entry-point
+group ``mergetheory.operators``) are found at run time from package metadata, also without
+importing JAX or the plugin.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import numpy as np
 
 from .common import CliError, one_line
 
-__all__ = ["HELP", "OPERATOR_NAMES", "add_arguments", "run"]
+__all__ = ["BUILTIN_OPERATOR_NAMES", "HELP", "add_arguments", "run"]
 
 HELP = "merge experts' task vectors (.npz files of named arrays) with a registered operator"
 
-OPERATOR_NAMES = (
+BUILTIN_OPERATOR_NAMES = (
     "average",
     "base_knowledge_weighted",
     "breadcrumbs",
@@ -45,11 +47,15 @@ OPERATOR_NAMES = (
     "ties",
     "tsv_m",
 )
-"""The keys of :data:`mergetheory.merge.MERGE_OPERATORS`, sorted (kept JAX-free)."""
+"""The built-in operators, :data:`mergetheory.merge.BUILTIN_OPERATOR_NAMES` (kept JAX-free)."""
 
 
 def _merge_operator_names() -> list[str]:
-    return list(OPERATOR_NAMES)
+    """Built-in names plus the names installed plugins publish (metadata only, no import)."""
+    from importlib import metadata
+
+    plugins = {ep.name for ep in metadata.entry_points(group="mergetheory.operators")}
+    return sorted(set(BUILTIN_OPERATOR_NAMES) | plugins)
 
 
 def _float_list(text: str) -> list[float]:
@@ -82,7 +88,8 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         choices=_merge_operator_names(),
         metavar="NAME",
-        help="a key of mergetheory.merge.MERGE_OPERATORS: " + ", ".join(_merge_operator_names()),
+        help="a registered operator (built in or from an installed plugin): "
+        + ", ".join(_merge_operator_names()),
     )
     p.add_argument("--out", required=True, metavar="OUT.npz", help="merged task vector (.npz)")
     p.add_argument(
@@ -155,9 +162,12 @@ def _run_merge(args: argparse.Namespace) -> int:
     jax.config.update("jax_enable_x64", True)  # keep float64 inputs float64
     import jax.numpy as jnp
 
-    from ..merge import MERGE_OPERATORS
+    from ..merge import PluginError, get_operator
 
-    op = MERGE_OPERATORS[args.operator]
+    try:
+        op = get_operator(args.operator)
+    except PluginError as exc:  # a broken installed plugin
+        raise CliError(one_line(exc)) from None
     stacked = _stack_experts(args.inputs)
     num = len(args.inputs)
     hparams: dict[str, Any] = dict(op.default_hparams)
