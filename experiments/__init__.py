@@ -26,9 +26,8 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-from collections.abc import Callable
+import functools
 from pathlib import Path
-from typing import Any
 
 from mergetheory.experiment import configure_jax as _configure_jax
 from mergetheory.experiment import make_parser as _make_parser
@@ -53,26 +52,9 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     return _make_parser(description, default_out_dir=DEFAULT_RESULTS_DIR)
 
 
-def run_experiment(
-    name: str,
-    description: str | None,
-    run: Callable[[Any, argparse.Namespace], Any],
-    config: Any,
-    quick_config: Any,
-    argv: list[str] | None = None,
-) -> int:
-    """:func:`mergetheory.experiment.run_experiment` with the repository's folders.
-
-    Results go to ``results/<name>.npz`` + ``.json`` unless ``--out-dir`` is given; the
-    compilation cache is :data:`COMPILE_CACHE_DIR`.
-    """
-    return _run_experiment(
-        name,
-        description,
-        run,
-        config,
-        quick_config,
-        argv,
-        default_out_dir=DEFAULT_RESULTS_DIR,
-        cache_dir=COMPILE_CACHE_DIR,
-    )
+# the ``main`` of an experiment (:func:`mergetheory.experiment.run_experiment`): results go
+# to the repository's ``results/`` unless ``--out-dir`` is given; the compilation cache is
+# :data:`COMPILE_CACHE_DIR`
+run_experiment = functools.partial(
+    _run_experiment, default_out_dir=DEFAULT_RESULTS_DIR, cache_dir=COMPILE_CACHE_DIR
+)

@@ -8,7 +8,7 @@ backend (figures are files, never windows).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import functools
 
 from figures import DEFAULT_OUT_DIR, DEFAULT_RESULTS_DIR
 from mergetheory.figure import STYLE, atomic_savefig, plt, rho_colors
@@ -23,22 +23,7 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     return _make_parser(description, results_dir=DEFAULT_RESULTS_DIR, out_dir=DEFAULT_OUT_DIR)
 
 
-def run_figure(
-    argv: list[str] | None,
-    doc: str,
-    name: str,
-    results_name: str,
-    make_figure: Any,
-    *,
-    with_metadata: bool = False,
-) -> int:
-    """:func:`mergetheory.figure.run_figure` with the repository's default folders."""
-    return _run_figure(
-        argv,
-        doc,
-        name,
-        results_name,
-        make_figure,
-        with_metadata=with_metadata,
-        parser=make_parser(doc.splitlines()[0]),
-    )
+# the ``main`` of a one-results figure script, with the repository's default folders
+run_figure = functools.partial(
+    _run_figure, results_dir=DEFAULT_RESULTS_DIR, out_dir=DEFAULT_OUT_DIR
+)

@@ -140,7 +140,8 @@ def run_figure(
     make_figure: Any,
     *,
     with_metadata: bool = False,
-    parser: argparse.ArgumentParser | None = None,
+    results_dir: str | os.PathLike = "results",
+    out_dir: str | os.PathLike = "figures",
 ) -> int:
     """The ``main`` of a one-results figure script: parse, load, draw, save atomically.
 
@@ -153,13 +154,13 @@ def run_figure(
       results_name: the results stem to load from ``--results-dir``.
       make_figure: ``fn(arrays)`` or, with ``with_metadata``, ``fn(arrays, metadata)``.
       with_metadata: pass the results' JSON sidecar too.
-      parser: the argument parser (default :func:`make_parser` with ``./results`` and
-        ``./figures``).
+      results_dir: ``--results-dir`` when not given.
+      out_dir: ``--out-dir`` when not given.
 
     Returns:
       0 on success.
     """
-    parser = parser or make_parser(doc.splitlines()[0])
+    parser = make_parser(doc.splitlines()[0], results_dir=results_dir, out_dir=out_dir)
     args = parser.parse_args(argv)
     results = load_results(args.results_dir / results_name)
     extra = (results.metadata,) if with_metadata else ()

@@ -159,3 +159,11 @@ def test_key_is_used(key):
 
     op = GOOD._replace(fn=noisy, stochastic=True, linear=False, identity_at_one=False)
     assert run_check(op, "stochasticity", key=key) is True
+
+
+def test_conformance_cases_cover_every_check_of_every_name():
+    from mergetheory.testing import operator_conformance_cases
+
+    cases = operator_conformance_cases(["a", "b"])
+    assert len(cases) == 2 * len(CHECKS) == len(set(cases))
+    assert {c for n, c in cases if n == "b"} == set(CHECKS)
