@@ -192,6 +192,8 @@ def test_hypothesis_experiment_figure_and_report(doc_env):
     assert summary["num_experts"] == 6 and summary["max_abs_z"] < 5
     with np.load(work / "results" / "orthonormal_hull.npz") as arrays:
         assert len(arrays["width"]) == len(arrays["exact"]) == 6
+        with np.load(work / "results_again" / "orthonormal_hull.npz") as again:  # mergetheory run
+            np.testing.assert_array_equal(again["width"], arrays["width"])
     assert (work / "figures" / "fig_orthonormal_hull.png").is_file()
     assert (work / "figures" / "fig_orthonormal_hull.pdf").is_file()
     report = (work / "report.md").read_text()

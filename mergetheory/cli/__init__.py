@@ -1,6 +1,6 @@
 r"""The ``mergetheory`` command: one module a subcommand.
 
-Each subcommand module (:mod:`.width`, :mod:`.merge`) defines ``HELP``,
+Each subcommand module (:mod:`.width`, :mod:`.merge`, :mod:`.run`) defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> exit status``, registered in
 :data:`SUBCOMMANDS`; adding a subcommand is one module and one table line. Parsing imports
 no JAX: ``mergetheory --help``, ``--version`` and ``mergetheory SUB --help`` answer at
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import merge, width
+from . import merge, run, width
 from .common import PROG, CliError, Parser, Subcommand, one_line
 
 __all__ = ["SUBCOMMANDS", "CliError", "Subcommand", "main"]
@@ -26,6 +26,7 @@ __all__ = ["SUBCOMMANDS", "CliError", "Subcommand", "main"]
 SUBCOMMANDS: dict[str, Subcommand] = {
     "merge": Subcommand(help=merge.HELP, add_arguments=merge.add_arguments, run=merge.run),
     "width": Subcommand(help=width.HELP, add_arguments=width.add_arguments, run=width.run),
+    "run": Subcommand(help=run.HELP, add_arguments=run.add_arguments, run=run.run),
 }
 """Subcommands by name; ``main`` builds one sub-parser per entry."""
 
