@@ -38,7 +38,7 @@ For pytest, :func:`operator_conformance_cases` gives one parameter per (operator
     def test_conformance(name, check):
         run_check(name, check)     # pytest.skip when the property is not claimed
 
-Reference: DESIGN.md section 6 (the registry and its table-driven tests).
+Reference: docs/extending.md (writing, registering and checking an operator).
 """
 
 from __future__ import annotations
