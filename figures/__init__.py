@@ -9,8 +9,9 @@ Contract for ``figures/fig_<name>.py`` (discovered by ``figures.run_all``):
   :func:`mergetheory.io.load_results` and writing ``<out-dir>/fig_<name>.png`` + ``.pdf``
   with :func:`figures._style.atomic_savefig`.
 
-No figure computes anything beyond light reshaping of saved arrays; plotting never lives
-inside ``mergetheory/``.
+No figure computes anything beyond light reshaping of saved arrays; drawing never lives
+inside ``mergetheory/`` (only the shared style and saving helpers, :mod:`mergetheory.figure`,
+which :mod:`figures._style` wraps with the repository's folders).
 """
 
 from __future__ import annotations

@@ -16,11 +16,10 @@ Usage: ``python -m paper.build [--results-dir results] [--out paper/report.md]``
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 from pathlib import Path
 
+from mergetheory.experiment import ReportError, render_section
 from mergetheory.io import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,62 +38,9 @@ SECTION_ORDER = [
     "mergeability",
     "extending",
 ]
-_RESULTS_RE = re.compile(r"<!--\s*results:\s*([^>]*?)\s*-->")
-_PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
-
-class PaperBuildError(RuntimeError):
-    """A section names a missing results file or placeholder."""
-
-
-def _summary(results_dir: Path, stem: str, section: str) -> dict:
-    path = results_dir / f"{stem}.json"
-    if not path.exists():
-        raise PaperBuildError(
-            f"section {section!r} needs {path} (run `python -m experiments.run_all` first)"
-        )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise PaperBuildError(f"{path}: corrupt JSON sidecar ({err})") from err
-    summary = meta.get("summary")
-    if summary is None:
-        summary = meta.get("config", {}).get("summary", {})
-    return summary
-
-
-def _format(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return ", ".join(_format(v) for v in value)
-    return str(value)
-
-
-def render_section(text: str, results_dir: Path, section: str) -> str:
-    """Fill one template's placeholders from the results it names."""
-    stems: list[str] = []
-    for match in _RESULTS_RE.finditer(text):
-        stems.extend(match.group(1).split())
-    summaries = {s: _summary(results_dir, s, section) for s in stems}
-
-    def sub(match: re.Match) -> str:
-        name = match.group(1)
-        if "." in name:
-            stem, key = name.split(".", 1)
-            if stem in summaries:
-                if key not in summaries[stem]:
-                    raise PaperBuildError(f"section {section!r}: no key {key!r} in {stem}.json")
-                return _format(summaries[stem][key])
-        for summ in summaries.values():
-            if name in summ:
-                return _format(summ[name])
-        raise PaperBuildError(
-            f"section {section!r}: placeholder {{{{{name}}}}} not found in {stems or 'no results'}"
-        )
-
-    body = _RESULTS_RE.sub("", text)
-    return _PLACEHOLDER_RE.sub(sub, body).strip() + "\n"
+PaperBuildError = ReportError
+"""A missing results file or placeholder (:class:`mergetheory.experiment.ReportError`)."""
 
 
 def build(results_dir: Path, out: Path, sections_dir: Path | None = None) -> Path:

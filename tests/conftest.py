@@ -37,26 +37,9 @@ def key():
 
 # --- traced-once probe -------------------------------------------------------------------
 # JAX records one '/jax/core/compile/jaxpr_trace_duration' event per trace of a jitted
-# function (public `jax.monitoring` API), so counting those events tells whether a call
-# traced anything, without probing any function's private cache.
-_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
-_trace_count = [0]
-
-
-def _on_event(name, _duration, **_kwargs):
-    if name == _TRACE_EVENT:
-        _trace_count[0] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def count_traces(fn, *args, **kwargs):
-    """Call ``fn(*args, **kwargs)``; return ``(result, number of jit traces it caused)``."""
-    before = _trace_count[0]
-    out = fn(*args, **kwargs)
-    jax.block_until_ready(out)
-    return out, _trace_count[0] - before
+# function (public `jax.monitoring` API); mergetheory.testing.count_traces counts them, so a
+# call's traces are known without probing any function's private cache.
+from mergetheory.testing import count_traces  # noqa: E402
 
 
 @pytest.fixture

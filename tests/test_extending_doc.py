@@ -1,108 +1,204 @@
-"""Execute the worked examples of docs/extending.md and check what the page claims.
+"""Run docs/extending.md literally, from an empty folder outside the repository.
 
-The ```python blocks are run in order in one namespace, from a temporary working directory
-(the examples write below ``./example_out``). The new operator is then run through the
-table-driven registry checks of ``tests/merge/test_registry.py`` against a *copy* of the
-registry (patched into that module only for the duration of the test), so the global
-``MERGE_OPERATORS`` is never mutated.
+Every block whose first line is ``# file: PATH`` is written to ``PATH`` (that line left
+out) in a temporary folder; every ``$ command`` of a ``console`` block is then run there,
+in order, with the shell. The environment has only the ``mergetheory`` package importable
+(``PYTHONPATH`` holds a folder with a link to this checkout's ``mergetheory/`` and nothing
+else of the repository) and ``PATH`` starts with a folder holding ``python``,
+``mergetheory`` (the console script) and ``pip``. That ``pip install DIR`` installs into the
+link folder: with pip itself (``--no-index --no-deps --no-build-isolation --target``) when
+the ``wheel`` package is present, else (no network here to fetch it) by copying the
+project's ``py-modules`` and writing its ``*.dist-info`` (METADATA, entry_points.txt) from
+its ``pyproject.toml``, which is what an install puts there for ``importlib.metadata``.
 """
 
-import importlib.util
-import inspect
+import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mergetheory.merge import MERGE_OPERATORS
+from mergetheory.testing import CHECKS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "extending.md"
-REGISTRY_TESTS = ROOT / "tests" / "merge" / "test_registry.py"
-_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+EXAMPLE = ROOT / "examples" / "merge_plugin"
+_BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
+_FILE = "# file: "
 
-# the registry checks the page promises for an operator claiming what the median claims
-_MUST_RUN = {
-    "test_structure_shape_dtype_float32",
-    "test_eager_equals_jit_with_traced_hparams",
-    "test_vmap_over_keys",
-    "test_vmap_over_continuous_hparams",
-    "test_permutation_invariance",
-    "test_identity_at_one_task",
-    "test_scale_equivariance",
-    "test_stochasticity",
-    "test_registry_records_are_consistent",
-}
+_PIP = '''#!{python}
+"""``pip install DIR`` into {site} (see tests/test_extending_doc.py)."""
+import importlib.util, shutil, subprocess, sys, tomllib
+from pathlib import Path
+
+args = sys.argv[1:]
+if args[:1] != ["install"] or len(args) != 2:
+    sys.exit(f"this test's pip only does 'pip install DIR', got {{args}}")
+project, site = Path(args[1]), Path({site!r})
+if importlib.util.find_spec("wheel") is not None:
+    sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
+                              "--no-build-isolation", "--target", str(site), str(project)]))
+meta = tomllib.loads((project / "pyproject.toml").read_text())
+proj = meta["project"]
+for module in meta["tool"]["setuptools"]["py-modules"]:
+    shutil.copy(project / f"{{module}}.py", site / f"{{module}}.py")
+info = site / f"{{proj['name'].replace('-', '_')}}-{{proj['version']}}.dist-info"
+info.mkdir()
+(info / "METADATA").write_text(
+    f"Metadata-Version: 2.1\\nName: {{proj['name']}}\\nVersion: {{proj['version']}}\\n")
+lines = []
+for group, entries in proj.get("entry-points", {{}}).items():
+    lines.append(f"[{{group}}]")
+    lines += [f"{{name}} = {{value}}" for name, value in entries.items()]
+(info / "entry_points.txt").write_text("\\n".join(lines) + "\\n")
+print(f"Successfully installed {{proj['name']}}-{{proj['version']}}")
+'''
 
 
-def _blocks() -> list[str]:
+def _blocks() -> list[tuple[str, str]]:
     return _BLOCK.findall(DOC.read_text())
 
 
+def _files() -> dict[str, str]:
+    out = {}
+    for _, body in _blocks():
+        first, _, rest = body.partition("\n")
+        if first.startswith(_FILE):
+            out[first[len(_FILE) :].strip()] = rest
+    return out
+
+
+def _commands() -> list[str]:
+    return [
+        line[2:].strip()
+        for lang, body in _blocks()
+        if lang == "console"
+        for line in body.splitlines()
+        if line.startswith("$ ")
+    ]
+
+
+def _executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
 @pytest.fixture(scope="module")
-def doc(tmp_path_factory):
-    """The namespace after executing every block, and the directory it ran in."""
-    workdir = tmp_path_factory.mktemp("extending_doc")
-    namespace = {"__name__": "extending_doc"}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(workdir)
-        mp.syspath_prepend(str(ROOT))  # experiments/, figures/, paper/ from the checkout
-        for i, code in enumerate(_blocks()):
-            exec(compile(code, f"{DOC.name} [python block {i + 1}]", "exec"), namespace)
-    return namespace, workdir
+def doc_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extending_doc")
+    assert ROOT not in root.parents
+    work, site, bin_dir = root / "work", root / "site", root / "bin"
+    for d in (work, site, bin_dir):
+        d.mkdir()
+    (site / "mergetheory").symlink_to(ROOT / "mergetheory", target_is_directory=True)
+    py = sys.executable
+    _executable(bin_dir / "python", f'#!/bin/sh\nexec "{py}" "$@"\n')
+    _executable(bin_dir / "mergetheory", f'#!/bin/sh\nexec "{py}" -m mergetheory.cli "$@"\n')
+    _executable(bin_dir / "pip", _PIP.format(python=py, site=str(site)))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(
+        PYTHONPATH=str(site),
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        OPENBLAS_NUM_THREADS="1",
+        MPLBACKEND="Agg",
+    )
+    for name, text in _files().items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    outputs = {}
+    for cmd in _commands():
+        proc = subprocess.run(
+            cmd, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, f"$ {cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        outputs[cmd] = proc.stdout
+    return work, env, outputs
 
 
-def test_page_has_the_worked_examples():
-    blocks = _blocks()
-    assert len(blocks) >= 6
-    text = "\n".join(blocks)
-    for name in ("MergeOperator(", "check_orthonormal_hull", "save_results", "render_section"):
-        assert name in text
+def test_page_has_files_and_commands():
+    files, commands = _files(), _commands()
+    for name in ("my_median/merge_median.py", "my_median/pyproject.toml", "test_my_median.py"):
+        assert name in files
+    assert "orthonormal_hull.py" in files and "fig_orthonormal_hull.py" in files
+    assert any(c.startswith("pip install") for c in commands)
+    assert any(c.startswith("mergetheory merge --operator my_median") for c in commands)
+    assert any("pytest" in c for c in commands)
 
 
-def test_examples_run_and_write_their_outputs(doc):
-    namespace, workdir = doc
-    out = workdir / "example_out"
-    assert (out / "results" / "orthonormal_hull.npz").is_file()
-    assert (out / "results" / "orthonormal_hull.json").is_file()
-    assert (out / "figures" / "fig_orthonormal_hull.png").is_file()
-    assert "{{" not in namespace["section"]
+def test_example_plugin_is_the_documented_one():
+    files = _files()
+    assert (EXAMPLE / "merge_median.py").read_text() == files["my_median/merge_median.py"]
+    assert (EXAMPLE / "pyproject.toml").read_text() == files["my_median/pyproject.toml"]
 
 
-def test_new_hypothesis_check_returns_a_verdict(doc):
-    namespace, _ = doc
-    ev = namespace["evidence"]
-    assert ev.verdict == "holds"
-    assert len(ev.width) == len(ev.exact) == 6
-    assert ev.max_abs_z < 5
+def test_only_the_package_is_importable(doc_env):
+    work, env, _ = doc_env
+    # (./figures is the doc's own output folder: only the repository's copies must be absent)
+    probe = textwrap.dedent(
+        f"""
+        import importlib.util, pathlib, mergetheory
+        print(pathlib.Path(mergetheory.__file__).resolve().parent)
+        found = []
+        for m in ("experiments", "figures", "paper"):
+            spec = importlib.util.find_spec(m)
+            places = [] if spec is None else list(spec.submodule_search_locations or [spec.origin])
+            if any(str(pathlib.Path(p).resolve()).startswith({str(ROOT)!r}) for p in places):
+                found.append(m)
+        print(found)
+        """
+    )
+    out = subprocess.run(
+        ["python", "-c", probe], cwd=work, env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [str(ROOT / "mergetheory"), "[]"]
 
 
-def test_new_operator_passes_the_registry_table_tests(doc, key, monkeypatch):
-    namespace, _ = doc
-    registry = namespace["registry"]
-    assert set(registry) == set(MERGE_OPERATORS) | {"median"}
-    assert "median" not in MERGE_OPERATORS
-
-    spec = importlib.util.spec_from_file_location("_registry_table_tests", REGISTRY_TESTS)
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    monkeypatch.setattr(table, "MERGE_OPERATORS", registry)  # the copy, for this module only
-
-    ran, skipped = set(), set()
-    for fname, fn in sorted(vars(table).items()):
-        if not (fname.startswith("test_") and callable(fn)):
-            continue
-        params = inspect.signature(fn).parameters
-        kwargs = {"name": "median", "key": key}
-        try:
-            fn(**{k: v for k, v in kwargs.items() if k in params})
-        except pytest.skip.Exception:
-            skipped.add(fname)
-        else:
-            ran.add(fname)
-    assert _MUST_RUN <= ran, _MUST_RUN - ran
-    assert "test_linearity" in skipped  # not claimed by the median
+def test_cli_merged_with_the_plugin(doc_env):
+    work, _, _ = doc_env
+    experts = [np.load(work / f"e{i}.npz") for i in (1, 2, 3)]
+    with np.load(work / "merged.npz") as merged:
+        for k in ("w", "b"):
+            want = 2.0 * np.median(np.stack([e[k] for e in experts]), axis=0)
+            np.testing.assert_allclose(merged[k], want, rtol=1e-12)
 
 
-def test_global_registry_untouched_afterwards():
-    assert "median" not in MERGE_OPERATORS
+def test_conformance_suite_ran_under_pytest(doc_env):
+    _, _, outputs = doc_env
+    (out,) = [v for k, v in outputs.items() if "pytest" in k]
+    passed = int(re.search(r"(\d+) passed", out).group(1))
+    skipped = re.search(r"(\d+) skipped", out)
+    assert passed + (int(skipped.group(1)) if skipped else 0) == len(CHECKS) + 1
+    assert "failed" not in out
+
+
+def test_register_demo_caught_the_unchecked_operator(doc_env):
+    _, _, outputs = doc_env
+    out = outputs["python register_demo.py"]
+    assert "operator trimmed_mean: bad_input_rejected failed" in out
+    assert "width" in out
+
+
+def test_hypothesis_experiment_figure_and_report(doc_env):
+    work, _, _ = doc_env
+    meta = json.loads((work / "results" / "orthonormal_hull.json").read_text())
+    summary = meta.get("summary") or meta["config"]["summary"]
+    assert summary["verdict"] == "holds"
+    assert summary["num_experts"] == 6 and summary["max_abs_z"] < 5
+    with np.load(work / "results" / "orthonormal_hull.npz") as arrays:
+        assert len(arrays["width"]) == len(arrays["exact"]) == 6
+        with np.load(work / "results_again" / "orthonormal_hull.npz") as again:  # mergetheory run
+            np.testing.assert_array_equal(again["width"], arrays["width"])
+    assert (work / "figures" / "fig_orthonormal_hull.png").is_file()
+    assert (work / "figures" / "fig_orthonormal_hull.pdf").is_file()
+    report = (work / "report.md").read_text()
+    assert "{{" not in report and "**Verdict.** holds" in report
+
+
+def test_global_registry_untouched():
+    assert "my_median" not in MERGE_OPERATORS and "trimmed_mean" not in MERGE_OPERATORS

@@ -1,7 +1,7 @@
 r"""The ``mergetheory`` command: one module a subcommand.
 
-Each subcommand module (:mod:`.width`, :mod:`.merge`, :mod:`.analyze`) defines ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> exit status``, registered in
+Each subcommand module (:mod:`.width`, :mod:`.merge`, :mod:`.analyze`, :mod:`.run`) defines
+``HELP``, ``add_arguments(parser)`` and ``run(args) -> exit status``, registered in
 :data:`SUBCOMMANDS`; adding a subcommand is one module and one table line. Parsing imports
 no JAX: ``mergetheory --help``, ``--version`` and ``mergetheory SUB --help`` answer at
 once, and each ``run`` imports the library when it runs.
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import analyze, merge, width
+from . import analyze, merge, run, width
 from .common import PROG, CliError, Parser, Subcommand, one_line
 
 __all__ = ["SUBCOMMANDS", "CliError", "Subcommand", "main"]
@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "analyze": Subcommand(help=analyze.HELP, add_arguments=analyze.add_arguments, run=analyze.run),
     "merge": Subcommand(help=merge.HELP, add_arguments=merge.add_arguments, run=merge.run),
     "width": Subcommand(help=width.HELP, add_arguments=width.add_arguments, run=width.run),
+    "run": Subcommand(help=run.HELP, add_arguments=run.add_arguments, run=run.run),
 }
 """Subcommands by name; ``main`` builds one sub-parser per entry."""
 

@@ -15,9 +15,12 @@ inputs share names, shapes and dtypes (no silent promotion); leaves must be floa
 (integer checkpoints are refused, not widened); hyperparameters must be finite and known
 to the operator; the merged output must be finite; ``--out`` is checked before merging.
 
-The operator names and hyperparameters are listed here without importing JAX (so that
-``--help`` answers fast); ``tests/cli/test_cli_main.py`` checks them against
-:data:`mergetheory.merge.MERGE_OPERATORS` and the operators' signatures.
+
+The built-in operator names are listed here without importing JAX (so that ``--help``
+answers fast; ``tests/cli/test_cli_main.py`` checks them against
+:data:`mergetheory.merge.BUILTIN_OPERATOR_NAMES`); operators of installed plugins (entry-point
+group ``mergetheory.operators``) are found at run time from package metadata, also without
+importing JAX or the plugin.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ import numpy as np
 
 from .common import CliError, one_line
 
-__all__ = ["HELP", "OPERATOR_NAMES", "add_arguments", "run"]
+__all__ = ["BUILTIN_OPERATOR_NAMES", "HELP", "add_arguments", "run"]
 
 HELP = "merge experts' task vectors (.npz files of named arrays) with a registered operator"
 
-OPERATOR_NAMES = (
+BUILTIN_OPERATOR_NAMES = (
     "average",
     "base_knowledge_weighted",
     "breadcrumbs",
@@ -56,7 +59,7 @@ OPERATOR_NAMES = (
     "ties",
     "tsv_m",
 )
-"""The keys of :data:`mergetheory.merge.MERGE_OPERATORS`, sorted (kept JAX-free)."""
+"""The built-in operators, :data:`mergetheory.merge.BUILTIN_OPERATOR_NAMES` (kept JAX-free)."""
 
 OPERATOR_HPARAMS: dict[str, tuple[tuple[str, str], ...]] = {
     "average": (),
@@ -115,14 +118,18 @@ OUT_SUFFIXES = (".npz", ".safetensors", ".msgpack")
 
 def _hparams_epilog() -> str:
     lines = ["operators and their hyperparameters (defaults; set with --NAME or --hparam):"]
-    for name in OPERATOR_NAMES:
+    for name in BUILTIN_OPERATOR_NAMES:
         hps = ", ".join(f"{k}={v}" for k, v in OPERATOR_HPARAMS[name]) or "(none)"
         lines.append(f"  {name}: {hps}")
     return "\n".join(lines)
 
 
 def _merge_operator_names() -> list[str]:
-    return list(OPERATOR_NAMES)
+    """Built-in names plus the names installed plugins publish (metadata only, no import)."""
+    from importlib import metadata
+
+    plugins = {ep.name for ep in metadata.entry_points(group="mergetheory.operators")}
+    return sorted(set(BUILTIN_OPERATOR_NAMES) | plugins)
 
 
 def _float_list(text: str) -> list[float]:
@@ -156,7 +163,8 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         "--operator",
         choices=_merge_operator_names(),
         metavar="NAME",
-        help="a key of mergetheory.merge.MERGE_OPERATORS: " + ", ".join(_merge_operator_names()),
+        help="a registered operator (built in or from an installed plugin): "
+        + ", ".join(_merge_operator_names()),
     )
     p.add_argument(
         "--out",
@@ -350,6 +358,14 @@ def _run_merge(args: argparse.Namespace) -> int:
         raise CliError("give --operator and at least one input (or --config)")
     op = MERGE_OPERATORS[args.operator]
     out_path = _check_out(args.out)
+
+    from ..merge import PluginError, get_operator
+
+    try:
+        op = get_operator(args.operator)
+    except PluginError as exc:  # a broken installed plugin
+        raise CliError(one_line(exc)) from None
+    stacked = _stack_experts(args.inputs)
     num = len(args.inputs)
     hparams: dict[str, Any] = dict(op.default_hparams)
     for name in ("density", "scale", "temperature"):

@@ -10,7 +10,10 @@ the work runs in a jitted core.
 
 :class:`MergeOperator` records the properties each operator claims;
 ``tests/merge/test_registry.py`` checks every claim for every entry. Adding an operator is
-one function plus one line here (zoo operators go below the marker at the end).
+one function plus one line here (zoo operators go below the marker at the end); code
+outside the library calls :func:`register_operator` or publishes an entry point in the
+group ``mergetheory.operators`` (:mod:`.plugins`), and :mod:`mergetheory.testing` checks
+any operator's claims.
 
 Modules: :mod:`.linear` (average, Task Arithmetic, base-knowledge weighting),
 :mod:`.ties` (TIES, magnitude pruning), :mod:`.dare` (DARE-linear, DARE-TIES),
@@ -233,8 +236,24 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
 }
 
+# the public registration API (after the table it extends)
+from .plugins import BUILTIN_OPERATOR_NAMES as BUILTIN_OPERATOR_NAMES  # noqa: E402
+from .plugins import PluginError as PluginError  # noqa: E402
+from .plugins import get_operator as get_operator  # noqa: E402
+from .plugins import load_plugins as load_plugins  # noqa: E402
+from .plugins import operator_names as operator_names  # noqa: E402
+from .plugins import register_operator as register_operator  # noqa: E402
+from .plugins import unregister_operator as unregister_operator  # noqa: E402
+
 __all__ = [
     "AGGREGATES",
+    "BUILTIN_OPERATOR_NAMES",
+    "PluginError",
+    "get_operator",
+    "load_plugins",
+    "operator_names",
+    "register_operator",
+    "unregister_operator",
     "ELECTIONS",
     "EMROutput",
     "MAGNITUDE_FLOOR",

@@ -8,6 +8,7 @@ so adding an operator is one function plus one registry line.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -48,3 +49,95 @@ class MergeOperator(NamedTuple):
     static_argnames: tuple[str, ...] = ()
     has_weights: bool = True
     description: str = ""
+
+
+ENTRY_POINT_GROUP = "mergetheory.operators"
+"""The package entry-point group in which plugins publish operators (name -> object)."""
+
+KNOWN_CLAIMS: tuple[str, ...] = tuple(f for f in MergeOperator._fields if f != "fn")
+"""The claim keywords :func:`register_operator` accepts (the fields of :class:`MergeOperator`)."""
+
+
+class PluginError(ValueError):
+    """A plugin operator cannot be registered: name clash, bad signature or unknown claim."""
+
+
+def _check_signature(name: str, fn: Callable[..., Any], op: MergeOperator) -> None:
+    """``fn(task_vectors, key, *, **hparams)``: data first, key second, keyword hyperparameters."""
+    if not callable(fn):
+        raise PluginError(f"operator {name!r}: fn must be callable, got {type(fn).__name__}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins / C callables: nothing to inspect
+    params = list(sig.parameters.values())
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    want = "fn(task_vectors, key, *, **hparams)"
+    if len(positional) < 2 or any(p.kind == p.VAR_POSITIONAL for p in positional[:2]):
+        raise PluginError(
+            f"operator {name!r}: {getattr(fn, '__name__', fn)}{sig} must take the data first "
+            f"and the PRNG key second: {want}"
+        )
+    extra = [p.name for p in positional[2:] if p.default is p.empty]
+    if extra:
+        raise PluginError(
+            f"operator {name!r}: hyperparameter(s) {extra} must be keyword arguments with "
+            f"defaults or keyword-only: {want}"
+        )
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return
+    accepted = {p.name for p in params[2:] if p.kind != p.VAR_POSITIONAL}
+    named = (
+        set(op.default_hparams)
+        | set(op.identity_hparams)
+        | set(op.continuous_hparams)
+        | set(op.static_argnames)
+        | {n for n in op.needs}
+        | ({"weights"} if op.has_weights else set())
+    )
+    missing = sorted(named - accepted)
+    if missing:
+        raise PluginError(
+            f"operator {name!r}: claims keyword argument(s) {missing} that "
+            f"{getattr(fn, '__name__', fn)}{sig} does not accept"
+            + (" (pass has_weights=False if it takes no weights)" if "weights" in missing else "")
+        )
+
+
+def make_operator(name: str, fn: Callable[..., Any], **claims: Any) -> MergeOperator:
+    """Build a checked :class:`MergeOperator` record (what :func:`register_operator` stores).
+
+    Raises:
+      PluginError: a claim that is not one of :data:`KNOWN_CLAIMS`, or a signature that is
+        not ``fn(task_vectors, key, *, **hparams)`` / does not accept a claimed keyword.
+    """
+    unknown = sorted(set(claims) - set(KNOWN_CLAIMS))
+    if unknown:
+        raise PluginError(
+            f"operator {name!r}: unknown claim(s) {unknown}; known: {', '.join(KNOWN_CLAIMS)}"
+        )
+    tuples = ("needs", "continuous_hparams", "static_argnames")
+    claims = {k: tuple(v) if k in tuples else v for k, v in claims.items()}
+    op = MergeOperator(fn=fn, **claims)
+    _check_signature(name, fn, op)
+    return op
+
+
+def add_operator(
+    registry: dict[str, MergeOperator], name: str, op: MergeOperator, *, replace: bool = False
+) -> MergeOperator:
+    """Insert ``op`` under ``name`` into ``registry`` (a clash is an error unless ``replace``)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PluginError(f"operator name must be a Python identifier, got {name!r}")
+    if name in registry and not replace and registry[name] is not op:
+        old = registry[name].fn
+        where = f"{getattr(old, '__module__', '?')}.{getattr(old, '__qualname__', '?')}"
+        raise PluginError(
+            f"operator {name!r} is already registered (fn {where}); choose another name"
+        )
+    registry[name] = op
+    return op

@@ -8,7 +8,8 @@ import pytest
 
 from mergetheory import __version__
 from mergetheory.cli import SUBCOMMANDS
-from mergetheory.cli.merge import OPERATOR_NAMES
+from mergetheory.cli.merge import BUILTIN_OPERATOR_NAMES
+from mergetheory.merge import BUILTIN_OPERATOR_NAMES as LIBRARY_BUILTINS
 from mergetheory.merge import MERGE_OPERATORS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +43,8 @@ def test_help_and_version_do_not_import_jax(argv):
 
 def test_operator_names_match_the_registry():
     # the CLI lists the operators without importing JAX: the list must follow the registry
-    assert list(OPERATOR_NAMES) == sorted(MERGE_OPERATORS)
+    assert list(BUILTIN_OPERATOR_NAMES) == sorted(MERGE_OPERATORS)
+    assert BUILTIN_OPERATOR_NAMES == LIBRARY_BUILTINS
 
 
 def test_operator_hparams_match_the_registry():
