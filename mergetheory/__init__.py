@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     ),
     "lora": "LoraFactors LoraShape lora_gram_matrix sample_lora_factors densify",
     "tree": "gram_matrix tree_stack tree_unstack validate_task_vectors TaskVectorError",
-    "merge": "MERGE_OPERATORS MergeOperator",
+    "merge": "MERGE_OPERATORS MergeOperator register_operator",
     "geometry": (
         "make_set ConvexHull ConvexHullWithOrigin Span PolyhedralCone Zonotope operator_image"
     ),
