@@ -319,8 +319,20 @@ def _check_out(out: str) -> Path:
     return path
 
 
+def _known_hparams(op_name: str) -> set[str]:
+    """The keyword hyperparameters of a built-in (static table) or plugin operator."""
+    if op_name in OPERATOR_HPARAMS:
+        return {k for k, _ in OPERATOR_HPARAMS[op_name]}
+    import inspect
+
+    from ..merge import get_operator
+
+    params = inspect.signature(get_operator(op_name).fn).parameters.values()
+    return {p.name for p in params if p.kind == p.KEYWORD_ONLY}
+
+
 def _check_hparams(op_name: str, hparams: dict[str, Any]) -> None:
-    known = {k for k, _ in OPERATOR_HPARAMS[op_name]} | {"weights"}
+    known = _known_hparams(op_name) | {"weights"}
     for name, value in hparams.items():
         if name not in known:
             listed = ", ".join(sorted(known - {"weights"})) or "none"
@@ -349,18 +361,14 @@ def _run_merge(args: argparse.Namespace) -> int:
     jax.config.update("jax_enable_x64", True)  # keep float64 inputs float64
     import jax.numpy as jnp
 
-    from ..merge import MERGE_OPERATORS
+    from ..merge import PluginError, get_operator
     from .merge_models import merge_models
 
     if args.config or any(_is_model_folder(p) for p in [*args.inputs, args.base or ""]):
         return merge_models(args, _check_hparams)
     if args.operator is None or not args.inputs:
         raise CliError("give --operator and at least one input (or --config)")
-    op = MERGE_OPERATORS[args.operator]
     out_path = _check_out(args.out)
-
-    from ..merge import PluginError, get_operator
-
     try:
         op = get_operator(args.operator)
     except PluginError as exc:  # a broken installed plugin

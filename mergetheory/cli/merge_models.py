@@ -115,7 +115,7 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
     from ..io.mergekit import load_mergekit_config
     from ..io.pool import DenseExpert, check_same_tensors, open_expert
     from ..io.safetensors import SafetensorsWriter
-    from ..merge import MERGE_OPERATORS
+    from ..merge import get_operator
 
     experts, base, weights, dtype = list(args.inputs), args.base, args.weights, args.dtype
     op_name = args.operator
@@ -132,7 +132,7 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
             raise CliError("give --operator (or --config with a merge_method)")
         if base is None:
             raise CliError("merging model folders needs --base (or base_model in --config)")
-        op = MERGE_OPERATORS[op_name]
+        op = get_operator(op_name)
         hparams = {**op.default_hparams, **hparams}
         for name in ("density", "scale", "temperature"):
             if getattr(args, name) is not None:
