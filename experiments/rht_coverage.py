@@ -44,6 +44,7 @@ from mergetheory.theory.rht import (
     rht_reparameterize,
 )
 from mergetheory.theory.saturation import check_width_bounds
+from mergetheory.verdict import FAILS, HOLDS, Verdict
 
 NAME = "rht_coverage"
 DENSITY_METHODS = ("rht", "magnitude_prune", "dare")
@@ -196,19 +197,20 @@ def run(config: RHTCoverageConfig, *, progress: bool = True) -> tuple[dict, dict
 
     def verdict(mean, se):
         if mean > config.z * se and mean >= config.min_effect:
-            return "holds"
+            return Verdict(HOLDS)
         if mean < -config.z * se:
             what = "a loss"
         elif mean > config.z * se:
             what = f"a gain below {config.min_effect:g}"
         else:
             what = "no significant gain"
-        return (
-            f"fails: {what} at equal norm budget: geometric log-gain {mean:+.4f} +- {se:.2g} "
-            f"over {num_r} replicates"
+        return Verdict(
+            FAILS,
+            f"{what} at equal norm budget: geometric log-gain {mean:+.4f} +- {se:.2g} "
+            f"over {num_r} replicates",
         )
 
-    verdicts: dict[tuple, str] = {}
+    verdicts: dict[tuple, Verdict] = {}
     dens_code = np.zeros((num_f, num_m, num_d), dtype=np.int64)
     heavy_code = np.zeros((num_f, num_nu), dtype=np.int64)
     for f in range(num_f):

@@ -144,3 +144,12 @@ def test_run_experiment_saves_config_summary_and_time(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         run_experiment("broken", None, broken, Cfg(), Cfg(), argv)
     assert not list(tmp_path.glob("broken*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(experiments_run_all.discover()) - {"diagnostics"}))
+def test_every_experiment_runs_quick_end_to_end(name, tmp_path):
+    """Each experiment's --quick run, summary and sidecar included (slow: a few minutes)."""
+    argv = ["--quick", "--out-dir", str(tmp_path), "--only", name, "--no-progress"]
+    assert experiments_run_all.main(argv) == 0
+    assert (tmp_path / f"{name}.json").exists()
