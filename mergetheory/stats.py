@@ -195,8 +195,9 @@ def pearson_correlation(x: jax.Array, y: jax.Array) -> jax.Array:
         d if jnp.issubdtype(d, jnp.floating) else default_float_dtype() for d in (x.dtype, y.dtype)
     ]
     dtype = max(floats, key=lambda d: jnp.dtype(d).itemsize)
-    x = x.astype(dtype)
-    y = y.astype(dtype)
+    shape = jnp.broadcast_shapes(x.shape, y.shape)  # explicit: no implicit rank promotion
+    x = jnp.broadcast_to(x.astype(dtype), shape)
+    y = jnp.broadcast_to(y.astype(dtype), shape)
     xc = x - x.mean(-1, keepdims=True)
     yc = y - y.mean(-1, keepdims=True)
     den = jnp.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))

@@ -1,4 +1,4 @@
-"""Test configuration: x64, strict dtype promotion, headless matplotlib, a fixed key.
+"""Test configuration: x64, strict dtype and rank promotion, headless matplotlib, a fixed key.
 
 Global JAX flags are set here (and by scripts), never on import of the library.
 """
@@ -21,6 +21,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import matplotlib  # noqa: E402
 

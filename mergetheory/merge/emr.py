@@ -90,7 +90,7 @@ def _elect(x: jax.Array, sign_rule: str) -> jax.Array:
     total = sum_tasks(x)
     one = jnp.ones((), x.dtype)
     gamma = jnp.where(total > 0, one, -one) if sign_rule == "code" else jnp.sign(total)
-    agree = x * gamma > 0
+    agree = x * jnp.expand_dims(gamma, 0) > 0
     eps = max_tasks(jnp.where(agree, jnp.abs(x), jnp.zeros((), x.dtype)))
     return gamma * eps
 
@@ -137,14 +137,14 @@ def emr_merge(
 def _emr_merge(task_vectors: TaskVectors, rescaler: str, sign_rule: str) -> EMROutput:
     leaves, treedef = jtu.tree_flatten(task_vectors)
     unified = [_elect(x, sign_rule) for x in leaves]
-    masks = [x * u > 0 for x, u in zip(leaves, unified, strict=True)]
+    masks = [x * jnp.expand_dims(u, 0) > 0 for x, u in zip(leaves, unified, strict=True)]
     dtype = jax.dtypes.canonicalize_dtype(np.result_type(*[x.dtype for x in leaves]))
     num = leaves[0].shape[0]
     numer = jnp.zeros((num,), dtype)
     denom = jnp.zeros((num,), dtype)
     for x, u, m in zip(leaves, unified, masks, strict=True):
         a = jnp.abs(x).reshape(num, -1)
-        b = jnp.where(m, jnp.abs(u), jnp.zeros((), u.dtype)).reshape(num, -1)
+        b = jnp.where(m, jnp.expand_dims(jnp.abs(u), 0), jnp.zeros((), u.dtype)).reshape(num, -1)
         reduce = jnp.mean if rescaler == "code" else jnp.sum
         numer = numer + reduce(a, axis=1).astype(dtype)
         denom = denom + reduce(b, axis=1).astype(dtype)

@@ -199,7 +199,7 @@ def orthogonalised_factors(
 
 def recombine_factors(f: TSVFactors) -> jax.Array:
     r""":math:`U_\perp \operatorname{diag}(\sigma) V_\perp^\top` from :class:`TSVFactors`."""
-    return jnp.matmul(f.u * f.s, f.vt, precision=HIGHEST)
+    return jnp.matmul(f.u * jnp.expand_dims(f.s, -2), f.vt, precision=HIGHEST)
 
 
 # --------------------------------------------------------------------------------------

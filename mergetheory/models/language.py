@@ -124,7 +124,8 @@ class ByteTransformer(nnx.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """Next-byte logits for every position of ``tokens`` (int, ``[..., L]``)."""
         seq = tokens.shape[-1]
-        x = self.embed(tokens) + self.pos[...][:seq]
+        e = self.embed(tokens)
+        x = e + jnp.broadcast_to(self.pos[...][:seq], e.shape)
         for i in range(self.num_layers):
             x = getattr(self, f"block_{i}")(x)
         return self.head(self.ln_f(x))

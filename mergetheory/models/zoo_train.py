@@ -118,7 +118,7 @@ def _sample(cfg: TrainConfig, key: Key, data: Any, *, batch: int) -> Any:
         text, size = data
         length = cfg.context + 1
         start = jr.randint(key, (batch,), 0, size - length + 1, jnp.int32)
-        return text[start[:, None] + jnp.arange(length, dtype=jnp.int32)]
+        return text[start[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]]
     x, y = data
     idx = jr.randint(key, (batch,), 0, x.shape[0], jnp.int32)
     return x[idx], y[idx]

@@ -362,7 +362,7 @@ def check_correlated_shrinkage(
     draws = jr.normal(key_tasks, (num_tasks + 1, dim), dtype) / jnp.sqrt(jnp.asarray(dim, dtype))
     c, eps = draws[0], draws[1:]
     r = jnp.asarray(rho, dtype)
-    tau = jnp.sqrt(r) * c + jnp.sqrt(1.0 - r) * eps
+    tau = jnp.sqrt(r) * c[None, :] + jnp.sqrt(1.0 - r) * eps
     sets = (
         ConvexHull.from_task_vectors(tau),
         ConvexHull.from_task_vectors(eps),

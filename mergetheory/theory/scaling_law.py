@@ -161,10 +161,10 @@ def random_quadratic_problem(
     k_h, k_s, k_svals, k_mu, k_star = jr.split(key, 5)
     q = jr.orthogonal(k_h, dim)
     lam = jnp.arange(1, dim + 1, dtype=q.dtype) ** (-hessian_decay)
-    hessian = (q * lam) @ q.T
+    hessian = (q * lam[None, :]) @ q.T
     r = jr.orthogonal(k_s, dim)
     s = jr.uniform(k_svals, (dim,), q.dtype, 0.5, 1.5)
-    cov = (noise_scale**2 / dim) * (r * s) @ r.T
+    cov = (noise_scale**2 / dim) * (r * s[None, :]) @ r.T
     mean = jr.normal(k_mu, (dim,), q.dtype) / jnp.sqrt(dim)
     theta_0 = jnp.zeros((dim,), q.dtype)
     if at_optimum:
@@ -186,7 +186,8 @@ def quadratic_loss(problem: QuadraticMergeProblem, theta: jax.Array) -> jax.Arra
     Returns:
       ``[...]`` losses.
     """
-    d = theta - problem.theta_star
+    theta = jnp.asarray(theta)
+    d = theta - jnp.broadcast_to(problem.theta_star, theta.shape)
     return 0.5 * jnp.einsum("...i,ij,...j->...", d, problem.hessian, d)
 
 
@@ -267,7 +268,7 @@ def finite_population_factor(k: Any, pool_size: int) -> jax.Array:
 def _pool_stats(problem: QuadraticMergeProblem, pool: jax.Array):
     m = pool.shape[0]
     vbar = jnp.mean(pool, axis=0)
-    dev = pool - vbar
+    dev = pool - vbar[None, :]
     tr_h_pop = jnp.sum((dev @ problem.hessian) * dev) / m
     base = quadratic_loss(problem, problem.theta_0 + problem.c * vbar)
     return m, base, tr_h_pop
@@ -338,13 +339,13 @@ class MergeLossSimulation(NamedTuple):
 
 def _psd_sqrt(cov: jax.Array) -> jax.Array:
     w, u = jnp.linalg.eigh(0.5 * (cov + cov.T))
-    return u * jnp.sqrt(jnp.clip(w, 0.0, None))
+    return u * jnp.sqrt(jnp.clip(w, 0.0, None))[None, :]
 
 
 def _moments(losses: jax.Array) -> tuple[jax.Array, ...]:
     n = losses.shape[0]
     mean = jnp.mean(losses, axis=0)
-    dev = losses - mean
+    dev = losses - jnp.expand_dims(mean, 0)
     m2 = jnp.mean(dev**2, axis=0)
     m4 = jnp.mean(dev**4, axis=0)
     var = m2 * n / (n - 1)
@@ -361,12 +362,12 @@ def _simulate(key, problem, pool, ks, *, max_k, num_draws, batch_size):
     def one(k_):
         if pool is None:
             z = jr.normal(k_, (max_k, dim), dtype)
-            v = problem.mean + z @ root.T
+            v = problem.mean[None, :] + z @ root.T
         else:
             perm = jnp.argsort(jr.uniform(k_, (pool.shape[0],), dtype))  # uniform permutation
             v = pool[perm[:max_k]]
         sums = jnp.cumsum(v, axis=0)[ks - 1]  # [K, D]: sum over the first k draws
-        merged = problem.theta_0 + (problem.c / ksf)[:, None] * sums
+        merged = problem.theta_0[None, :] + (problem.c / ksf)[:, None] * sums
         return quadratic_loss(problem, merged)
 
     keys = jr.split(key, num_draws)

@@ -70,7 +70,9 @@ class SampleMoments(NamedTuple):
         mean = jax.tree_util.tree_map(
             lambda v: masked_sum(v) / jnp.maximum(count, 1).astype(v.dtype), values
         )
-        m2 = jax.tree_util.tree_map(lambda v, mu: masked_sum((v - mu) ** 2), values, mean)
+        m2 = jax.tree_util.tree_map(
+            lambda v, mu: masked_sum((v - jnp.expand_dims(mu, 0)) ** 2), values, mean
+        )
         return cls(count, mean, m2)
 
     def merge(self, other: SampleMoments) -> SampleMoments:

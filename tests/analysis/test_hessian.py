@@ -28,7 +28,7 @@ def _tiny_problem(key):
     y = (x[:, 0] > 0).astype(jnp.int32)
 
     def loss(p):
-        logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
+        logits = jnp.tanh(x @ p["w1"] + p["b1"][None, :]) @ p["w2"]
         logp = jax.nn.log_softmax(logits)
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 

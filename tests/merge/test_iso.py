@@ -36,4 +36,6 @@ def test_iso_cts_matches_reference_and_is_isotropic():
     factors = jax.jit(iso.iso_cts_factors, static_argnames=("common_space_fraction",))
     f = factors(jnp.asarray(x), common_space_fraction=0.6)  # k = 9, 2 per task
     np.testing.assert_allclose(f.u.T @ f.u, np.eye(15), atol=1e-12)
-    np.testing.assert_allclose((f.u * f.s) @ f.vt, ref.ref_iso_cts(x, 0.6), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(
+        (f.u * f.s[None, :]) @ f.vt, ref.ref_iso_cts(x, 0.6), rtol=1e-9, atol=1e-11
+    )

@@ -187,7 +187,7 @@ def test_evaluate_base_is_base_metric_and_traces_once(zoos, modality):
     assert traces == 0
     val = evaluate(zoo, zoo.base_params, split="val", tasks=[1, 0])
     assert val.shape == (2,) and np.all(np.isfinite(val))
-    stacked = jax.tree.map(lambda b, t: b + t[:3], zoo.base_params, zoo.full_task_vectors)
+    stacked = jax.tree.map(lambda b, t: b[None] + t[:3], zoo.base_params, zoo.full_task_vectors)
     many = evaluate_stack(zoo, stacked, batch_size=2)
     assert many.shape == (3, len(zoo.task_names))
     for m in range(3):

@@ -18,7 +18,7 @@ def problem(key):
 
 def _pool(key, problem, size):
     root = sl._psd_sqrt(problem.cov)
-    return problem.mean + jr.normal(key, (size, problem.mean.shape[0])) @ root.T
+    return problem.mean[None, :] + jr.normal(key, (size, problem.mean.shape[0])) @ root.T
 
 
 def test_exact_formulas_by_hand(problem):

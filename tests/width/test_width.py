@@ -402,7 +402,7 @@ def test_stream_moments_masks_the_padding_of_the_last_chunk():
     chunk, num_chunks, num = 7, 5, 31  # 35 samples drawn, the last 4 do not count
 
     def sample_chunk(k):
-        return jr.normal(k, (chunk, 2)) + jnp.arange(2.0)
+        return jr.normal(k, (chunk, 2)) + jnp.arange(2.0)[None, :]
 
     keys = jr.split(jr.key(3), num_chunks)
     m = width.stream_moments(sample_chunk, keys, num_samples=num, statistics=lambda v: {"v": v})
