@@ -83,9 +83,9 @@ QUICK_CONFIG = ScalingLawConfig(dim=16, num_draws=4_000, num_pools=1_000)
 
 def _pool(key, problem, size):
     w, u = jnp.linalg.eigh(problem.cov)
-    root = u * jnp.sqrt(jnp.clip(w, 0.0, None))
+    root = u * jnp.expand_dims(jnp.sqrt(jnp.clip(w, 0.0, None)), 0)
     z = jr.normal(key, (size, problem.mean.shape[0]), problem.mean.dtype)
-    return problem.mean + z @ root.T
+    return jnp.expand_dims(problem.mean, 0) + z @ root.T
 
 
 def run(config: ScalingLawConfig) -> tuple[dict[str, np.ndarray], dict]:
