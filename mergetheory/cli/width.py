@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import PROG, CliError
-from .common import one_line as _one_line
+from .common import PROG, CliError, one_line
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -126,7 +125,7 @@ def _load_vectors(path_str: str) -> np.ndarray:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
         raise CliError(
-            f"--vectors: cannot read {path_str} as a .npy array ({_one_line(exc)})"
+            f"--vectors: cannot read {path_str} as a .npy array ({one_line(exc)})"
         ) from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr.close()
@@ -239,7 +238,7 @@ def _run_width(args: argparse.Namespace) -> int:
     try:
         est, chunk, seconds = _estimate_width(args, vectors, show)
     except (ValueError, TypeError, FloatingPointError) as exc:  # bad input / no convergence
-        raise CliError(_one_line(exc)) from None
+        raise CliError(one_line(exc)) from None
 
     what = "statistical dimension" if args.quantity == "statdim" else "Gaussian width"
     meta = {

@@ -32,9 +32,14 @@ from importlib import metadata
 from typing import Any
 
 from . import MERGE_OPERATORS
-from ._registry import ENTRY_POINT_GROUP, KNOWN_CLAIMS, MergeOperator, PluginError
-from ._registry import add_operator as _add
-from ._registry import make_operator as _make
+from ._registry import (
+    ENTRY_POINT_GROUP,
+    KNOWN_CLAIMS,
+    MergeOperator,
+    PluginError,
+    add_operator,
+    make_operator,
+)
 
 __all__ = [
     "BUILTIN_OPERATOR_NAMES",
@@ -78,7 +83,7 @@ def register_operator(
     """
     if replace and name in BUILTIN_OPERATOR_NAMES:
         raise PluginError(f"operator {name!r} is built in and cannot be replaced")
-    return _add(MERGE_OPERATORS, name, _make(name, fn, **claims), replace=replace)
+    return add_operator(MERGE_OPERATORS, name, make_operator(name, fn, **claims), replace=replace)
 
 
 def unregister_operator(name: str) -> None:
@@ -97,13 +102,13 @@ def plugin_names() -> list[str]:
 
 def _as_operator(name: str, obj: Any) -> MergeOperator:
     if isinstance(obj, MergeOperator):
-        return _make(name, obj.fn, **{k: v for k, v in obj._asdict().items() if k != "fn"})
+        return make_operator(name, obj.fn, **{k: v for k, v in obj._asdict().items() if k != "fn"})
     if isinstance(obj, Mapping):
         claims = dict(obj)
         if "fn" not in claims:
             raise PluginError(f"operator {name!r}: the mapping has no 'fn'")
-        return _make(name, claims.pop("fn"), **claims)
-    return _make(name, obj)
+        return make_operator(name, claims.pop("fn"), **claims)
+    return make_operator(name, obj)
 
 
 def load_plugins() -> list[str]:
@@ -127,7 +132,7 @@ def load_plugins() -> list[str]:
         except Exception as exc:
             raise PluginError(f"{where}: cannot load ({type(exc).__name__}: {exc})") from exc
         try:
-            _add(MERGE_OPERATORS, ep.name, _as_operator(ep.name, obj))
+            add_operator(MERGE_OPERATORS, ep.name, _as_operator(ep.name, obj))
         except PluginError as exc:
             raise PluginError(f"{where}: {exc}") from None
         _loaded.add(tag)
