@@ -12,7 +12,8 @@ run by ``experiments/<name>.py``, drawn by ``figures/fig_<name>.py`` and reporte
 * :mod:`~mergetheory.theory.kinematic` -- H-kinematic, the Approximate Kinematic Formula
   (ALMT 2014) checked empirically on polyhedral cones;
 * :mod:`~mergetheory.theory.scaling_law` -- H-scaling, the :math:`1/k` merging law
-  (arXiv 2509.24244) on its exact quadratic model, fits and the three-point forecast.
+  (arXiv 2509.24244) on its exact quadratic model; its fits and the three-point forecast
+  are in :mod:`~mergetheory.theory.scaling_fit`;
 * :mod:`~mergetheory.theory.concavity` -- H-concavity, the marginal width of an extra
   expert (claim C3): submodularity of the hull width, random-subset means, counterexamples;
 * :mod:`~mergetheory.theory.saturation` -- H-bound / H-lower / H-saturation /
@@ -64,25 +65,25 @@ from .saturation import check_width_bounds as check_width_bounds
 from .saturation import min_pairwise_distance as min_pairwise_distance
 from .saturation import width_lower_bound as width_lower_bound
 from .saturation import width_upper_bound as width_upper_bound
-from .scaling_law import ForecastOutput as ForecastOutput
+from .scaling_fit import ForecastOutput as ForecastOutput
+from .scaling_fit import ScalingLawFit as ScalingLawFit
+from .scaling_fit import fit_scaling_law as fit_scaling_law
+from .scaling_fit import scaling_law_curve as scaling_law_curve
+from .scaling_fit import three_point_forecast as three_point_forecast
 from .scaling_law import MergeLossSimulation as MergeLossSimulation
 from .scaling_law import QuadraticMergeProblem as QuadraticMergeProblem
 from .scaling_law import ScalingLawEvidence as ScalingLawEvidence
-from .scaling_law import ScalingLawFit as ScalingLawFit
 from .scaling_law import check_scaling_law as check_scaling_law
 from .scaling_law import expected_merge_loss as expected_merge_loss
 from .scaling_law import expected_merge_loss_pool as expected_merge_loss_pool
 from .scaling_law import finite_population_factor as finite_population_factor
-from .scaling_law import fit_scaling_law as fit_scaling_law
 from .scaling_law import limit_loss as limit_loss
 from .scaling_law import merge_loss_variance as merge_loss_variance
 from .scaling_law import pool_scaling_law_constants as pool_scaling_law_constants
 from .scaling_law import quadratic_loss as quadratic_loss
 from .scaling_law import random_quadratic_problem as random_quadratic_problem
 from .scaling_law import scaling_law_constants as scaling_law_constants
-from .scaling_law import scaling_law_curve as scaling_law_curve
 from .scaling_law import simulate_merge_loss as simulate_merge_loss
-from .scaling_law import three_point_forecast as three_point_forecast
 from .threshold import KinematicThresholdOutput as KinematicThresholdOutput
 from .threshold import ThresholdOutput as ThresholdOutput
 from .threshold import WidthCurve as WidthCurve
