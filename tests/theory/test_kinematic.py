@@ -109,28 +109,3 @@ def test_check_fails_on_a_wrong_delta(key):
     )
     assert ev.num_bounds_tested > 0
     assert ev.verdict.startswith("fails") and "above the window" in ev.verdict
-
-
-@pytest.mark.slow
-def test_quick_experiment_figure_and_paper_section(tmp_path):
-    from pathlib import Path
-
-    from experiments import kinematic as experiment
-    from figures import fig_kinematic as figure
-    from mergetheory.io import load_results
-    from paper.build import render_section
-
-    assert experiment.main(["--quick", "--out-dir", str(tmp_path), "--no-progress"]) == 0
-    res = load_results(tmp_path / "kinematic")
-    summary = res.metadata["config"]["summary"]
-    assert res.metadata["config"]["quick"] is True
-    assert summary["verdict"].split(":")[0] in (
-        "holds",
-        "holds under stated assumptions",
-        "fails",
-    )
-    assert figure.main(["--results-dir", str(tmp_path), "--out-dir", str(tmp_path / "fig")]) == 0
-    assert (tmp_path / "fig" / "fig_kinematic.png").read_bytes()[:4] == b"\x89PNG"
-    template = Path(__file__).resolve().parents[2] / "paper" / "sections" / "kinematic.md"
-    text = render_section(template.read_text(), tmp_path, "kinematic")
-    assert "{{" not in text and "fig_kinematic.png" in text

@@ -148,28 +148,3 @@ def test_check_scaling_law_verdicts(key, problem, monkeypatch):
     monkeypatch.setattr(sl, "expected_merge_loss", lambda _p, ks: right_law(wrong, ks))
     ev_caught = sl.check_scaling_law(key, problem, KS, num_draws=10_000)
     assert ev_caught.verdict.startswith("fails"), ev_caught.verdict
-
-
-@pytest.mark.slow
-def test_quick_experiment_figure_and_paper_section(tmp_path):
-    from pathlib import Path
-
-    from experiments import scaling_law as experiment
-    from figures import fig_scaling_law as figure
-    from mergetheory.io import load_results
-    from paper.build import render_section
-
-    assert experiment.main(["--quick", "--out-dir", str(tmp_path), "--no-progress"]) == 0
-    res = load_results(tmp_path / "scaling_law")
-    summary = res.metadata["config"]["summary"]
-    assert res.metadata["config"]["quick"] is True
-    assert summary["verdict"].split(":")[0] in (
-        "holds",
-        "holds under stated assumptions",
-        "fails",
-    )
-    assert figure.main(["--results-dir", str(tmp_path), "--out-dir", str(tmp_path / "fig")]) == 0
-    assert (tmp_path / "fig" / "fig_scaling_law.png").read_bytes()[:4] == b"\x89PNG"
-    template = Path(__file__).resolve().parents[2] / "paper" / "sections" / "scaling_law.md"
-    text = render_section(template.read_text(), tmp_path, "scaling_law")
-    assert "{{" not in text and "fig_scaling_law.png" in text

@@ -196,28 +196,3 @@ def test_input_validation():
         th.threshold_gain_ratio(th.width_curve(E0[:4], ns=[1, 2, 4, 8]), kappa=0.5)
     with pytest.raises(ValueError, match="at least 2"):
         th.width_curve(np.ones(1))
-
-
-@pytest.mark.slow
-def test_quick_experiment_figure_and_paper_section(tmp_path):
-    from pathlib import Path
-
-    from experiments import threshold as experiment
-    from figures import fig_threshold as figure
-    from mergetheory.io import load_results
-    from paper.build import render_section
-
-    assert experiment.main(["--quick", "--out-dir", str(tmp_path), "--no-progress"]) == 0
-    res = load_results(tmp_path / "threshold")
-    summary = res.metadata["config"]["summary"]
-    assert res.metadata["config"]["quick"] is True
-    assert summary["verdict"].split(":")[0] in (
-        "holds",
-        "holds under stated assumptions",
-        "fails",
-    )
-    assert figure.main(["--results-dir", str(tmp_path), "--out-dir", str(tmp_path / "fig")]) == 0
-    assert (tmp_path / "fig" / "fig_threshold.png").read_bytes()[:4] == b"\x89PNG"
-    template = Path(__file__).resolve().parents[2] / "paper" / "sections" / "threshold.md"
-    text = render_section(template.read_text(), tmp_path, "threshold")
-    assert "{{" not in text and "fig_threshold.png" in text
