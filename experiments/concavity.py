@@ -35,6 +35,7 @@ from experiments import run_experiment
 from mergetheory.geometry import ConvexHull
 from mergetheory.tasks import family_spec, sample_task_vectors
 from mergetheory.theory.concavity import (
+    ConcavityDetails,
     check_concavity,
     check_submodularity,
     generator_gram,
@@ -120,17 +121,21 @@ def _verdict_code(verdict: Verdict) -> int:
     return {HOLDS: 0, HOLDS_UNDER_ASSUMPTIONS: 1}.get(verdict.status, 2)
 
 
-def _short(verdict: Verdict) -> str:
+def _failure(details: ConcavityDetails) -> str:
+    """What a failing concavity verdict found: the convex step, or linear growth."""
+    if details.convex_n is not None:
+        return f"convex step at n={details.convex_n}"
+    return "not strictly concave"
+
+
+def _short(verdict: Verdict, details: ConcavityDetails) -> str:
     if verdict.status == HOLDS:
         return "holds"
     if verdict.holds:
         return "holds*"
-    if verdict.reason.startswith("convex step"):
-        n = verdict.reason.split("n=")[1].split(":")[0]
-        return f"**fails** (convex at n={n})"
-    if verdict.reason.startswith("not strictly concave"):
-        return "**fails** (linear)"
-    return "**fails**"
+    if details.convex_n is not None:
+        return f"**fails** (convex at n={details.convex_n})"
+    return "**fails** (linear)"
 
 
 def run(config: ConcavityConfig, *, progress: bool = True) -> tuple[dict, dict]:
@@ -171,7 +176,8 @@ def run(config: ConcavityConfig, *, progress: bool = True) -> tuple[dict, dict]:
     for name in ("max_diff2_z", "elasticity", "elasticity_stderr", "gain_drop", "gain_drop_se"):
         out[name] = np.zeros(shape4)
     codes = np.zeros(shape4, dtype=np.int64)
-    verdicts: dict[tuple[int, int, int], str] = {}
+    verdicts: dict[tuple[int, int, int], Verdict] = {}
+    details: dict[tuple[int, int, int], ConcavityDetails] = {}
 
     jobs = [(f, k, o) for f in range(num_f) for k in range(num_k) for o in range(num_o)]
     for f, k, o in tqdm(jobs, desc=NAME, leave=False, disable=not progress):
@@ -186,14 +192,15 @@ def run(config: ConcavityConfig, *, progress: bool = True) -> tuple[dict, dict]:
             z=config.z,
         )
         for name in ("mean", "stderr", "diff1", "diff1_stderr", "diff2", "diff2_stderr"):
-            out[name][f, k, o] = getattr(ev, name)
-        out["max_diff2_z"][f, k, o] = ev.max_diff2_z
-        out["elasticity"][f, k, o] = ev.elasticity
-        out["elasticity_stderr"][f, k, o] = ev.elasticity_stderr
-        out["gain_drop"][f, k, o] = ev.gain_drop
-        out["gain_drop_se"][f, k, o] = ev.gain_drop_stderr
+            out[name][f, k, o] = getattr(ev.curve, name)
+        out["max_diff2_z"][f, k, o] = ev.details.max_diff2_z
+        out["elasticity"][f, k, o] = ev.details.elasticity
+        out["elasticity_stderr"][f, k, o] = ev.details.elasticity_stderr
+        out["gain_drop"][f, k, o] = ev.details.gain_drop
+        out["gain_drop_se"][f, k, o] = ev.details.gain_drop_stderr
         codes[f, k, o] = _verdict_code(ev.verdict)
         verdicts[(f, k, o)] = ev.verdict
+        details[(f, k, o)] = ev.details
 
     zono = np.stack([zonotope_width_closed_form(s) for s in sets])  # [F, N]
     zk = config.kinds.index("zonotope") if "zonotope" in config.kinds else None
@@ -232,17 +239,17 @@ def run(config: ConcavityConfig, *, progress: bool = True) -> tuple[dict, dict]:
         "submodular_frac_violating": sub_frac,
         "submodular_slack": sub_slack,
     }
-    summary = _summary(config, labels, arrays, verdicts, sub_verdicts)
+    summary = _summary(config, labels, arrays, verdicts, details, sub_verdicts)
     return arrays, summary
 
 
-def _summary(config, labels, a, verdicts, sub_verdicts) -> dict:
+def _summary(config, labels, a, verdicts, details, sub_verdicts) -> dict:
     kinds = config.kinds
     header = "| experts | ordering | " + " | ".join(kinds) + " |"
     rows = [header, "|" + "---|" * (len(kinds) + 2)]
     for f, label in enumerate(labels):
         for o, ordering in enumerate(ORDERINGS):
-            cells = [_short(verdicts[(f, k, o)]) for k in range(len(kinds))]
+            cells = [_short(verdicts[(f, k, o)], details[(f, k, o)]) for k in range(len(kinds))]
             rows.append(f"| {label} | {ordering.replace('_', ' ')} | " + " | ".join(cells) + " |")
     sub_rows = ["| set | per-path min slack | paths violating | verdict |", "|---|---|---|---|"]
     for k, kind in enumerate(kinds):
@@ -289,7 +296,7 @@ def _summary(config, labels, a, verdicts, sub_verdicts) -> dict:
             subset_ok = all(verdicts[(f, k, 1)].status != FAILS for f in range(len(labels)))
             summ[f"{kind}_subsets_all_concave"] = "yes" if subset_ok else "no"
             fixed_fails = [
-                f"{labels[f]} ({verdicts[(f, k, 0)].reason.split(':')[0].split(' (')[0]})"
+                f"{labels[f]} ({_failure(details[(f, k, 0)])})"
                 for f in range(len(labels))
                 if verdicts[(f, k, 0)].status == FAILS
             ]

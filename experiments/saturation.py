@@ -38,8 +38,8 @@ from experiments.concavity import draw_family
 from mergetheory.geometry import ConvexHull
 from mergetheory.geometry.closed_forms import expected_chi, expected_max_normal
 from mergetheory.tasks import CorrelatedSpec, GaussianSpec, sample_task_vectors
-from mergetheory.theory.concavity import generator_gram
 from mergetheory.theory.saturation import check_correlated_shrinkage, check_width_bounds
+from mergetheory.theory.subsets import generator_gram
 
 NAME = "saturation"
 KINDS = ("hull", "hull0")

@@ -2,8 +2,9 @@ r"""Theory as testable hypotheses: one module per claim, each with its check and
 
 Every module states a named hypothesis (precise statement, assumptions, "reconstruction"
 where the source paper's statement is unknown), implements a numerical check returning
-its evidence as a NamedTuple with uncertainties and a verdict string (``"holds"``,
-``"holds under stated assumptions"`` or ``"fails: ..."`` with the counterexample), and is
+its evidence as a NamedTuple with uncertainties and a :class:`~mergetheory.verdict.Verdict`
+(``"holds"``, ``"holds under stated assumptions"`` or ``"fails: ..."`` with the
+counterexample), and is
 run by ``experiments/<name>.py``, drawn by ``figures/fig_<name>.py`` and reported in
 ``paper/sections/<name>.md``.
 
@@ -15,7 +16,9 @@ run by ``experiments/<name>.py``, drawn by ``figures/fig_<name>.py`` and reporte
   (arXiv 2509.24244) on its exact quadratic model; its fits and the three-point forecast
   are in :mod:`~mergetheory.theory.scaling_fit`;
 * :mod:`~mergetheory.theory.concavity` -- H-concavity, the marginal width of an extra
-  expert (claim C3): submodularity of the hull width, random-subset means, counterexamples;
+  expert (claim C3): strict concavity verdicts, counterexamples; its exact part, the
+  per-path submodularity of the hull width and random-subset means, is in
+  :mod:`~mergetheory.theory.subsets`;
 * :mod:`~mergetheory.theory.saturation` -- H-bound / H-lower / H-saturation /
   H-correlated (claims C1, C2): sqrt(2 log n) and Sudakov-Fernique bounds, the
   effective-dimension cap, the exact sqrt(1 - rho) shrinkage;
@@ -26,14 +29,11 @@ This file is a plain re-export list: add one block per module.
 """
 
 from .concavity import CONCAVITY_KINDS as CONCAVITY_KINDS
+from .concavity import ConcavityDetails as ConcavityDetails
 from .concavity import ConcavityEvidence as ConcavityEvidence
-from .concavity import SubmodularityEvidence as SubmodularityEvidence
 from .concavity import check_concavity as check_concavity
-from .concavity import check_submodularity as check_submodularity
+from .concavity import classify_concavity as classify_concavity
 from .concavity import concavity_verdict as concavity_verdict
-from .concavity import generator_gram as generator_gram
-from .concavity import subset_mean_width as subset_mean_width
-from .concavity import subset_support as subset_support
 from .concavity import tiny_first_generators as tiny_first_generators
 from .concavity import zonotope_width_closed_form as zonotope_width_closed_form
 from .kinematic import IntersectionEstimate as IntersectionEstimate
@@ -84,6 +84,11 @@ from .scaling_law import quadratic_loss as quadratic_loss
 from .scaling_law import random_quadratic_problem as random_quadratic_problem
 from .scaling_law import scaling_law_constants as scaling_law_constants
 from .scaling_law import simulate_merge_loss as simulate_merge_loss
+from .subsets import SubmodularityEvidence as SubmodularityEvidence
+from .subsets import check_submodularity as check_submodularity
+from .subsets import generator_gram as generator_gram
+from .subsets import subset_mean_width as subset_mean_width
+from .subsets import subset_support as subset_support
 from .threshold import KinematicThresholdOutput as KinematicThresholdOutput
 from .threshold import ThresholdOutput as ThresholdOutput
 from .threshold import WidthCurve as WidthCurve

@@ -21,25 +21,13 @@ Two readings are checked, because they behave differently:
   over uniformly random :math:`n`-subsets of a pool of :math:`N` experts
   (:func:`subset_mean_width`).
 
-**What is exact (a theorem, not a reconstruction).** For the hull, the support value
-:math:`f_g(A) = \max_{i \in A} z_i`, :math:`z = \langle g, \tau\rangle`, is a *submodular* set
-function of the points, on every sample path :math:`g`: for :math:`\emptyset \ne A \subseteq B`
-and :math:`t \notin B`, with :math:`M_A = \max_{i\in A} z_i \le M_B`,
-
-.. math::
-    f_g(A \cup \{t\}) - f_g(A) = \max(M_A, z_t) - M_A = (z_t - M_A)_+
-    \;\ge\; (z_t - M_B)_+ = f_g(B \cup \{t\}) - f_g(B),
-
-because :math:`m \mapsto (z_t - m)_+` is non-increasing. Taking :math:`\mathbb E_g` gives
-:math:`w(A \cup t) - w(A) \ge w(B \cup t) - w(B)`. The same holds for ``hull0``
-(:math:`M_A \to \max(0, M_A)`) and, with equality, for the zonotope (its support
-:math:`\sum_{i\in A}(z_i)_+` is *modular*). A submodular :math:`f` has a concave subset mean:
-with :math:`S` a uniform :math:`n`-subset, :math:`s, t` two distinct uniform elements outside
-it, :math:`\bar w_{n+1} - \bar w_n = \mathbb E[f(S\cup t) - f(S)] \ge \mathbb E[f(S \cup s
-\cup t) - f(S\cup s)] = \bar w_{n+2} - \bar w_{n+1}`. For hull-type sets the subset mean is
-computed *exactly* on every path from the order statistics of :math:`z`
-(:math:`\mathbb E_{|S|=n} \max_S z = \sum_k z_{(k)} \binom{N-k}{n-1}/\binom{N}{n}`, with
-:math:`z_{(1)} \ge z_{(2)} \ge \dots`), so its second differences are :math:`\le 0` per path.
+**What is exact (a theorem, not a reconstruction).** The hull width (and the hull0 width)
+is a *submodular* set function of the points on every Gaussian sample path, the zonotope's
+is *modular*; hence the random-subset mean :math:`\bar w_n` is concave in :math:`n`, and for
+hull-type sets it is computed exactly on every path from the order statistics of
+:math:`z = Tg`. Proof, the per-path check (:func:`check_submodularity`) and the subset
+means (:func:`subset_mean_width`) are in :mod:`mergetheory.theory.subsets` (re-exported
+here).
 
 **Where concavity fails** (counterexamples, all reproduced by the tests and the experiment):
 
@@ -57,10 +45,11 @@ computed *exactly* on every path from the order statistics of :math:`z`
   scale-free (they depend on directions only), so the tiny-first ordering does not hurt
   them. Their per-path support is not submodular (:func:`check_submodularity` reports it).
 
-**Verdicts** (:func:`concavity_verdict`, at ``z`` standard errors of the paired second
+**Verdicts** (:func:`classify_concavity`, at ``z`` standard errors of the paired second
 differences; ``atol`` absorbs round-off): ``"fails: ..."`` if some :math:`\Delta^2 w_n` is
-significantly positive (the convex step is named) or if the gains do not fall
-significantly (:math:`g_1 - g_{N-1}` within noise: linear growth); ``"holds"`` if every
+significantly positive (the convex step is named, and given as data in
+:attr:`ConcavityDetails.convex_n`) or if the gains do not fall significantly
+(:math:`g_1 - g_{N-1}` within noise: linear growth); ``"holds"`` if every
 :math:`\Delta^2 w_n` is significantly negative; ``"holds under stated assumptions"`` if no
 step is significantly convex and the gains fall significantly but some late
 :math:`\Delta^2 w_n` are too small to resolve at this Monte Carlo size. The *elasticity*
@@ -73,28 +62,33 @@ Reference: ``wang2025moreexperts``, ``vershynin2018hdp`` (Gaussian width),
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 
-from .._types import Gram, Key
-from ..geometry import SET_KINDS, GeneratedSet, make_set
+from .._types import Key
 from ..geometry.closed_forms import zonotope_width
-from ..linalg import psd_cholesky, validate_gram
 from ..verdict import FAILS, HOLDS, HOLDS_UNDER_ASSUMPTIONS, Verdict
-from ..width import NestedWidthEstimate, nested_width, summarize_samples, width_sampler
+from ..width import NestedWidthEstimate, nested_width
+from .subsets import (
+    SubmodularityEvidence,
+    check_submodularity,
+    generator_gram,
+    subset_mean_width,
+    subset_support,
+)
 
 __all__ = [
     "CONCAVITY_KINDS",
+    "ConcavityDetails",
     "ConcavityEvidence",
     "SubmodularityEvidence",
     "check_concavity",
     "check_submodularity",
+    "classify_concavity",
     "concavity_verdict",
     "generator_gram",
     "subset_mean_width",
@@ -106,28 +100,12 @@ __all__ = [
 CONCAVITY_KINDS = ("hull", "hull0", "span", "cone", "zonotope")
 """Set families whose width curve in ``n`` is checked."""
 
-_EXACT_SUBSET_KINDS = ("hull", "hull0", "points", "zonotope")
 _ORDERINGS = ("fixed", "random_subsets")
 
 
 # --------------------------------------------------------------------------------------
 # inputs
 # --------------------------------------------------------------------------------------
-
-
-def generator_gram(generators: Any) -> Gram:
-    r"""The ``[N, N]`` Gram matrix :math:`G_{ij} = \langle\tau_i, \tau_j\rangle` of any generators.
-
-    Accepts a :class:`~mergetheory.geometry.GeneratedSet` (its ``gram``), a pytree of
-    :class:`~mergetheory.lora.LoraFactors` (factored Gram, ``B @ A`` never formed), a
-    task-vector pytree ``[N, ...]`` or a flat ``[N, D]`` array.
-
-    Example:
-      >>> generator_gram(jnp.eye(3))   # identity
-    """
-    if isinstance(generators, GeneratedSet):
-        return validate_gram(generators.gram)
-    return make_set("hull", generators, keep_points=False).gram
 
 
 def zonotope_width_closed_form(generators: Any) -> np.ndarray:
@@ -181,288 +159,32 @@ def tiny_first_generators(
 
 
 # --------------------------------------------------------------------------------------
-# per-path support of a subset, given the full z = T g
-# --------------------------------------------------------------------------------------
-
-
-def subset_support(kind: str, gram: Gram, z: jax.Array, mask: jax.Array) -> jax.Array:
-    r"""Support value :math:`h_{S_A}(g)` of the set generated by the subset ``mask``.
-
-    Every family depends on :math:`g` only through :math:`z = Tg` (and the Gram matrix), so
-    all subsets evaluated on the same ``z`` share their Gaussian draw exactly (common random
-    numbers): ``hull`` :math:`\max_{i\in A} z_i` (``-inf`` for the empty set), ``hull0``
-    :math:`\max(0, \max_A z)`, ``zonotope`` :math:`\sum_A (z_i)_+`, ``span``
-    :math:`\sqrt{z_A^\top G_{AA}^+ z_A}`, ``cone`` :math:`\|\Pi_{C_A} g\|` (NNLS). The
-    family owns the maths
-    (:meth:`~mergetheory.geometry.GeneratedSet.subset_support_from_z`).
-
-    Args:
-      kind: a key of :data:`mergetheory.geometry.SET_KINDS`.
-      gram: ``[N, N]`` Gram matrix.
-      z: ``[N]`` one draw of :math:`z \sim \mathcal N(0, G)`.
-      mask: ``[N]`` boolean membership of the subset.
-
-    Returns:
-      scalar.
-    """
-    if kind not in SET_KINDS:
-        raise ValueError(f"subset_support: unsupported kind {kind!r}")
-    return SET_KINDS[kind](gram=gram).subset_support_from_z(z, mask)
-
-
-def _draw_zs(lower: jax.Array, key: Key, num: int) -> jax.Array:
-    r"""``[num, N]`` draws of :math:`z = L h \sim \mathcal N(0, LL^\top)`."""
-    return jr.normal(key, (num, lower.shape[0]), lower.dtype) @ lower.T
-
-
-# --------------------------------------------------------------------------------------
-# submodularity, exact per path
-# --------------------------------------------------------------------------------------
-
-
-class SubmodularityEvidence(NamedTuple):
-    r"""Evidence for :math:`w(A\cup t) - w(A) \ge w(B \cup t) - w(B)` (:math:`A \subseteq B`).
-
-    Attributes:
-      kind: set family.
-      gain_small: ``(mean, stderr)`` of :math:`w(A \cup t) - w(A)`.
-      gain_large: ``(mean, stderr)`` of :math:`w(B \cup t) - w(B)`.
-      slack: mean of the per-path slack
-        :math:`[f(A\cup t) - f(A)] - [f(B \cup t) - f(B)]` (paired).
-      slack_stderr: its standard error.
-      min_path_slack: smallest per-path slack (``>= -atol`` means it holds on every path).
-      frac_paths_violating: fraction of paths with slack ``< -atol``.
-      num_samples: ``M``.
-      verdict: ``"holds"`` (on every sample path), ``"holds under stated assumptions"``
-        (in expectation but not per path) or ``"fails: ..."``.
-    """
-
-    kind: str
-    gain_small: tuple[float, float]
-    gain_large: tuple[float, float]
-    slack: float
-    slack_stderr: float
-    min_path_slack: float
-    frac_paths_violating: float
-    num_samples: int
-    verdict: Verdict
-
-
-@functools.partial(jax.jit, static_argnames=("kind", "num_samples"))
-def _submodular_paths(key, gram, masks, *, kind, num_samples):
-    lower, _ = psd_cholesky(gram)
-    zs = _draw_zs(lower, key, num_samples)
-    per_path = jax.vmap(lambda m, z: subset_support(kind, gram, z, m), in_axes=(0, None))
-    return jax.vmap(per_path, in_axes=(None, 0))(masks, zs)
-
-
-def check_submodularity(
-    key: Key,
-    generators: Any,
-    subset_a: Any,
-    subset_b: Any,
-    element: int,
-    *,
-    kind: str = "hull",
-    num_samples: int,
-    z: float = 3.0,
-    atol: float | None = None,
-) -> SubmodularityEvidence:
-    r"""Check the diminishing-returns inequality on every Monte Carlo path.
-
-    The four sets :math:`A`, :math:`A \cup t`, :math:`B`, :math:`B \cup t` are evaluated on
-    the *same* :math:`z = Tg` per path (:func:`subset_support`), so for hull / hull0 /
-    zonotope the inequality must hold path by path (see the module docstring): a single
-    violating path beyond round-off would refute the implementation, not the theorem.
-
-    Args:
-      key: PRNG key.
-      generators: see :func:`generator_gram`.
-      subset_a: indices of :math:`A` (non-empty for ``kind="hull"``).
-      subset_b: indices of :math:`B \supseteq A`.
-      element: index of :math:`t \notin B`.
-      kind: set family (see :func:`subset_support`).
-      num_samples: Monte Carlo paths ``M >= 2``.
-      z: significance in standard errors for the in-expectation verdict.
-      atol: per-path round-off tolerance (default ``1e-9 * max_i ||tau_i||``).
-
-    Returns:
-      :class:`SubmodularityEvidence`.
-    """
-    gram = generator_gram(generators)
-    n = gram.shape[0]
-    a = sorted({int(i) for i in np.atleast_1d(subset_a)})
-    b = sorted({int(i) for i in np.atleast_1d(subset_b)})
-    t = int(element)
-    if not set(a) <= set(b):
-        raise ValueError(f"subset_a {a} is not contained in subset_b {b}")
-    if t in b or not 0 <= t < n or any(not 0 <= i < n for i in b):
-        raise ValueError(f"need element {t} outside subset_b {b}, all indices in [0, {n})")
-    if kind == "hull" and not a:
-        raise ValueError("kind='hull' needs a non-empty subset_a (the empty hull has no width)")
-    sets = [a, a + [t], b, b + [t]]
-    masks = np.zeros((4, n), bool)
-    for r, s in enumerate(sets):
-        masks[r, s] = True
-    vals = _submodular_paths(key, gram, jnp.asarray(masks), kind=kind, num_samples=num_samples)
-    vals = np.asarray(vals, np.float64)
-    gs, gl = vals[:, 1] - vals[:, 0], vals[:, 3] - vals[:, 2]
-    slack = gs - gl
-    m = vals.shape[0]
-
-    def ms(v):
-        return float(v.mean()), float(v.std(ddof=1) / math.sqrt(m))
-
-    scale = float(np.sqrt(np.max(np.diag(np.asarray(gram, np.float64)))))
-    atol = 1e-9 * max(scale, 1e-300) if atol is None else float(atol)
-    s_mean, s_se = ms(slack)
-    min_slack = float(slack.min())
-    frac = float(np.mean(slack < -atol))
-    if frac == 0.0:
-        verdict = Verdict(HOLDS)
-    elif s_mean + z * s_se >= 0.0:
-        verdict = Verdict(
-            HOLDS_UNDER_ASSUMPTIONS,
-            "in expectation only "
-            f"(slack {s_mean:.4g} +- {s_se:.2g}); {100 * frac:.1f}% of sample paths violate "
-            f"it (min path slack {min_slack:.3g}): the per-path support of a {kind} is not "
-            "submodular",
-        )
-    else:
-        verdict = Verdict(
-            FAILS,
-            f"w(A+t) - w(A) = {ms(gs)[0]:.4g} < w(B+t) - w(B) = {ms(gl)[0]:.4g} "
-            f"(slack {s_mean:.4g} +- {s_se:.2g}) for A={a}, B={b}, t={t}",
-        )
-    return SubmodularityEvidence(kind, ms(gs), ms(gl), s_mean, s_se, min_slack, frac, m, verdict)
-
-
-# --------------------------------------------------------------------------------------
-# mean over random n-subsets
-# --------------------------------------------------------------------------------------
-
-
-def _order_stat_weights(n: int) -> np.ndarray:
-    r"""``W[m-1, k-1] = C(N-k, m-1) / C(N, m)``.
-
-    The probability that the max of a uniform random m-subset is the k-th largest entry.
-    """
-    w = np.zeros((n, n))
-    for m in range(1, n + 1):
-        denom = math.comb(n, m)
-        for k in range(1, n - m + 2):
-            w[m - 1, k - 1] = math.comb(n - k, m - 1) / denom
-    return w
-
-
-def _exact_subset_path(kind: str, z: jax.Array, weights: jax.Array) -> jax.Array:
-    n = z.shape[0]
-    if kind == "zonotope":
-        total = jnp.sum(jnp.maximum(z, 0.0))
-        return jnp.arange(1, n + 1, dtype=z.dtype) / n * total
-    zs = -jnp.sort(-z)  # descending
-    if kind == "hull0":
-        zs = jnp.maximum(zs, 0.0)
-    return weights @ zs
-
-
-@functools.partial(jax.jit, static_argnames=("num_samples",))
-def _exact_subset_paths(key, gram, *, num_samples):
-    """``[3, M, N]``: exact subset means of hull, hull0 and zonotope on the same paths."""
-    n = gram.shape[0]
-    lower, _ = psd_cholesky(gram)
-    zs = _draw_zs(lower, key, num_samples)
-    weights = jnp.asarray(_order_stat_weights(n), gram.dtype)
-    return jnp.stack(
-        [
-            jax.vmap(lambda z, k=k: _exact_subset_path(k, z, weights))(zs)
-            for k in ("hull", "hull0", "zonotope")
-        ]
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("kind", "num_samples", "chunk_size"))
-def _permutation_paths(key, gram, *, kind, num_samples, chunk_size):
-    n = gram.shape[0]
-    cls = SET_KINDS[kind]
-
-    def one(i):
-        k_perm, k_g = jr.split(jr.fold_in(key, i))
-        perm = jr.permutation(k_perm, n)
-        set_ = cls(gram=gram[perm][:, perm])
-        return width_sampler(set_, chunk_size=1, nested=True)(k_g)[0]
-
-    index = jnp.arange(num_samples, dtype=jnp.uint32)
-    return jax.lax.map(one, index, batch_size=chunk_size)
-
-
-def subset_mean_width(
-    key: Key,
-    generators: Any,
-    *,
-    kind: str = "hull",
-    num_samples: int,
-    method: str | None = None,
-    chunk_size: int = 2048,
-) -> NestedWidthEstimate:
-    r"""Mean width over uniformly random :math:`n`-subsets, :math:`\bar w_n`, for ``n = 1..N``.
-
-    .. math:: \bar w_n = \binom{N}{n}^{-1} \sum_{|S| = n} w(\mathrm{kind}(S)) .
-
-    ``method="exact"`` (default for hull / hull0 / points / zonotope): one
-    :math:`z \sim \mathcal N(0, G)` per path and the *exact* average over all
-    :math:`\binom Nn` subsets from its order statistics (zonotope: :math:`\tfrac nN
-    \sum_i (z_i)_+`); each path is then concave in ``n`` (submodularity), so the estimate's
-    second differences are :math:`\le 0` up to round-off. ``method="permutation"`` (default
-    for span / cone): one uniformly random ordering per path, evaluated with
-    :func:`mergetheory.width.width_sampler` (nested, common random numbers across ``n``);
-    unbiased for :math:`\bar w_n`, and the paired differences are unbiased for
-    :math:`\Delta \bar w_n`, :math:`\Delta^2 \bar w_n`.
-
-    Args:
-      key: PRNG key (permutation method: path ``i`` uses ``fold_in(key, i)``).
-      generators: see :func:`generator_gram`.
-      kind: set family (a key of :data:`mergetheory.geometry.SET_KINDS`).
-      num_samples: paths ``M >= 2``.
-      method: ``"exact"`` or ``"permutation"`` (default by ``kind``, as above).
-      chunk_size: paths per vectorised chunk (permutation method).
-
-    Returns:
-      :class:`~mergetheory.width.NestedWidthEstimate` (``[N]``, ``[N-1]``, ``[N-2]`` fields).
-
-    Example:
-      >>> est = subset_mean_width(jr.key(0), jnp.eye(6), kind="hull0", num_samples=4000)
-      >>> # orthonormal experts: every n-subset is alike, est.mean ~ E max(0, Z_1..Z_n)
-    """
-    if kind not in SET_KINDS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(SET_KINDS)}")
-    if method is None:
-        method = "exact" if kind in _EXACT_SUBSET_KINDS else "permutation"
-    if method not in ("exact", "permutation"):
-        raise ValueError(f"method must be 'exact' or 'permutation', got {method!r}")
-    if method == "exact" and kind not in _EXACT_SUBSET_KINDS:
-        raise ValueError(f"method='exact' is available for {_EXACT_SUBSET_KINDS}, not {kind!r}")
-    if not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
-    gram = generator_gram(generators)
-    if method == "exact":
-        row = {"hull": 0, "points": 0, "hull0": 1, "zonotope": 2}[kind]
-        # the row is picked on the host: one compiled program serves every kind
-        vals = np.asarray(_exact_subset_paths(key, gram, num_samples=num_samples))[row]
-    else:
-        vals = _permutation_paths(
-            key,
-            gram,
-            kind=kind,
-            num_samples=num_samples,
-            chunk_size=min(int(chunk_size), num_samples),
-        )
-    return summarize_samples(vals)
-
-
-# --------------------------------------------------------------------------------------
 # the verdict
 # --------------------------------------------------------------------------------------
+
+
+class ConcavityDetails(NamedTuple):
+    r"""The numbers behind a concavity verdict (host scalars).
+
+    Attributes:
+      max_diff2_z: largest standardized second difference (most convex step).
+      worst_n: centre ``n`` of that step.
+      gain_drop, gain_drop_stderr: :math:`g_1 - g_{N-1}` and a conservative (Minkowski)
+        standard error.
+      elasticity, elasticity_stderr: :math:`\log(w_N/w_{N-1})/\log(N/(N-1))` (``nan`` when
+        :math:`w_{N-1} \le 0`).
+      convex_n: centre ``n`` of the significantly convex step a ``"fails"`` verdict names;
+        ``None`` when no step is significantly convex (then a ``"fails"`` verdict means the
+        gains do not fall: linear growth).
+    """
+
+    max_diff2_z: float
+    worst_n: int
+    gain_drop: float
+    gain_drop_stderr: float
+    elasticity: float
+    elasticity_stderr: float
+    convex_n: int | None
 
 
 class ConcavityEvidence(NamedTuple):
@@ -472,44 +194,27 @@ class ConcavityEvidence(NamedTuple):
       kind: set family.
       ordering: ``"fixed"`` or ``"random_subsets"``.
       ns: ``[N]`` numbers of experts ``1..N``.
-      mean, stderr: ``[N]`` :math:`w_n` and standard errors.
-      diff1, diff1_stderr: ``[N-1]`` gains :math:`g_n = w_{n+1} - w_n` (paired stderrs).
-      diff2, diff2_stderr: ``[N-2]`` :math:`\Delta^2 w_n = g_{n+1} - g_n` (paired stderrs),
-        entry ``j`` is centred at ``n = j + 2``.
-      num_samples: ``M``.
+      curve: the measured :class:`~mergetheory.width.NestedWidthEstimate` as float64 host
+        arrays: ``[N]`` :math:`w_n`, ``[N-1]`` gains :math:`g_n = w_{n+1} - w_n`, ``[N-2]``
+        :math:`\Delta^2 w_n = g_{n+1} - g_n` (entry ``j`` centred at ``n = j + 2``), with
+        their paired standard errors, and ``num_samples`` ``M``.
       z: significance level in standard errors.
-      max_diff2_z: largest standardized second difference (most convex step).
-      worst_n: centre ``n`` of that step.
-      gain_drop, gain_drop_stderr: :math:`g_1 - g_{N-1}` and a conservative (Minkowski)
-        standard error.
-      elasticity, elasticity_stderr: :math:`\log(w_N/w_{N-1})/\log(N/(N-1))` (``nan`` when
-        :math:`w_{N-1} \le 0`).
+      details: the :class:`ConcavityDetails` of the verdict.
       verdict: ``"holds"``, ``"holds under stated assumptions"`` or ``"fails: ..."``.
     """
 
     kind: str
     ordering: str
     ns: np.ndarray
-    mean: np.ndarray
-    stderr: np.ndarray
-    diff1: np.ndarray
-    diff1_stderr: np.ndarray
-    diff2: np.ndarray
-    diff2_stderr: np.ndarray
-    num_samples: int
+    curve: NestedWidthEstimate
     z: float
-    max_diff2_z: float
-    worst_n: int
-    gain_drop: float
-    gain_drop_stderr: float
-    elasticity: float
-    elasticity_stderr: float
+    details: ConcavityDetails
     verdict: Verdict
 
 
-def concavity_verdict(
+def classify_concavity(
     curve: NestedWidthEstimate, *, z: float = 3.0, atol: float | None = None
-) -> tuple[Verdict, dict[str, float]]:
+) -> tuple[Verdict, ConcavityDetails]:
     r"""Classify a nested width curve as strictly concave, concave, linear or convex somewhere.
 
     Args:
@@ -519,7 +224,12 @@ def concavity_verdict(
         ``1e-9 * max(1, max_n |w_n|)``).
 
     Returns:
-      ``(verdict, details)`` with the keys of :class:`ConcavityEvidence` it computes.
+      ``(verdict, details)``: the :class:`~mergetheory.verdict.Verdict` and the
+      :class:`ConcavityDetails` behind it (the convex step as data in ``convex_n``).
+
+    Example:
+      >>> verdict, details = classify_concavity(nested_width(jr.key(0), tv, num_samples=4000))
+      >>> details.convex_n   # None unless some step is significantly convex
     """
     mean = np.asarray(curve.mean, np.float64)
     d1, s1 = np.asarray(curve.diff1, np.float64), np.asarray(curve.diff1_stderr, np.float64)
@@ -542,20 +252,14 @@ def concavity_verdict(
         elast_se = float(s1[-1]) / w_last / lr
     else:
         elast, elast_se = float("nan"), float("nan")
-    details = dict(
-        max_diff2_z=float(zscore[worst]),
-        worst_n=worst + 2,
-        gain_drop=drop,
-        gain_drop_stderr=drop_se,
-        elasticity=elast,
-        elasticity_stderr=elast_se,
-    )
     convex = d2 > thresh
+    convex_n = None
     if np.any(convex):
         j = int(np.argmax(np.where(convex, zscore, -np.inf)))
+        convex_n = j + 2
         verdict = Verdict(
             FAILS,
-            f"convex step at n={j + 2}: w(n+1) - 2w(n) + w(n-1) = {d2[j]:.4g} "
+            f"convex step at n={convex_n}: w(n+1) - 2w(n) + w(n-1) = {d2[j]:.4g} "
             f"+- {s2[j]:.2g} > 0 (gains {d1[j]:.4g} then {d1[j + 1]:.4g})",
         )
     elif drop <= z * drop_se + atol:
@@ -574,7 +278,38 @@ def concavity_verdict(
             f"(g_1 - g_{n - 1} = {drop:.3g} +- {drop_se:.2g}), but strict concavity is "
             f"resolved at only {resolved} of {n - 2} steps at M={curve.num_samples}",
         )
+    details = ConcavityDetails(
+        max_diff2_z=float(zscore[worst]),
+        worst_n=worst + 2,
+        gain_drop=drop,
+        gain_drop_stderr=drop_se,
+        elasticity=elast,
+        elasticity_stderr=elast_se,
+        convex_n=convex_n,
+    )
     return verdict, details
+
+
+def concavity_verdict(
+    curve: NestedWidthEstimate, *, z: float = 3.0, atol: float | None = None
+) -> tuple[Verdict, dict[str, float]]:
+    r""":func:`classify_concavity` with the numeric details as a plain ``{name: number}`` dict.
+
+    The form a report serializes: every field of :class:`ConcavityDetails` except
+    ``convex_n`` (which may be ``None``).
+
+    Args:
+      curve: a :class:`~mergetheory.width.NestedWidthEstimate` (``N >= 3``).
+      z: significance in (paired) standard errors.
+      atol: absolute round-off tolerance on differences (see :func:`classify_concavity`).
+
+    Returns:
+      ``(verdict, details)``.
+    """
+    verdict, details = classify_concavity(curve, z=z, atol=atol)
+    numbers = details._asdict()
+    del numbers["convex_n"]
+    return verdict, numbers
 
 
 def check_concavity(
@@ -606,7 +341,7 @@ def check_concavity(
     Example:
       >>> ev = check_concavity(jr.key(0), tiny_first_generators(6), kind="hull",
       ...                      num_samples=20_000)
-      >>> ev.verdict[:5]   # 'fails' (convex step at n = 2)
+      >>> ev.verdict[:5], ev.details.convex_n   # ('fails', 2)
     """
     if ordering not in _ORDERINGS:
         raise ValueError(f"ordering must be one of {_ORDERINGS}, got {ordering!r}")
@@ -616,21 +351,16 @@ def check_concavity(
         curve = subset_mean_width(
             key, generators, kind=kind, num_samples=num_samples, method=method
         )
-    verdict, det = concavity_verdict(curve, z=z)
-    arr = lambda x: np.asarray(x, np.float64)  # noqa: E731
-    n = int(curve.mean.shape[0])
+    verdict, details = classify_concavity(curve, z=z)
+    host = NestedWidthEstimate(
+        *(np.asarray(x, np.float64) for x in curve[:-1]), num_samples=int(curve.num_samples)
+    )
     return ConcavityEvidence(
         kind=kind,
         ordering=ordering,
-        ns=np.arange(1, n + 1),
-        mean=arr(curve.mean),
-        stderr=arr(curve.stderr),
-        diff1=arr(curve.diff1),
-        diff1_stderr=arr(curve.diff1_stderr),
-        diff2=arr(curve.diff2),
-        diff2_stderr=arr(curve.diff2_stderr),
-        num_samples=int(curve.num_samples),
+        ns=np.arange(1, int(curve.mean.shape[0]) + 1),
+        curve=host,
         z=float(z),
+        details=details,
         verdict=verdict,
-        **det,
     )

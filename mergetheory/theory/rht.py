@@ -92,7 +92,7 @@ from ..merge import dare_keep_masks, dare_rescale, num_kept, trim_top_k
 from ..tree import validate_task_vectors
 from ..verdict import FAILS, HOLDS, Verdict
 from ..width import paired_paths
-from .concavity import generator_gram
+from .subsets import generator_gram
 
 __all__ = [
     "REPARAMETERIZATIONS",

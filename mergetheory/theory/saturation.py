@@ -68,7 +68,7 @@ from ..geometry import SET_KINDS, ConvexHull, PointSet
 from ..geometry.closed_forms import expected_chi, expected_max_normal, finite_set_width_bound
 from ..verdict import FAILS, HOLDS, Verdict
 from ..width import nested_width, paired_paths
-from .concavity import generator_gram
+from .subsets import generator_gram
 
 __all__ = [
     "CorrelatedShrinkageEvidence",

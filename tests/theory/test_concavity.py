@@ -91,12 +91,13 @@ def test_adversarial_ordering_is_detected(key):
     fixed = cc.check_concavity(key, gen, kind="hull", num_samples=M)
     assert fixed.verdict.startswith("fails: convex step at n=2"), fixed.verdict
     # w_1 = 0, w_2 = eps / sqrt(pi), w_3 = E max(eps Z_1, eps Z_2, Z_3) ~ 1/sqrt(2 pi)
-    assert fixed.diff2[0] > 0.35
-    assert fixed.max_diff2_z > 20
+    assert fixed.curve.diff2[0] > 0.35
+    assert fixed.details.max_diff2_z > 20
+    assert fixed.details.convex_n == 2  # the convex step as data, not parsed from the reason
     subsets = cc.check_concavity(key, gen, kind="hull", ordering="random_subsets", num_samples=M)
     assert not subsets.verdict.startswith("fails"), subsets.verdict
     # every path of the exact subset mean is concave, hence so is the mean
-    assert np.max(subsets.diff2) <= 1e-12
+    assert np.max(subsets.curve.diff2) <= 1e-12
 
 
 def test_span_is_scale_free_under_the_adversarial_ordering(key):
@@ -106,7 +107,7 @@ def test_span_is_scale_free_under_the_adversarial_ordering(key):
     chi = np.sqrt(2) * np.exp(
         [math.lgamma((k + 1) / 2) - math.lgamma(k / 2) for k in range(1, N + 1)]
     )
-    assert np.all(np.abs(ev.mean - chi) < 5 * ev.stderr + 1e-12)
+    assert np.all(np.abs(ev.curve.mean - chi) < 5 * ev.curve.stderr + 1e-12)
 
 
 def test_zonotope_is_linear_for_orthogonal_equal_norms(key):
@@ -115,10 +116,10 @@ def test_zonotope_is_linear_for_orthogonal_equal_norms(key):
     exact = np.arange(1, N + 1) * rho / math.sqrt(2 * math.pi)
     np.testing.assert_allclose(cc.zonotope_width_closed_form(gen), exact, rtol=1e-12)
     ev = cc.check_concavity(key, gen, kind="zonotope", num_samples=M)
-    assert np.all(np.abs(ev.mean - exact) < 5 * ev.stderr)
+    assert np.all(np.abs(ev.curve.mean - exact) < 5 * ev.curve.stderr)
     assert ev.verdict.startswith("fails: not strictly concave"), ev.verdict
     sub = cc.check_concavity(key, gen, kind="zonotope", ordering="random_subsets", num_samples=M)
-    np.testing.assert_allclose(sub.diff2, 0.0, atol=1e-12)
+    np.testing.assert_allclose(sub.curve.diff2, 0.0, atol=1e-12)
     assert sub.verdict.startswith("fails: not strictly concave")
 
 
@@ -167,6 +168,9 @@ def test_concavity_verdict_classes():
     v, det = cc.concavity_verdict(_curve(convex))
     assert v.startswith("fails: convex step at n=3"), v
     assert det["worst_n"] == 3
+    assert "convex_n" not in det  # the report form holds numbers only
+    assert cc.classify_concavity(_curve(convex))[1].convex_n == 3
+    assert cc.classify_concavity(_curve(0.4 * ns))[1].convex_n is None  # linear, not convex
     flat_tail = np.concatenate([np.log1p(ns[:4]) * 3, np.log1p(4) * 3 + 0.05 * np.arange(1, 5)])
     assert cc.concavity_verdict(_curve(flat_tail))[0].startswith("holds under stated")
 
