@@ -120,6 +120,7 @@ def run(config: SaturationConfig, *, progress: bool = True) -> tuple[dict, dict]
     n = config.num_experts
     num_f = len(config.families)
     fields = ("width", "width_stderr", "upper", "lower", "coverage", "coverage_stderr", "radius")
+    from_curve = {"width": "mean", "width_stderr": "stderr"}  # the rest are evidence fields
     p1 = {f"bounds_{k}": np.zeros((num_f, len(KINDS), n)) for k in fields}
     p1["bounds_cap"] = np.zeros((num_f, len(KINDS), n))
     verdicts1: dict[tuple[int, int], str] = {}
@@ -136,7 +137,8 @@ def run(config: SaturationConfig, *, progress: bool = True) -> tuple[dict, dict]
                 z=config.z,
             )
             for name in fields:
-                p1[f"bounds_{name}"][f, k] = getattr(ev, name)
+                source = ev.curve if name in from_curve else ev
+                p1[f"bounds_{name}"][f, k] = getattr(source, from_curve.get(name, name))
             p1["bounds_cap"][f, k] = ev.cap
             verdicts1[(f, k)] = ev.verdict
         bar.update()

@@ -67,7 +67,7 @@ from .._types import Key
 from ..geometry import SET_KINDS, ConvexHull, PointSet
 from ..geometry.closed_forms import expected_chi, expected_max_normal, finite_set_width_bound
 from ..verdict import FAILS, HOLDS, Verdict
-from ..width import nested_width, paired_paths
+from ..width import NestedWidthEstimate, nested_width, paired_paths
 from .subsets import generator_gram
 
 __all__ = [
@@ -166,7 +166,9 @@ class SaturationEvidence(NamedTuple):
     Attributes:
       kind: ``"hull"`` or ``"hull0"``.
       ns: ``[N]`` numbers of experts.
-      width, width_stderr: ``[N]`` :math:`w(S_n)` (common random numbers across ``n``).
+      curve: the measured :class:`~mergetheory.width.NestedWidthEstimate` of
+        :math:`w(S_n)` as float64 host arrays (``mean``, ``stderr`` ``[N]``, paired
+        differences, ``num_samples`` ``M``; common random numbers across ``n``).
       radius: ``[N]`` :math:`R_n = \max_{i\le n}\|\tau_i\|`.
       coverage, coverage_stderr: ``[N]`` :math:`c_n = w(S_n)/R_n`.
       upper: ``[N]`` :math:`U_n` (``upper_log`` and ``cap`` are its two terms).
@@ -177,14 +179,12 @@ class SaturationEvidence(NamedTuple):
       upper_ratio: ``[N]`` :math:`w/U` (``<= 1`` by H-bound).
       lower_ratio: ``[N]`` :math:`w/L` (``>= 1`` by H-lower; ``nan`` where :math:`L = 0`).
       cap_fraction: :math:`w_N / (R_N\,\mathbb E\chi_{r_N})`, how full the effective space is.
-      num_samples: ``M``.
       verdict: ``"holds"`` or ``"fails: ..."`` (a bound violated beyond ``z`` stderrs).
     """
 
     kind: str
     ns: np.ndarray
-    width: np.ndarray
-    width_stderr: np.ndarray
+    curve: NestedWidthEstimate
     radius: np.ndarray
     coverage: np.ndarray
     coverage_stderr: np.ndarray
@@ -196,7 +196,6 @@ class SaturationEvidence(NamedTuple):
     upper_ratio: np.ndarray
     lower_ratio: np.ndarray
     cap_fraction: float
-    num_samples: int
     verdict: Verdict
 
 
@@ -237,8 +236,10 @@ def check_width_bounds(
         curve = nested_width(key, ConvexHull(gram=gram_j), kind=kind, num_samples=num_samples)
     n = gram.shape[0]
     ns = np.arange(1, n + 1)
-    width = np.asarray(curve.mean, np.float64)
-    se = np.asarray(curve.stderr, np.float64)
+    curve = NestedWidthEstimate(
+        *(np.asarray(x, np.float64) for x in curve[:-1]), num_samples=int(curve.num_samples)
+    )
+    width, se = curve.mean, curve.stderr
     radius = np.sqrt(np.maximum.accumulate(np.maximum(np.diag(gram), 0.0)))
     p = ns + (kind == "hull0")
     rank = np.array([_rank(gram[:m, :m]) for m in ns])
@@ -270,8 +271,7 @@ def check_width_bounds(
     return SaturationEvidence(
         kind,
         ns,
-        width,
-        se,
+        curve,
         radius,
         coverage,
         coverage_se,
@@ -283,7 +283,6 @@ def check_width_bounds(
         upper_ratio,
         lower_ratio,
         cap_fraction,
-        int(curve.num_samples),
         verdict,
     )
 
