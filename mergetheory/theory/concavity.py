@@ -352,14 +352,11 @@ def check_concavity(
             key, generators, kind=kind, num_samples=num_samples, method=method
         )
     verdict, details = classify_concavity(curve, z=z)
-    host = NestedWidthEstimate(
-        *(np.asarray(x, np.float64) for x in curve[:-1]), num_samples=int(curve.num_samples)
-    )
     return ConcavityEvidence(
         kind=kind,
         ordering=ordering,
         ns=np.arange(1, int(curve.mean.shape[0]) + 1),
-        curve=host,
+        curve=curve.to_numpy(),
         z=float(z),
         details=details,
         verdict=verdict,

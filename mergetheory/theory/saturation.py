@@ -236,9 +236,7 @@ def check_width_bounds(
         curve = nested_width(key, ConvexHull(gram=gram_j), kind=kind, num_samples=num_samples)
     n = gram.shape[0]
     ns = np.arange(1, n + 1)
-    curve = NestedWidthEstimate(
-        *(np.asarray(x, np.float64) for x in curve[:-1]), num_samples=int(curve.num_samples)
-    )
+    curve = curve.to_numpy()
     width, se = curve.mean, curve.stderr
     radius = np.sqrt(np.maximum.accumulate(np.maximum(np.diag(gram), 0.0)))
     p = ns + (kind == "hull0")

@@ -112,6 +112,11 @@ class NestedWidthEstimate(NamedTuple):
     diff2_stderr: jax.Array
     num_samples: int
 
+    def to_numpy(self) -> NestedWidthEstimate:
+        """The same estimate as float64 NumPy arrays on the host (``num_samples`` an int)."""
+        arrays = (np.asarray(x, np.float64) for x in self[:-1])
+        return NestedWidthEstimate(*arrays, num_samples=int(self.num_samples))
+
 
 class WidthConfig(NamedTuple):
     """Static configuration of a width estimate (from :func:`prepare_width`).

@@ -224,6 +224,11 @@ def test_nested_paths_and_differences(key):
     np.testing.assert_allclose(est.diff2, np.diff(_np(est.mean), 2), rtol=1e-8, atol=1e-12)
     assert est.mean.shape == (N,) and est.diff1.shape == (N - 1,) and est.diff2.shape == (N - 2,)
     assert est.num_samples == M
+    host = est.to_numpy()  # float64 host copy, same numbers
+    for field, value in zip(est._fields[:-1], host[:-1], strict=True):
+        assert isinstance(value, np.ndarray) and value.dtype == np.float64, field
+        np.testing.assert_array_equal(value, np.asarray(getattr(est, field)))
+    assert type(host.num_samples) is int and host.num_samples == M
 
 
 def test_nested_cone_statdim_and_monotone_paths(key):
