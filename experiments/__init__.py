@@ -3,8 +3,9 @@
 Contract for a module ``experiments/<name>.py`` (discovered by ``experiments.run_all``):
 
 * it defines ``main(argv: list[str] | None = None) -> int`` (0 on success), built on
-  :func:`run_experiment` (hence :func:`make_parser`), so it accepts ``--quick`` (a small
-  configuration for tests) and ``--out-dir DIR`` (default: the repository's ``results/``);
+  :func:`run_experiment` (hence :func:`make_parser`; :func:`experiment_main` builds it
+  for a ``run(config, *, progress)``), so it accepts ``--quick`` (a small configuration
+  for tests) and ``--out-dir DIR`` (default: the repository's ``results/``);
 * its configuration is a frozen NamedTuple / dataclass holding one integer ``seed`` from
   which every PRNG key is derived;
 * it writes its results with :func:`mergetheory.io.save_results` and does no work at
@@ -27,7 +28,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mergetheory.experiment import configure_jax as _configure_jax
 from mergetheory.experiment import make_parser as _make_parser
@@ -58,3 +61,29 @@ def make_parser(description: str) -> argparse.ArgumentParser:
 run_experiment = functools.partial(
     _run_experiment, default_out_dir=DEFAULT_RESULTS_DIR, cache_dir=COMPILE_CACHE_DIR
 )
+
+
+def experiment_main(
+    name: str, doc: str | None, run: Callable[..., Any], config: Any, quick_config: Any
+) -> Callable[[list[str] | None], int]:
+    """The ``main(argv=None) -> int`` of an experiment whose ``run(config, *, progress)``.
+
+    ``run`` returns ``arrays`` or ``(arrays, summary)``; ``--no-progress`` turns its
+    progress bar off. Everything else is :data:`run_experiment`.
+
+    Example:
+      >>> main = experiment_main(NAME, __doc__, run, MyConfig(), QUICK_CONFIG)  # doctest: +SKIP
+    """
+
+    def main(argv: list[str] | None = None) -> int:
+        """Command-line entry point (see the module docstring)."""
+        return run_experiment(
+            name,
+            doc,
+            lambda cfg, args: run(cfg, progress=not args.no_progress),
+            config,
+            quick_config,
+            argv,
+        )
+
+    return main

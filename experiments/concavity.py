@@ -31,7 +31,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import run_experiment
+from experiments import experiment_main
 from mergetheory.geometry import ConvexHull
 from mergetheory.tasks import family_spec, sample_task_vectors
 from mergetheory.theory.concavity import (
@@ -309,16 +309,8 @@ def _summary(config, labels, a, verdicts, details, sub_verdicts) -> dict:
     return summ
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
-    return run_experiment(
-        NAME,
-        __doc__,
-        lambda config, args: run(config, progress=not args.no_progress),
-        ConcavityConfig(),
-        QUICK_CONFIG,
-        argv,
-    )
+main = experiment_main(NAME, __doc__, run, ConcavityConfig(), QUICK_CONFIG)
+"""Command-line entry point (see the module docstring)."""
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import jax.tree_util as jtu
 import numpy as np
 from tqdm import tqdm
 
-from experiments import run_experiment
+from experiments import experiment_main
 from mergetheory.diagnostics import interference_diagnostics, mean_off_diagonal
 from mergetheory.tasks import CorrelatedSpec, expected_sign_conflict, sample_task_vectors
 
@@ -140,16 +140,8 @@ def run(config: DiagnosticsConfig, *, progress: bool = True) -> dict[str, np.nda
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
-    return run_experiment(
-        NAME,
-        __doc__,
-        lambda config, args: run(config, progress=not args.no_progress),
-        DiagnosticsConfig(),
-        QUICK_CONFIG,
-        argv,
-    )
+main = experiment_main(NAME, __doc__, run, DiagnosticsConfig(), QUICK_CONFIG)
+"""Command-line entry point (see the module docstring)."""
 
 
 if __name__ == "__main__":

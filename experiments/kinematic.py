@@ -35,7 +35,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import run_experiment
+from experiments import experiment_main
 from mergetheory.geometry import PolyhedralCone
 from mergetheory.geometry.closed_forms import kinematic_a_eta as a_eta
 from mergetheory.tasks import GaussianSpec, sample_task_vectors
@@ -242,16 +242,8 @@ def run(config: KinematicConfig, *, progress: bool = True) -> tuple[dict, dict]:
     return arrays, summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
-    return run_experiment(
-        NAME,
-        __doc__,
-        lambda config, args: run(config, progress=not args.no_progress),
-        KinematicConfig(),
-        QUICK_CONFIG,
-        argv,
-    )
+main = experiment_main(NAME, __doc__, run, KinematicConfig(), QUICK_CONFIG)
+"""Command-line entry point (see the module docstring)."""
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import jax.tree_util as jtu
 import numpy as np
 from tqdm import tqdm
 
-from experiments import run_experiment
+from experiments import experiment_main
 from mergetheory import tree
 from mergetheory.merge import MERGE_OPERATORS
 from mergetheory.tasks import CorrelatedSpec, sample_task_vectors
@@ -133,16 +133,8 @@ def run(config: OperatorDiagnosticsConfig, *, progress: bool = True) -> dict[str
     return arrays
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
-    return run_experiment(
-        NAME,
-        __doc__,
-        lambda config, args: run(config, progress=not args.no_progress),
-        OperatorDiagnosticsConfig(),
-        QUICK_CONFIG,
-        argv,
-    )
+main = experiment_main(NAME, __doc__, run, OperatorDiagnosticsConfig(), QUICK_CONFIG)
+"""Command-line entry point (see the module docstring)."""
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import run_experiment
+from experiments import experiment_main
 from experiments.concavity import draw_family
 from mergetheory.theory.rht import (
     REPARAMETERIZATIONS,
@@ -397,16 +397,8 @@ def _summary(config, a, verdicts) -> dict:
     return summ
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
-    return run_experiment(
-        NAME,
-        __doc__,
-        lambda config, args: run(config, progress=not args.no_progress),
-        RHTCoverageConfig(),
-        QUICK_CONFIG,
-        argv,
-    )
+main = experiment_main(NAME, __doc__, run, RHTCoverageConfig(), QUICK_CONFIG)
+"""Command-line entry point (see the module docstring)."""
 
 
 if __name__ == "__main__":

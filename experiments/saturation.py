@@ -33,7 +33,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import run_experiment
+from experiments import experiment_main
 from experiments.concavity import draw_family
 from mergetheory.geometry import ConvexHull
 from mergetheory.geometry.closed_forms import expected_chi, expected_max_normal
@@ -300,16 +300,8 @@ def _summary(config, a, v1, v2, v3) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
-    return run_experiment(
-        NAME,
-        __doc__,
-        lambda config, args: run(config, progress=not args.no_progress),
-        SaturationConfig(),
-        QUICK_CONFIG,
-        argv,
-    )
+main = experiment_main(NAME, __doc__, run, SaturationConfig(), QUICK_CONFIG)
+"""Command-line entry point (see the module docstring)."""
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import jax.random as jr
 import numpy as np
 from tqdm import tqdm
 
-from experiments import run_experiment
+from experiments import experiment_main
 from mergetheory.geometry import ConvexHullWithOrigin
 from mergetheory.lora import lora_gram_matrix
 from mergetheory.tasks import family_spec, sample_task_vectors
@@ -344,16 +344,8 @@ def _summary(config, a, verdicts, util_verdicts, counterexamples, main_idx) -> d
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (see the module docstring)."""
-    return run_experiment(
-        NAME,
-        __doc__,
-        lambda config, args: run(config, progress=not args.no_progress),
-        ThresholdConfig(),
-        QUICK_CONFIG,
-        argv,
-    )
+main = experiment_main(NAME, __doc__, run, ThresholdConfig(), QUICK_CONFIG)
+"""Command-line entry point (see the module docstring)."""
 
 
 if __name__ == "__main__":
