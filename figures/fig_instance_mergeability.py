@@ -1,0 +1,126 @@
+r"""Per-instance mergeability on the language base (Rahamim et al.'s unit, reconstructed).
+
+Reads ``results/instance_mergeability`` (``experiments/instance_mergeability.py``) and
+draws five panels, one per claim:
+
+(a) the distribution of :math:`\hat S` (``M = 50``, ``N = 5``) per operator against the
+    :math:`\mathrm{Binomial}(N, \bar p)` null (dashed): is mergeability a trait?
+(b) base knowledge per score level: the mean score gap :math:`s_\text{top} -
+    s_\text{label}` (nats) of the updates at each :math:`\hat S` level (the saturated
+    :math:`\Delta_\text{base}` has the same ranks up to ties);
+(c) dominance: Spearman :math:`\rho` of :math:`\hat S` with :math:`\Delta_\text{base}`,
+    :math:`\|\Delta W\|_F`, :math:`\sigma_\max` and the partial :math:`\rho` of
+    :math:`\Delta_\text{base}` given the two, with cluster-bootstrap intervals over files;
+(d) stability: Spearman of the swept estimators with the reference scores;
+(e) locality: survival of the top-level updates merged with partners from each bin.
+
+Output: ``figures/out/fig_instance_mergeability.png`` + ``.pdf``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from figures._style import plt, run_figure
+
+NAME = "fig_instance_mergeability"
+RESULTS = ("instance_mergeability",)
+
+_COLORS = ("tab:blue", "tab:orange", "tab:green")
+_LABELS = {
+    "delta_base": r"$\Delta_{base}$",
+    "frobenius": r"$\|\Delta W\|_F$",
+    "sigma_max": r"$\sigma_{max}$",
+    "partial_delta_base": r"$\Delta_{base}$ | both",
+    "score_gap": "score gap",
+}
+
+
+def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
+    """Build the figure from the saved arrays (indexing and means only)."""
+    ops = [str(o) for o in arrays["operators"]]
+    levels = arrays["levels"]
+    fig, grid = plt.subplots(2, 3, figsize=(15.0, 8.6))
+    axes = grid.reshape(-1)
+    width = 0.8 / len(ops)
+
+    ax = axes[0]
+    for k, op in enumerate(ops):
+        x = np.arange(levels.size) + (k - 1) * width
+        ax.bar(x, arrays["null_observed"][k], width=width, color=_COLORS[k], alpha=0.75,
+               label=op)  # fmt: skip
+        ax.plot(x, arrays["null_expected"][k], color=_COLORS[k], ls="--", marker=".")
+    ax.set_xticks(np.arange(levels.size), [f"{v:.1f}" for v in levels])
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_xlabel(r"$\hat S$ ($M$ = 50, $N$ = 5)")
+    ax.set_ylabel("updates")
+    ax.set_title("(a) score distribution vs binomial null")
+    ax.legend()
+
+    ax = axes[1]
+    for k, op in enumerate(ops):
+        s = arrays["s_ref"][k]
+        at = [np.isclose(s, lv) for lv in levels]
+        gap = [arrays["score_gap"][m].mean() if m.any() else np.nan for m in at]
+        ax.plot(levels, gap, "o-", color=_COLORS[k], label=op)
+    ax.set_xlabel(r"$\hat S$ level")
+    ax.set_ylabel(r"mean $s_{top} - s_{label}$ of the base (nats)")
+    ax.set_title("(b) base knowledge per score level")
+    ax.legend()
+
+    ax = axes[2]
+    preds = [str(p) for p in arrays["predictors"]][:4]
+    dom = arrays["dominance"]
+    for k, op in enumerate(ops):
+        x = np.arange(len(preds)) + (k - 1) * width
+        v, lo, hi = dom[k, 0, :4], dom[k, 1, :4], dom[k, 2, :4]
+        ax.bar(x, v, width=width, color=_COLORS[k], alpha=0.75, label=op)
+        ax.errorbar(x, v, yerr=[v - lo, hi - v], ls="none", color="k", capsize=2)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xticks(np.arange(len(preds)), [_LABELS[p] for p in preds], fontsize=8)
+    ax.set_ylabel(r"Spearman $\rho$ with $\hat S$")
+    ax.set_title("(c) dominance (95% cluster bootstrap)")
+    ax.legend(fontsize=8)
+
+    ax = axes[3]
+    settings = arrays["sweep_settings"]
+    names = [f"M={m}\nN={n}" for m, n in settings]
+    for k, op in enumerate(ops):
+        x = np.arange(len(names)) + (k - 1) * width
+        ax.bar(x, arrays["stability"][k], width=width, color=_COLORS[k], alpha=0.75, label=op)
+    ax.set_xticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(r"Spearman with the reference $\hat S$")
+    ax.set_title("(d) estimator stability vs M = 50, N = 5")
+    ax.legend(fontsize=8)
+
+    ax = axes[4]
+    bins = ["S = 0", "S in 0.2-0.6", "S >= 0.8"]
+    for k, op in enumerate(ops):
+        loc, se = arrays["locality"][k], arrays["locality_stderr"][k]
+        if np.all(np.isnan(loc)):
+            continue
+        ax.errorbar(np.arange(3), loc, yerr=se, marker="o", capsize=3, color=_COLORS[k],
+                    label=op)  # fmt: skip
+    ax.set_xticks(np.arange(3), bins, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("bin the partners are drawn from")
+    ax.set_ylabel("survival of top-level updates")
+    ax.set_title("(e) locality")
+    ax.legend(fontsize=8)
+    axes[5].axis("off")
+    fig.suptitle("Per-instance LoRA updates on the byte-level language base: mergeability "
+                 "(reconstruction of Rahamim et al.)")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    return run_figure(argv, __doc__, NAME, RESULTS[0], make_figure, with_metadata=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
