@@ -27,6 +27,10 @@ first). Construction and design choices: ``docs/instance_mergeability.md``.
    over families).
 5. **Locality**: the updates in the top score level merged with ``locality_partners``
    partners drawn from each score bin; survival per bin.
+6. **Per-task level**: the zoo's LoRA task experts, :math:`\hat S` at ``task_partners``
+   (retained gain in bits per byte) against the base's bits per byte on the task.
+7. **Weighted merge**: ``base_knowledge_weighted`` against the mean on random sets of task
+   experts, temperature chosen on the val split, reported on test.
 
 All keys derive from ``config.seed``. Output ``<out-dir>/instance_mergeability.npz`` +
 ``.json`` (``summary`` feeds ``paper/sections/instance_mergeability.md``).
@@ -69,7 +73,16 @@ from mergetheory.models.zoo import build_zoo, zoo_spec
 from mergetheory.stats import grouped_bootstrap, hypothesis_verdict, partial_spearman
 
 NAME = "instance_mergeability"
-PREDICTORS = ("delta_base", "frobenius", "sigma_max", "partial_delta_base", "score_gap")
+RUN_AFTER = ("real_merging",)  # reuse the language zoo that real_merging builds
+PREDICTORS = (
+    "delta_base",
+    "frobenius",
+    "sigma_max",
+    "partial_delta_base",
+    "score_gap",
+    "delta_base_minus_frobenius",
+    "delta_base_minus_sigma_max",
+)
 LEVELS = np.linspace(0.0, 1.0, 6)
 
 
@@ -92,6 +105,11 @@ class InstanceMergeabilityConfig(NamedTuple):
       locality_partners: ``M`` of the locality test (bins are small).
       locality_trials: ``N`` of the locality test.
       locality_level: focal updates have :math:`\hat S \ge` this.
+      task_partners: ``M`` of the per-task level (the zoo's LoRA task experts).
+      task_trials: ``N`` of the per-task level.
+      weighted_temperatures: grid of the weighted merge (chosen on the val split).
+      weighted_tasks: experts per weighted-merge replicate (a random subset).
+      weighted_replicates: random subsets (the replicates of the intervals).
       num_resamples: bootstrap replicates.
       confidence: interval coverage.
       min_fixed: fewer fixed instances than this is an error (the issue asks >= 300).
@@ -120,6 +138,11 @@ class InstanceMergeabilityConfig(NamedTuple):
     locality_partners: int = 10
     locality_trials: int = 5
     locality_level: float = 0.8
+    task_partners: int = 10
+    task_trials: int = 5
+    weighted_temperatures: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0)
+    weighted_tasks: int = 8
+    weighted_replicates: int = 8
     num_resamples: int = 2000
     confidence: float = 0.95
     min_fixed: int = 300
@@ -139,6 +162,11 @@ QUICK_CONFIG = InstanceMergeabilityConfig(
     locality_partners=3,
     locality_trials=2,
     locality_level=0.6,
+    task_partners=2,
+    task_trials=2,
+    weighted_temperatures=(0.1, 1.0),
+    weighted_tasks=3,
+    weighted_replicates=3,
     num_resamples=200,
     min_fixed=20,
 )
@@ -165,7 +193,27 @@ def _dominance_stats(s: np.ndarray, *predictors: np.ndarray) -> np.ndarray:
     ranks = stats.rankdata(np.stack([s, *predictors]), axis=1)
     corr = np.corrcoef(ranks)[0, 1:]
     part = partial_spearman(s, predictors[0], np.stack(predictors[1:3]))
-    return np.array([corr[0], corr[1], corr[2], part, corr[3]])
+    # dominance: rho(Delta_base) - rho(competitor) (< 0: Delta_base predicts more strongly)
+    dominance = [corr[0] - corr[1], corr[0] - corr[2]]
+    return np.array([corr[0], corr[1], corr[2], part, corr[3], *dominance])
+
+
+def _task_stats(base_bpb: np.ndarray, retained: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Spearman of the base's bits per byte with the retained gain and the merged bits."""
+    from scipy import stats
+
+    ranks = stats.rankdata(np.stack([base_bpb, retained, raw]), axis=1)
+    return np.corrcoef(ranks)[0, 1:]
+
+
+def _mean_interval(x: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """Mean and Student-t interval over replicates."""
+    from scipy import stats
+
+    x = np.asarray(x, np.float64)
+    m, se = float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
+    q = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1))
+    return m, m - q * se, m + q * se
 
 
 def _level_means(values: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -178,6 +226,97 @@ def _level_means(values: np.ndarray, s: np.ndarray) -> np.ndarray:
     return out
 
 
+def _task_level(zoo: Any, config: InstanceMergeabilityConfig, key: Any) -> dict[str, Any]:
+    r"""Per-task level: the zoo's LoRA task experts, :math:`\hat S` at ``task_partners``.
+
+    The score of task :math:`t` in a merge is its retained gain
+    :math:`(b_0 - b_\text{merged}) / (b_0 - b_t)` in bits per byte on its test windows
+    (1 = its own expert, 0 = the base), averaged over ``task_trials`` partition trials; the
+    raw merged bits per byte are kept too. Same partitions for every operator.
+    """
+    from mergetheory._types import LoraFactors
+    from mergetheory.instance_mergeability import merge_lora_tree, partition_estimate
+    from mergetheory.models.zoo import evaluate, params_from_delta
+
+    lf = zoo.lora_factors
+    num = len(zoo.task_names)
+    base_b = np.asarray(zoo.base_metric, np.float64)
+    gain = base_b - np.asarray(zoo.lora_expert_metric, np.float64)
+    m = min(config.task_partners, num - 1)
+    merged_b = np.zeros((len(config.operators), config.task_trials, num))
+    for k, name in enumerate(config.operators):
+        hp = _hparams(config, name)
+
+        def score(groups: np.ndarray, kk: Any, name: str = name, hp: Any = hp) -> np.ndarray:
+            out = np.zeros(groups.shape)
+            for g, members in enumerate(groups):
+                sub = {
+                    p: LoraFactors(B=f.B[members], A=f.A[members], scaling=f.scaling)
+                    for p, f in lf.items()
+                }
+                delta = merge_lora_tree(name, sub, jr.fold_in(kk, g), hp)
+                out[g] = evaluate(zoo, params_from_delta(zoo, delta), tasks=members)
+            return out
+
+        est = partition_estimate(key, num, score, num_partners=m, num_trials=config.task_trials)
+        merged_b[k] = est.bits
+    retained = (base_b - merged_b) / gain
+    return {"task_partners": m, "task_merged_bpb": merged_b, "task_retained": retained,
+            "task_base_bpb": base_b, "task_gain": gain}  # fmt: skip
+
+
+def _weighted_merge(zoo: Any, config: InstanceMergeabilityConfig, key: Any) -> dict[str, Any]:
+    r"""Base-knowledge weighted merge against the mean, temperature chosen on val.
+
+    Replicate ``r``: a random subset of ``weighted_tasks`` LoRA task experts (dense
+    :math:`sBA`); base knowledge :math:`k_t = \min_s b_s / b_t` (bits per byte of the base,
+    as in ``real_merging``); weights :math:`\mathrm{softmax}((1 - k)/\tau)`
+    (``base_knowledge_weighted``). :math:`\tau` maximises the mean retained gain on the
+    *val* windows; the reported numbers are on the *test* windows.
+    """
+    from mergetheory.lora import densify
+    from mergetheory.merge import MERGE_OPERATORS
+    from mergetheory.models.zoo import evaluate, params_from_delta
+
+    num = len(zoo.task_names)
+    dense = densify(zoo.lora_factors)  # {path: [T, d_out, d_in]}
+    base = {s: evaluate(zoo, zoo.base_params, split=s) for s in ("val", "test")}
+    own = {s: np.zeros(num) for s in ("val", "test")}
+    for t in range(num):
+        params = params_from_delta(zoo, {p: v[t] for p, v in dense.items()})
+        for s in own:
+            own[s][t] = evaluate(zoo, params, split=s, tasks=[t])[0]
+    temps = config.weighted_temperatures
+    size = min(config.weighted_tasks, num)
+    rows = []  # per replicate: chosen tau, test retained gain weighted / mean per task
+    for r in range(config.weighted_replicates):
+        sub = np.sort(np.asarray(jr.permutation(jr.fold_in(key, r), num))[:size])
+        tv = {p: v[sub] for p, v in dense.items()}
+        know = base["val"][sub].min() / base["val"][sub]
+
+        def retained(delta: Any, split: str, sub: Any = sub) -> np.ndarray:
+            b = evaluate(zoo, params_from_delta(zoo, delta), split=split, tasks=sub)
+            return (base[split][sub] - b) / (base[split][sub] - own[split][sub])
+
+        mean_delta = MERGE_OPERATORS["average"].fn(tv, key)
+        fn = MERGE_OPERATORS["base_knowledge_weighted"].fn
+        w_deltas = [fn(tv, key, base_accuracy=know, temperature=t) for t in temps]
+        val = [retained(d, "val").mean() for d in w_deltas]
+        best = int(np.argmax(val))
+        low = know <= np.median(know)  # the tasks the base knows least (by val bits)
+        rows.append((temps[best], retained(w_deltas[best], "test"),
+                     retained(mean_delta, "test"), low))  # fmt: skip
+    chosen = np.array([row[0] for row in rows])
+    w = np.stack([row[1] for row in rows])
+    mu = np.stack([row[2] for row in rows])
+    low = np.stack([row[3] for row in rows])
+    diff = w - mu  # [R, size]
+    parts = {"all": np.ones_like(low), "low": low, "high": ~low}
+    per_rep = {k: (diff * m).sum(1) / m.sum(1) for k, m in parts.items()}
+    return {"weighted_chosen_tau": chosen, "weighted_diff": per_rep, "weighted_gain": w,
+            "mean_gain": mu}  # fmt: skip
+
+
 def run(
     config: InstanceMergeabilityConfig, args: Any
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -185,7 +324,7 @@ def run(
     progress = not getattr(args, "no_progress", False)
     timings: dict[str, Any] = {"loadavg_start": _loadavg()}
     k_train, k_est, k_sweep, k_loc, k_boot = jr.split(jr.key(config.seed), 5)
-    stages = tqdm(total=6, desc=NAME, unit="stage", disable=not progress)
+    stages = tqdm(total=8, desc=NAME, unit="stage", disable=not progress)
 
     # 1. base model and probe -------------------------------------------------------------
     t0 = time.perf_counter()
@@ -311,6 +450,27 @@ def run(
         locality[k] = rates.mean(1)
         locality_se[k] = rates.std(1, ddof=1) / np.sqrt(focal.size)
     timings["locality_s"] = time.perf_counter() - t0
+    stages.update()
+
+    # 6. per-task level on the zoo's LoRA task experts; 7. the weighted merge -------------
+    t0 = time.perf_counter()
+    k_task, k_weighted, k_task_boot = jr.split(jr.fold_in(k_est, 1000), 3)
+    task = _task_level(zoo, config, k_task)
+    s_task = task["task_retained"].mean(1)  # [ops, T]
+    task_rho = np.zeros((len(ops), 2, 3))  # (retained, raw) x (value, lo, hi)
+    for k in range(len(ops)):
+        raw = task["task_merged_bpb"][k].mean(0)
+        e = grouped_bootstrap(
+            jr.fold_in(k_task_boot, k), _task_stats, (task["task_base_bpb"], s_task[k], raw),
+            np.arange(s_task.shape[1]), num_resamples=config.num_resamples,
+            confidence=config.confidence,
+        )  # fmt: skip
+        task_rho[k] = np.stack([e.value, e.ci_low, e.ci_high]).T
+    timings["task_level_s"] = time.perf_counter() - t0
+    stages.update()
+    t0 = time.perf_counter()
+    weighted = _weighted_merge(zoo, config, k_weighted)
+    timings["weighted_s"] = time.perf_counter() - t0
     timings["loadavg_end"] = _loadavg()
     stages.update()
     stages.close()
@@ -365,6 +525,30 @@ def run(
         for j, (m, n) in enumerate(settings):
             summary[f"stability_{name}_M{m}_N{n}"] = float(stab[k, j])
         summary[f"locality_{name}"] = [float(x) for x in locality[k]]
+        for j, pred in enumerate(PREDICTORS[5:]):
+            summary[f"verdict_dominance_{pred.split('_minus_')[1]}_{name}"] = hypothesis_verdict(
+                dom[k, 1, 5 + j], dom[k, 2, 5 + j], predicted_sign=-1
+            ).status
+        for j, kind in enumerate(("retained", "raw")):
+            v, lo, hi = task_rho[k, j]
+            summary[f"task_rho_{kind}_{name}"] = float(v)
+            summary[f"task_rho_{kind}_{name}_lo"] = float(lo)
+            summary[f"task_rho_{kind}_{name}_hi"] = float(hi)
+        summary[f"task_S_mean_{name}"] = float(s_task[k].mean())
+        # H-BK at the task level: more base bits (knows less) -> less retained gain
+        summary[f"verdict_task_{name}"] = hypothesis_verdict(
+            task_rho[k, 0, 1], task_rho[k, 0, 2], predicted_sign=-1
+        ).status
+    summary["task_partners"] = int(task["task_partners"])
+    summary["num_tasks"] = int(s_task.shape[1])
+    summary["weighted_tau_chosen"] = [float(t) for t in weighted["weighted_chosen_tau"]]
+    for part, diffs in weighted["weighted_diff"].items():
+        m, lo, hi = _mean_interval(diffs, config.confidence)
+        summary[f"weighted_minus_mean_{part}"] = m
+        summary[f"weighted_minus_mean_{part}_lo"] = lo
+        summary[f"weighted_minus_mean_{part}_hi"] = hi
+    summary["weighted_replicates"] = int(config.weighted_replicates)
+    summary["weighted_tasks"] = int(min(config.weighted_tasks, s_task.shape[1]))
     arrays = {
         "operators": np.array(ops),
         "predictors": np.array(PREDICTORS),
@@ -391,6 +575,14 @@ def run(
         "locality": locality,
         "locality_stderr": locality_se,
         "locality_edges": np.array(loc_edges),
+        "task_names": np.array(zoo.task_names),
+        "task_base_bpb": task["task_base_bpb"],
+        "task_gain": task["task_gain"],
+        "task_merged_bpb": task["task_merged_bpb"],
+        "task_retained": task["task_retained"],
+        "task_rho": task_rho,
+        "weighted_chosen_tau": weighted["weighted_chosen_tau"],
+        "weighted_diff": np.stack([weighted["weighted_diff"][p] for p in ("all", "low", "high")]),
     }
     return arrays, summary
 

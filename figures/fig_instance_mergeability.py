@@ -1,7 +1,7 @@
 r"""Per-instance mergeability on the language base (Rahamim et al.'s unit, reconstructed).
 
 Reads ``results/instance_mergeability`` (``experiments/instance_mergeability.py``) and
-draws five panels, one per claim:
+draws six panels, one per claim:
 
 (a) the distribution of :math:`\hat S` (``M = 50``, ``N = 5``) per operator against the
     :math:`\mathrm{Binomial}(N, \bar p)` null (dashed): is mergeability a trait?
@@ -12,7 +12,10 @@ draws five panels, one per claim:
     :math:`\|\Delta W\|_F`, :math:`\sigma_\max` and the partial :math:`\rho` of
     :math:`\Delta_\text{base}` given the two, with cluster-bootstrap intervals over files;
 (d) stability: Spearman of the swept estimators with the reference scores;
-(e) locality: survival of the top-level updates merged with partners from each bin.
+(e) locality: survival of the top-level updates merged with partners from each bin;
+(f) the per-task level: retained gain of the zoo's LoRA task experts at ``M = 10`` against
+    the base's bits per byte on the task, and (title) the base-knowledge weighted merge
+    minus the mean on the tasks the base knows least / best (mean over replicates).
 
 Output: ``figures/out/fig_instance_mergeability.png`` + ``.pdf``.
 """
@@ -110,7 +113,20 @@ def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
     ax.set_ylabel("survival of top-level updates")
     ax.set_title("(e) locality")
     ax.legend(fontsize=8)
-    axes[5].axis("off")
+    ax = axes[5]
+    base = arrays["task_base_bpb"]
+    for k, op in enumerate(ops):
+        s_task = arrays["task_retained"][k].mean(0)
+        v, lo, hi = arrays["task_rho"][k, 0]
+        ax.plot(base, s_task, "o", color=_COLORS[k], alpha=0.8,
+                label=rf"{op}: $\rho$ = {v:.2f} [{lo:.2f}, {hi:.2f}]")  # fmt: skip
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("base bits per byte on the task (higher: knows less)")
+    ax.set_ylabel(r"retained gain $\hat S$ ($M$ = 10)")
+    diff = arrays["weighted_diff"]
+    ax.set_title("(f) task experts; weighted - mean, low/high: "
+                 f"{diff[1].mean():+.3f} / {diff[2].mean():+.3f}", fontsize=9)  # fmt: skip
+    ax.legend(fontsize=7)
     fig.suptitle("Per-instance LoRA updates on the byte-level language base: mergeability "
                  "(reconstruction of Rahamim et al.)")  # fmt: skip
     fig.tight_layout()

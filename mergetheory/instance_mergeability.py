@@ -26,7 +26,8 @@ shared: members of one group share their merge, so their bits in that trial are
 dependent (the per-update estimates are unbiased; intervals across updates should
 resample groups of related updates, e.g. :func:`mergetheory.stats.grouped_bootstrap`).
 
-:func:`partition_mergeability` runs the design for any operator of
+:func:`partition_estimate` runs the design around any group scorer;
+:func:`partition_mergeability` runs it for any operator of
 :data:`mergetheory.merge.MERGE_OPERATORS` on LoRA updates (factors ``B [K, d, r]``,
 ``A [K, r, k]``, one scaling), merged factored (KnOTS: its shared basis from the
 factors) or densified (:math:`s B_i A_i`: mean, TIES), and any survival function
@@ -59,7 +60,9 @@ __all__ = [
     "FACTORED_OPERATORS",
     "PartitionEstimate",
     "bin_partner_survival",
+    "merge_lora_tree",
     "merge_lora_updates",
+    "partition_estimate",
     "partition_groups",
     "partition_mergeability",
 ]
@@ -105,6 +108,37 @@ def partition_groups(
     return groups, counted
 
 
+def merge_lora_tree(
+    name: str,
+    factors: Mapping[str, LoraFactors],
+    key: Key,
+    hparams: Mapping[str, Any] | None = None,
+) -> dict[str, jax.Array]:
+    r"""Merge LoRA experts ``{path: LoraFactors(B [T, d, r], A [T, r, k], s)}`` with an operator.
+
+    Traceable. Operators in :data:`FACTORED_OPERATORS` get the factors (KnOTS takes its
+    shared basis from them, trimming over all paths at once); every other operator gets the
+    dense ``s B_t A_t`` ``[T, d, k]`` per path.
+
+    Args:
+      name: key of :data:`mergetheory.merge.MERGE_OPERATORS`.
+      factors: the experts' factors per adapted kernel.
+      key: the operator's key.
+      hparams: operator hyperparameters (default: the registry's ``default_hparams``).
+
+    Returns:
+      ``{path: [d, k]}`` merged updates (PEFT layout, ``d = d_out``).
+    """
+    op = MERGE_OPERATORS[name]
+    hp = dict(op.default_hparams if hparams is None else hparams)
+    if name in FACTORED_OPERATORS:
+        return dict(op.fn(dict(factors), key, **hp))
+    dense = {
+        p: jnp.matmul(f.B, f.A) * jnp.asarray(f.scaling, f.B.dtype) for p, f in factors.items()
+    }
+    return dict(op.fn(dense, key, **hp))
+
+
 def merge_lora_updates(
     name: str,
     b: jax.Array,
@@ -113,12 +147,10 @@ def merge_lora_updates(
     key: Key,
     hparams: Mapping[str, Any] | None = None,
 ) -> jax.Array:
-    r"""Merge LoRA updates ``s B_t A_t`` with a registry operator; kernel layout ``[k, d]``.
+    r"""Merge single-kernel LoRA updates ``s B_t A_t``; flax kernel layout ``[k, d]``.
 
-    Traceable (``vmap`` over groups works). Operators in :data:`FACTORED_OPERATORS` get
-    the factors as a :class:`~mergetheory.lora.LoraFactors` leaf; every other operator gets
-    the dense ``[T, d, k]`` updates. The merged ``[d, k]`` update (PEFT layout) is returned
-    transposed, ``[k, d]``, the flax kernel layout of the adapted layer.
+    :func:`merge_lora_tree` on one kernel, transposed to the ``[d_in, d_out]`` layout of
+    the adapted flax kernel. Traceable (``vmap`` over groups works).
 
     Args:
       name: key of :data:`mergetheory.merge.MERGE_OPERATORS`.
@@ -131,13 +163,8 @@ def merge_lora_updates(
     Returns:
       ``[k, d]``.
     """
-    op = MERGE_OPERATORS[name]
-    hp = dict(op.default_hparams if hparams is None else hparams)
-    if name in FACTORED_OPERATORS:
-        tv: Any = {"w": LoraFactors(B=b, A=a, scaling=scaling)}
-    else:
-        tv = {"w": jnp.matmul(b, a) * jnp.asarray(scaling, b.dtype)}
-    return jnp.swapaxes(op.fn(tv, key, **hp)["w"], -1, -2)
+    merged = merge_lora_tree(name, {"w": LoraFactors(B=b, A=a, scaling=scaling)}, key, hparams)
+    return jnp.swapaxes(merged["w"], -1, -2)
 
 
 class PartitionEstimate(NamedTuple):
@@ -146,7 +173,8 @@ class PartitionEstimate(NamedTuple):
     Attributes:
       mean: ``[K]`` :math:`\hat S`.
       stderr: ``[K]`` ``std(ddof=1) / sqrt(N)`` over the update's trials (NaN if ``N = 1``).
-      bits: ``[N, K]`` survival bit of every update in every trial.
+      bits: ``[N, K]`` score of every update in every trial (float; 0/1 survival bits
+        for :func:`partition_mergeability`).
       groups: ``[N, G, M + 1]`` the merged groups.
       counted: ``[N, G, M + 1]`` which entries count (False: padding).
       num_partners: ``M``.
@@ -197,6 +225,54 @@ def _bits(
     return np.asarray(out, bool)
 
 
+def partition_estimate(
+    key: Key,
+    num_updates: int,
+    score_groups: Callable[[np.ndarray, Key], Any],
+    *,
+    num_partners: int,
+    num_trials: int,
+) -> PartitionEstimate:
+    r"""The partition design around any group scorer (eager; see the module docstring).
+
+    Trial ``n`` uses ``jr.split(key, N)[n]``, split into the partition key
+    (:func:`partition_groups`) and the scorer's key, so one ``key`` gives the *same*
+    partitions for every scorer (paired comparisons of operators).
+
+    Args:
+      key: PRNG key.
+      num_updates: ``K``.
+      score_groups: ``score_groups(groups [G, M + 1] int, key) -> [G, M + 1]`` the score
+        :math:`f_i` of every member of every merged group (bits or real numbers).
+      num_partners: ``M``.
+      num_trials: ``N``.
+
+    Returns:
+      :class:`PartitionEstimate` (``bits`` holds the scores, float).
+    """
+    if num_trials < 1:
+        raise ValueError(f"num_trials must be >= 1, got {num_trials}")
+    scores = np.zeros((num_trials, num_updates))
+    all_groups, all_counted = [], []
+    for n, k in enumerate(jr.split(key, num_trials)):
+        k_part, k_score = jr.split(k)
+        groups, counted = partition_groups(k_part, num_updates, num_partners)
+        g_scores = np.asarray(score_groups(groups, k_score), np.float64)
+        scores[n, groups[counted]] = g_scores[counted]
+        all_groups.append(groups)
+        all_counted.append(counted)
+    mean = scores.mean(0)
+    if num_trials > 1:
+        stderr = scores.std(0, ddof=1) / np.sqrt(num_trials)
+    else:
+        stderr = np.full(num_updates, np.nan)
+    groups = np.stack(all_groups)
+    return PartitionEstimate(
+        mean, stderr, scores, groups, np.stack(all_counted), num_partners, num_trials,
+        int(groups.shape[0] * groups.shape[1]),
+    )  # fmt: skip
+
+
 def partition_mergeability(
     key: Key,
     b: Any,
@@ -210,14 +286,13 @@ def partition_mergeability(
     survive_args: Any = None,
     hparams: Mapping[str, Any] | None = None,
 ) -> PartitionEstimate:
-    r""":math:`\hat S` of every update with the partition design (module docstring).
+    r""":math:`\hat S` of every single-kernel LoRA update with the partition design.
 
-    Trial ``n`` uses ``jr.split(key, N)[n]``, split into the partition key
-    (:func:`partition_groups`) and the merge keys, so one ``key`` gives the *same*
-    partitions for every operator (paired comparisons).
+    :func:`partition_estimate` with one jitted program per trial that merges every group
+    (``vmap``) and scores its members.
 
     Args:
-      key: PRNG key.
+      key: PRNG key (the same key gives the same partitions for every operator).
       b: ``[K, d, r]`` LoRA ``B`` factors.
       a: ``[K, r, k]`` LoRA ``A`` factors.
       scaling: ``alpha / r``.
@@ -233,25 +308,13 @@ def partition_mergeability(
     Returns:
       :class:`PartitionEstimate`.
     """
-    num = int(np.shape(b)[0])
-    if num_trials < 1:
-        raise ValueError(f"num_trials must be >= 1, got {num_trials}")
-    bits = np.zeros((num_trials, num), bool)
-    all_groups, all_counted = [], []
-    for n, k in enumerate(jr.split(key, num_trials)):
-        k_part, k_merge = jr.split(k)
-        groups, counted = partition_groups(k_part, num, num_partners)
-        g_bits = _bits(k_merge, b, a, scaling, name, survive, survive_args, groups, hparams)
-        bits[n, groups[counted]] = g_bits[counted]
-        all_groups.append(groups)
-        all_counted.append(counted)
-    mean = bits.mean(0)
-    stderr = bits.std(0, ddof=1) / np.sqrt(num_trials) if num_trials > 1 else np.full(num, np.nan)
-    groups = np.stack(all_groups)
-    return PartitionEstimate(
-        mean, stderr, bits, groups, np.stack(all_counted), num_partners, num_trials,
-        int(groups.shape[0] * groups.shape[1]),
-    )  # fmt: skip
+
+    def score(groups: np.ndarray, k: Key) -> np.ndarray:
+        return _bits(k, b, a, scaling, name, survive, survive_args, groups, hparams)
+
+    return partition_estimate(
+        key, int(np.shape(b)[0]), score, num_partners=num_partners, num_trials=num_trials
+    )
 
 
 def bin_partner_survival(

@@ -64,28 +64,11 @@ def test_partition_mergeability_average_dilution(key):
     num, m = 12, 3
     b, a = _orthogonal_pool(num)
     # the mean of M + 1 disjoint rank-1 updates keeps 1 / (M + 1) of each
-    keep = partition_mergeability(
-        key,
-        b,
-        a,
-        1.0,
-        "average",
-        _own_weight,
-        num_partners=m,
-        num_trials=3,
-        survive_args=jnp.asarray(0.24, jnp.float32),
-    )
-    lose = partition_mergeability(
-        key,
-        b,
-        a,
-        1.0,
-        "average",
-        _own_weight,
-        num_partners=m,
-        num_trials=3,
-        survive_args=jnp.asarray(0.26, jnp.float32),
-    )
+    keep, lose = (
+        partition_mergeability(key, b, a, 1.0, "average", _own_weight, num_partners=m,
+                               num_trials=3, survive_args=jnp.asarray(thr, jnp.float32))
+        for thr in (0.24, 0.26)
+    )  # fmt: skip
     np.testing.assert_array_equal(keep.mean, 1.0)
     np.testing.assert_array_equal(lose.mean, 0.0)
     assert keep.num_merges == 3 * 3
@@ -161,3 +144,28 @@ def test_grouped_bootstrap_counts_groups_not_points(key):
     assert est.stderr == pytest.approx(se_groups, rel=0.15)
     naive = grouped_bootstrap(key, np.mean, (x,), np.arange(200), num_resamples=2000)
     assert naive.stderr < 0.5 * est.stderr  # ignoring the groups understates the error
+
+
+@pytest.mark.slow
+def test_quick_experiment_and_figure(tmp_path):
+    """The --quick experiment end to end (trains the tiny zoo: a few minutes) and its figure."""
+    from experiments import instance_mergeability as im
+    from figures import fig_instance_mergeability as fig
+    from mergetheory.io import load_results
+
+    assert im.main(["--quick", "--out-dir", str(tmp_path), "--no-progress"]) == 0
+    res = load_results(tmp_path / "instance_mergeability")
+    arrays, summary = res.arrays, res.metadata["config"]["summary"]
+    cfg = im.QUICK_CONFIG
+    assert summary["num_fixed"] >= cfg.min_fixed
+    s = arrays["s_ref"]
+    assert s.shape == (len(cfg.operators), summary["num_fixed"])
+    np.testing.assert_allclose(s * cfg.num_trials, np.round(s * cfg.num_trials), atol=1e-9)
+    assert np.all((s >= 0) & (s <= 1))
+    assert np.all(arrays["delta_base"] > 0)  # every kept instance was wrong for the base
+    assert np.all(np.abs(arrays["dominance"][:, 0, :5]) <= 1 + 1e-12)
+    num_tasks = arrays["task_base_bpb"].shape[0]
+    assert arrays["task_retained"].shape == (len(cfg.operators), cfg.task_trials, num_tasks)
+    out = tmp_path / "fig"
+    assert fig.main(["--results-dir", str(tmp_path), "--out-dir", str(out)]) == 0
+    assert (out / "fig_instance_mergeability.png").exists()

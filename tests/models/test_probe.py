@@ -26,17 +26,14 @@ CFG = TransformerConfig(d_model=16, num_layers=2, num_heads=2, context=24, mlp_r
 P, L = 16, 8
 
 
+def _make_probe():
+    return make_probe(stdlib_root(), families=("json",), num_instances=24, seed=3, prefix=P,
+                      continuation=L, num_choices=4)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def probe():
-    return make_probe(
-        stdlib_root(),
-        families=("json",),
-        num_instances=24,
-        seed=3,
-        prefix=P,
-        continuation=L,
-        num_choices=4,
-    )
+    return _make_probe()
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +68,7 @@ def test_probe_construction(probe):
 
 
 def test_probe_is_deterministic(probe):
-    again = make_probe(
-        stdlib_root(),
-        families=("json",),
-        num_instances=24,
-        seed=3,
-        prefix=P,
-        continuation=L,
-        num_choices=4,
-    )
+    again = _make_probe()
     np.testing.assert_array_equal(again.tokens, probe.tokens)
 
 
