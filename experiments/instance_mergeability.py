@@ -83,7 +83,6 @@ PREDICTORS = (
     "delta_base_minus_frobenius",
     "delta_base_minus_sigma_max",
 )
-LEVELS = np.linspace(0.0, 1.0, 6)
 
 
 class InstanceMergeabilityConfig(NamedTuple):
@@ -216,10 +215,10 @@ def _mean_interval(x: np.ndarray, confidence: float) -> tuple[float, float, floa
     return m, m - q * se, m + q * se
 
 
-def _level_means(values: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` at each score level 0, 0.2, ..., 1 (NaN where empty)."""
-    out = np.full(LEVELS.size, np.nan)
-    for j, lv in enumerate(LEVELS):
+def _level_means(values: np.ndarray, s: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` at each score level ``0, 1/N, ..., 1`` (NaN where empty)."""
+    out = np.full(levels.size, np.nan)
+    for j, lv in enumerate(levels):
         sel = np.isclose(s, lv)
         if sel.any():
             out[j] = values[sel].mean()
@@ -427,7 +426,7 @@ def run(
 
     # 5. locality (reference operator and the others): top updates x partner bins --------
     t0 = time.perf_counter()
-    loc_edges = (0.0, 0.3, 0.7, 1.01)  # bins S = 0 | 0.2-0.6 | >= 0.8 (with N = 5)
+    loc_edges = (0.0, 0.3, 0.7, 1.01)  # bins S <= 0.2 | 0.4-0.6 | >= 0.8 (with N = 5)
     locality = np.full((len(ops), 3), np.nan)
     locality_se = np.full_like(locality, np.nan)
     locality_info = []
@@ -476,9 +475,10 @@ def run(
     stages.close()
 
     # summary ----------------------------------------------------------------------------
-    level_gap = np.stack([_level_means(gap, s_ref[k]) for k in range(len(ops))])
+    levels = np.linspace(0.0, 1.0, config.num_trials + 1)  # the values S-hat can take
+    level_gap = np.stack([_level_means(gap, s_ref[k], levels) for k in range(len(ops))])
     level_counts = np.stack(
-        [[int(np.isclose(s_ref[k], lv).sum()) for lv in LEVELS] for k in range(len(ops))]
+        [[int(np.isclose(s_ref[k], lv).sum()) for lv in levels] for k in range(len(ops))]
     )
     summary: dict[str, Any] = {
         "num_candidates": int(config.num_candidates),
@@ -552,7 +552,7 @@ def run(
     arrays = {
         "operators": np.array(ops),
         "predictors": np.array(PREDICTORS),
-        "levels": LEVELS,
+        "levels": levels,
         "s_ref": s_ref,
         "s_stderr": s_err,
         "delta_base": gap,

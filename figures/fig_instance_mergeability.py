@@ -57,7 +57,9 @@ def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
         ax.plot(x, arrays["null_expected"][k], color=_COLORS[k], ls="--", marker=".")
     ax.set_xticks(np.arange(levels.size), [f"{v:.1f}" for v in levels])
     ax.set_yscale("symlog", linthresh=10)
-    ax.set_xlabel(r"$\hat S$ ($M$ = 50, $N$ = 5)")
+    conf = metadata.get("config", {})
+    ax.set_xlabel(rf"$\hat S$ ($M$ = {conf.get('num_partners', '?')}, "
+                  rf"$N$ = {conf.get('num_trials', '?')})")  # fmt: skip
     ax.set_ylabel("updates")
     ax.set_title("(a) score distribution vs binomial null")
     ax.legend()
@@ -96,11 +98,13 @@ def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel(r"Spearman with the reference $\hat S$")
-    ax.set_title("(d) estimator stability vs M = 50, N = 5")
+    ax.set_title(f"(d) estimator stability vs M = {conf.get('num_partners', '?')}, "
+                 f"N = {conf.get('num_trials', '?')}")  # fmt: skip
     ax.legend(fontsize=8)
 
     ax = axes[4]
-    bins = ["S = 0", "S in 0.2-0.6", "S >= 0.8"]
+    e = arrays["locality_edges"]
+    bins = [f"S < {e[1]:g}", f"{e[1]:g} <= S < {e[2]:g}", f"S >= {e[2]:g}"]
     for k, op in enumerate(ops):
         loc, se = arrays["locality"][k], arrays["locality_stderr"][k]
         if np.all(np.isnan(loc)):
