@@ -216,6 +216,9 @@ def make_probe(
 # --------------------------------------------------------------------------------------
 
 
+# The shape and graph of the model are rebuilt here from flax's public API: language.py
+# keeps its own versions private, and it is part of the zoo's cache fingerprint, so making
+# them public there would invalidate every cached zoo.
 def _config(params: dict[str, Any], num_heads: int) -> TransformerConfig:
     num_layers = sum(1 for k in params if k.startswith("block_"))
     context, d = params["pos"].shape
