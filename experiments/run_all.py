@@ -27,8 +27,10 @@ _SELF = "run_all"
 
 
 def discover() -> dict[str, Callable[..., int]]:
-    """``{name: main}`` of every experiment module, in alphabetical order."""
-    found = {}
+    """``{name: main}`` of every experiment module, in alphabetical order, except that a
+    module listing others in its ``RUN_AFTER`` tuple (e.g. to load a cache they build)
+    comes after them."""
+    found, after = {}, {}
     for info in sorted(pkgutil.iter_modules(experiments.__path__), key=lambda i: i.name):
         if info.name == _SELF or info.name.startswith("_") or info.ispkg:
             continue
@@ -36,7 +38,18 @@ def discover() -> dict[str, Callable[..., int]]:
         main = getattr(module, "main", None)
         if callable(main):
             found[info.name] = main
-    return found
+            after[info.name] = tuple(getattr(module, "RUN_AFTER", ()))
+    order: list[str] = []
+    pending = list(found)
+    while pending:  # stable: the first alphabetical module whose predecessors are placed
+        ready = next(
+            (n for n in pending if all(d in order or d not in found for d in after[n])), None
+        )
+        if ready is None:
+            raise RuntimeError(f"experiments: RUN_AFTER cycle among {pending}")
+        order.append(ready)
+        pending.remove(ready)
+    return {n: found[n] for n in order}
 
 
 def main(argv: list[str] | None = None) -> int:

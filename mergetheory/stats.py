@@ -13,6 +13,11 @@ r"""Statistics used by the hypotheses: rank correlations, the percentile bootstr
   :math:`\log_{10}` p-value that stays finite far into the tail (:func:`chi2_log10_sf`,
   which SciPy lacks); :func:`pool_bins` merges sparse bins first.
 * :func:`hypothesis_verdict`: holds / fails / inconclusive from a CI of a directional effect.
+* :func:`grouped_bootstrap`: any statistic with a *cluster* (group) percentile bootstrap,
+  resampling whole groups (points that share a source file, a base or a task are not
+  independent); ``scipy.stats.bootstrap`` resamples points only, hence our own.
+* :func:`partial_spearman`: Spearman's :math:`\rho` of ``x`` and ``y`` controlling for
+  covariates by rank regression (SciPy has no partial correlation).
 
 Reference: Efron & Tibshirani, *An Introduction to the Bootstrap* (percentile interval);
 Sokal & Rohlf, *Biometry* (G-test).
@@ -38,7 +43,9 @@ __all__ = [
     "chi2_log10_sf",
     "default_float_dtype",
     "g_test",
+    "grouped_bootstrap",
     "hypothesis_verdict",
+    "partial_spearman",
     "pearson_correlation",
     "percentile_ci",
     "pool_bins",
@@ -313,3 +320,94 @@ def hypothesis_verdict(ci_low: float, ci_high: float, *, predicted_sign: int) ->
     above, below = lo > 0, hi < 0
     predicted, opposite = (above, below) if predicted_sign > 0 else (below, above)
     return Verdict(HOLDS if predicted else (FAILS if opposite else INCONCLUSIVE))
+
+
+# --------------------------------------------------------------------------------------
+# grouped data: cluster bootstrap, partial rank correlation
+# --------------------------------------------------------------------------------------
+
+
+def partial_spearman(x: Any, y: Any, covariates: Any) -> float:
+    r"""Partial Spearman :math:`\rho_{xy\cdot z}` by rank regression.
+
+    Ranks every variable (average ranks), regresses the ranks of ``x`` and of ``y`` on an
+    intercept and the ranks of the covariates by least squares, and returns the Pearson
+    correlation of the two residuals: the rank association of ``x`` and ``y`` that the
+    covariates do not explain (linearly in ranks). NaN when a residual is constant.
+
+    Args:
+      x: ``[n]``.
+      y: ``[n]``.
+      covariates: ``[k, n]`` (or ``[n]`` for one covariate).
+
+    Returns:
+      The partial correlation (a Python float).
+
+    Example:
+      >>> z = np.arange(10.0); partial_spearman(z + 0.1 * np.sin(z), z, z)  # doctest: +SKIP
+    """
+    from scipy import stats
+
+    rx = stats.rankdata(np.asarray(x, np.float64))
+    ry = stats.rankdata(np.asarray(y, np.float64))
+    z = np.atleast_2d(np.asarray(covariates, np.float64))
+    design = np.column_stack([np.ones(rx.size)] + [stats.rankdata(c) for c in z])
+    coef, *_ = np.linalg.lstsq(design, np.column_stack([rx, ry]), rcond=None)
+    res = np.column_stack([rx, ry]) - design @ coef
+    den = np.sqrt((res[:, 0] ** 2).sum() * (res[:, 1] ** 2).sum())
+    return float((res[:, 0] * res[:, 1]).sum() / den) if den > 1e-12 * rx.size**2 else float("nan")
+
+
+def grouped_bootstrap(
+    key: Key,
+    statistic: Any,
+    arrays: Any,
+    groups: Any,
+    *,
+    num_resamples: int = 2000,
+    confidence: float = 0.95,
+) -> CorrelationEstimate:
+    r"""A statistic of paired samples with a percentile *cluster* bootstrap CI.
+
+    The ``G`` distinct values of ``groups`` are resampled with replacement ``B`` times (the
+    draws come from ``jax.random.randint(key, (B, G), 0, G)``); a replicate holds every
+    point of every drawn group (a group drawn twice counts twice) and evaluates
+    ``statistic`` on those points. This keeps points of one group (one source file, one
+    base model, one task) together, so the interval reflects the number of groups rather
+    than of points. Replicates where the statistic is not finite are NaN and ignored by
+    :func:`percentile_ci`.
+
+    Args:
+      key: PRNG key of the resampling.
+      statistic: ``statistic(*arrays) -> float or [k]`` on NumPy arrays (eager).
+      arrays: tuple of arrays with a shared leading axis ``n`` (the points).
+      groups: ``[n]`` group labels (any hashable values).
+      num_resamples: ``B``.
+      confidence: nominal coverage.
+
+    Returns:
+      :class:`CorrelationEstimate` (``value`` the statistic on all points,
+      ``num_points = n``).
+
+    Raises:
+      ValueError: fewer than 2 groups or arrays of different lengths.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    labels = np.asarray(groups)
+    n = labels.shape[0]
+    if any(a.shape[0] != n for a in arrays):
+        raise ValueError(f"grouped_bootstrap: arrays must share the leading axis n = {n}")
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    if uniq.size < 2:
+        raise ValueError("grouped_bootstrap: need at least 2 groups")
+    members = [np.flatnonzero(inverse == g) for g in range(uniq.size)]
+    draws = np.asarray(jr.randint(key, (num_resamples, uniq.size), 0, uniq.size))
+    value = np.asarray(statistic(*arrays), np.float64)
+    samples = np.full((num_resamples,) + value.shape, np.nan)
+    for b in range(num_resamples):
+        idx = np.concatenate([members[g] for g in draws[b]])
+        with np.errstate(all="ignore"):
+            samples[b] = np.asarray(statistic(*(a[idx] for a in arrays)), np.float64)
+    samples = np.where(np.isfinite(samples), samples, np.nan)
+    lo, hi, se = (np.asarray(v) for v in percentile_ci(jnp.asarray(samples), confidence))
+    return CorrelationEstimate(value, lo, hi, se, samples, confidence, n)

@@ -35,6 +35,7 @@ SECTION_ORDER = [
     "rht_coverage",
     "scaling_law",
     "real_merging",
+    "instance_mergeability",
     "mergeability",
     "extending",
 ]

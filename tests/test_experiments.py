@@ -153,3 +153,10 @@ def test_every_experiment_runs_quick_end_to_end(name, tmp_path):
     argv = ["--quick", "--out-dir", str(tmp_path), "--only", name, "--no-progress"]
     assert experiments_run_all.main(argv) == 0
     assert (tmp_path / f"{name}.json").exists()
+
+
+def test_discovery_runs_a_module_after_the_ones_it_names():
+    order = list(experiments_run_all.discover())
+    assert order.index("real_merging") < order.index("instance_mergeability")
+    rest = [n for n in order if n != "instance_mergeability"]
+    assert rest == sorted(rest)  # otherwise alphabetical
