@@ -206,6 +206,7 @@ def analyze_pool(
     num_orders: int = 8,
     order: str = "given",
     step: int | None = None,
+    fmt: str | None = None,
     operators: Sequence[str] = (),
     density: float = 0.7,
     coverage_kind: str = "hull",
@@ -229,6 +230,8 @@ def analyze_pool(
       num_orders: random orders averaged for the order-free curves.
       order: ``"given"`` (input order) or ``"greedy"`` (marginal hull0 width gain).
       step: orbax ``CheckpointManager`` step.
+      fmt: force the format of every expert and the base (one of
+        :data:`mergetheory.io.pool.EXPERT_FORMATS`); ``None`` detects it per path.
       operators: registered or plugin operators compared besides
         :data:`~mergetheory.analysis.pool_coverage.COVERAGE_OPERATORS`.
       density: the density given to every compared operator that takes one (0.7: the
@@ -274,8 +277,8 @@ def analyze_pool(
         raise ValueError(f"eta must be in (0, 1), got {eta}")
     compared = list(dict.fromkeys([*COVERAGE_OPERATORS, *operators]))
     op_hparams = {name: operator_hparams(name, density)[1] for name in compared}  # fail fast
-    opened = [open_expert(p, step=step) for p in experts]
-    base_opened = open_expert(base, step=step) if base is not None else None
+    opened = [open_expert(p, step=step, fmt=fmt) for p in experts]
+    base_opened = open_expert(base, step=step, fmt=fmt) if base is not None else None
     stats = stream_pool_statistics(opened, base_opened, progress=progress)
     gram = stats.gram
     n = gram.shape[0]
@@ -362,6 +365,7 @@ def analyze_pool(
         "num_orders": num_orders,
         "order": order,
         "step": step,
+        "format": fmt,
         "kappas": list(KAPPAS),
         "operators": compared,
         "density": density,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import CliError, one_line
+from .common import CliError, add_format_argument, one_line
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-orders", type=int, default=8, help="random orders averaged")
     p.add_argument("--order", choices=("given", "greedy"), default="given")
     p.add_argument("--step", type=int, help="orbax CheckpointManager step (default: latest)")
+    add_format_argument(p)
     p.add_argument(
         "--operator",
         action="append",
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             num_orders=args.num_orders,
             order=args.order,
             step=args.step,
+            fmt=args.format,
             operators=args.operator,
             density=args.density,
             coverage_kind=args.coverage_set,

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import CliError, one_line
+from .common import CliError, add_format_argument, one_line
 
 __all__ = ["BUILTIN_OPERATOR_NAMES", "HELP", "add_arguments", "run"]
 
@@ -182,6 +182,7 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         "--base", metavar="BASE", help="base model: inputs are then fine-tuned models, not deltas"
     )
     p.add_argument("--step", type=int, help="orbax CheckpointManager step (default: latest)")
+    add_format_argument(p)
     p.add_argument(
         "--config",
         metavar="MERGE.yml",
@@ -225,7 +226,9 @@ def _is_float(dtype: np.dtype) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
-def _load_expert(path: str, step: int | None = None) -> dict[str, np.ndarray]:
+def _load_expert(
+    path: str, step: int | None = None, fmt: str | None = None
+) -> dict[str, np.ndarray]:
     """One input as flat named arrays; every failure is a one-line :class:`CliError`."""
     from ..io import CheckpointError, flatten_tree, load_checkpoint
     from ..io.npz import load_npz
@@ -234,10 +237,14 @@ def _load_expert(path: str, step: int | None = None) -> dict[str, np.ndarray]:
     if not file.exists():
         raise CliError(f"{path}: no such file")
     try:
-        if file.is_file() and file.suffix not in (".safetensors", ".msgpack", ".npy"):
+        if (
+            fmt is None
+            and file.is_file()
+            and file.suffix not in (".safetensors", ".msgpack", ".npy")
+        ):
             arrays = load_npz(file, check_finite=False)
         else:
-            arrays = flatten_tree(load_checkpoint(file, check_finite=False, step=step))
+            arrays = flatten_tree(load_checkpoint(file, check_finite=False, step=step, fmt=fmt))
     except CheckpointError as exc:
         raise CliError(one_line(str(exc))) from None
     if not arrays:
@@ -280,11 +287,12 @@ def _stack_experts(
     base: dict[str, np.ndarray] | None = None,
     base_path: str = "",
     step: int | None = None,
+    fmt: str | None = None,
 ) -> dict[str, np.ndarray]:
     ref, ref_path = (base, base_path) if base is not None else (None, paths[0])
     stacked: dict[str, list[np.ndarray]] = {}
     for path in paths:
-        ex = _load_expert(path, step)
+        ex = _load_expert(path, step, fmt)
         if ref is None:
             ref = ex
         _check_same(ref, ex, path, ref_path)
@@ -364,7 +372,8 @@ def _run_merge(args: argparse.Namespace) -> int:
     from ..merge import PluginError, get_operator
     from .merge_models import merge_models
 
-    if args.config or any(_is_model_folder(p) for p in [*args.inputs, args.base or ""]):
+    folders = args.format in ("hf", "peft")
+    if args.config or folders or any(_is_model_folder(p) for p in [*args.inputs, args.base or ""]):
         return merge_models(args, _check_hparams)
     if args.operator is None or not args.inputs:
         raise CliError("give --operator and at least one input (or --config)")
@@ -373,7 +382,7 @@ def _run_merge(args: argparse.Namespace) -> int:
         op = get_operator(args.operator)
     except PluginError as exc:  # a broken installed plugin
         raise CliError(one_line(exc)) from None
-    stacked = _stack_experts(args.inputs)
+    stacked = _stack_experts(args.inputs, fmt=args.format)
     num = len(args.inputs)
     hparams: dict[str, Any] = dict(op.default_hparams)
     for name in ("density", "scale", "temperature"):
@@ -395,8 +404,8 @@ def _run_merge(args: argparse.Namespace) -> int:
             raise CliError(f"operator {args.operator!r} needs --{need.replace('_', '-')}")
     if "weights" in hparams and not op.has_weights:
         raise CliError(f"operator {args.operator!r} takes no weights")
-    base = _load_expert(args.base, args.step) if args.base else None
-    stacked = _stack_experts(args.inputs, base, args.base or "", args.step)
+    base = _load_expert(args.base, args.step, args.format) if args.base else None
+    stacked = _stack_experts(args.inputs, base, args.base or "", args.step, args.format)
     tv = {k: jnp.asarray(v) for k, v in stacked.items()}
     try:
         merged = op.fn(tv, jax.random.key(args.seed), **hparams)

@@ -143,8 +143,8 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
             if len(weights) != len(experts) or not all(math.isfinite(w) for w in weights):
                 raise CliError(f"weights {weights}: need {len(experts)} finite values")
             hparams["weights"] = jnp.asarray(weights, jnp.float64)
-        theta0 = open_expert(base, step=args.step)
-        opened = [open_expert(p, step=args.step) for p in experts]
+        theta0 = open_expert(base, step=args.step, fmt=args.format)
+        opened = [open_expert(p, step=args.step, fmt=args.format) for p in experts]
         if not all(isinstance(e, DenseExpert) for e in [theta0, *opened]):
             raise CliError("merging PEFT adapters is not supported yet (analyze them instead)")
         for ex in opened:

@@ -40,6 +40,7 @@ from .peft import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, load_peft_adapter, stack_
 from .safetensors import SafetensorsReader
 
 __all__ = [
+    "EXPERT_FORMATS",
     "HF_INDEX_NAME",
     "HF_WEIGHTS_NAME",
     "DenseExpert",
@@ -119,23 +120,52 @@ def _sharded(path: Path) -> dict[str, SafetensorsReader]:
     return readers
 
 
-def open_expert(path: PathLike, *, step: int | None = None) -> DenseExpert | LoraExpert:
+EXPERT_FORMATS = ("npz", "npy", "safetensors", "hf", "peft", "orbax", "msgpack")
+"""The formats :func:`open_expert` reads (``fmt=`` / ``--format`` forces one)."""
+
+
+def open_expert(
+    path: PathLike, *, step: int | None = None, fmt: str | None = None
+) -> DenseExpert | LoraExpert:
     """Open one expert (or base) without reading its weights; the format from the path.
 
+    Args:
+      path: a file or folder.
+      step: orbax ``CheckpointManager`` step (default the latest).
+      fmt: one of :data:`EXPERT_FORMATS` to force the format (``"hf"``: a model folder,
+        ``"peft"``: an adapter folder, ``"safetensors"``: a file of any suffix or a model
+        folder, the rest as :func:`~mergetheory.io.checkpoints.load_checkpoint`);
+        ``None`` detects it.
+
     Raises:
-      CheckpointError: missing / corrupt files (naming the file).
+      CheckpointError: missing / corrupt files, an unknown ``fmt``, a path that is not of
+        the forced format (naming the file).
     """
     path = Path(path).absolute()
     require_exists(path, kind="expert", is_dir=None)
-    if path.is_dir() and (path / PEFT_CONFIG_NAME).is_file():
+    if fmt is not None and fmt not in EXPERT_FORMATS:
+        raise CheckpointError(
+            f"{path}: unknown format {fmt!r}; expected one of {', '.join(EXPERT_FORMATS)}"
+        )
+    folder = path.is_dir()
+    if fmt == "hf" and not folder:
+        raise CheckpointError(f"{path}: format hf expects a model folder")
+    if fmt == "peft" or (fmt is None and folder and (path / PEFT_CONFIG_NAME).is_file()):
+        if not (folder and (path / PEFT_CONFIG_NAME).is_file()):
+            raise CheckpointError(f"{path}: format peft expects a folder with {PEFT_CONFIG_NAME}")
         return LoraExpert(path, [path / PEFT_CONFIG_NAME, path / PEFT_WEIGHTS_NAME])
-    if path.is_dir() and (path / HF_INDEX_NAME).is_file():
-        return DenseExpert(path, _sharded(path))
-    single = path / HF_WEIGHTS_NAME if path.is_dir() else path
-    if single.suffix == ".safetensors" and single.is_file():
-        reader = SafetensorsReader(single)
-        return DenseExpert(path, dict.fromkeys(reader.names, reader))
-    arrays = flatten_tree(load_checkpoint(path, check_finite=False, step=step))
+    if fmt in (None, "hf", "safetensors"):
+        if folder and (path / HF_INDEX_NAME).is_file():
+            return DenseExpert(path, _sharded(path))
+        single = path / HF_WEIGHTS_NAME if folder else path
+        if single.is_file() and (single.suffix == ".safetensors" or fmt is not None):
+            reader = SafetensorsReader(single)
+            return DenseExpert(path, dict.fromkeys(reader.names, reader))
+        if fmt is not None:
+            raise CheckpointError(
+                f"{path}: format {fmt} expects a folder with {HF_WEIGHTS_NAME} or {HF_INDEX_NAME}"
+            )
+    arrays = flatten_tree(load_checkpoint(path, check_finite=False, step=step, fmt=fmt))
     return DenseExpert(path, None, arrays)
 
 
