@@ -55,6 +55,7 @@ BUILTIN_OPERATOR_NAMES = (
     "magnitude_prune",
     "model_stock",
     "rht",
+    "rht_heavy_tailed",
     "task_arithmetic",
     "ties",
     "tsv_m",
@@ -96,6 +97,7 @@ OPERATOR_HPARAMS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "model_stock": (("cosine_average", "'cosines'"), ("granularity", "'tensor'")),
     "rht": (("density", "0.7"),),
+    "rht_heavy_tailed": (("nu", "3.0"), ("scale", "1.0")),
     "task_arithmetic": (("scale", "1.0"),),
     "ties": (
         ("density", "0.2"),
@@ -339,6 +341,13 @@ def _known_hparams(op_name: str) -> set[str]:
     return {p.name for p in params if p.kind == p.KEYWORD_ONLY}
 
 
+def _inf_ok(op_name: str, name: str, value: float) -> bool:
+    """``+inf`` is accepted where it is the operator's identity value (``nu`` of heavy tails)."""
+    from ..merge import get_operator
+
+    return value == math.inf and get_operator(op_name).identity_hparams.get(name) == math.inf
+
+
 def _check_hparams(op_name: str, hparams: dict[str, Any]) -> None:
     known = _known_hparams(op_name) | {"weights"}
     for name, value in hparams.items():
@@ -347,7 +356,11 @@ def _check_hparams(op_name: str, hparams: dict[str, Any]) -> None:
             raise CliError(
                 f"operator {op_name!r} has no hyperparameter {name!r} (it takes: {listed})"
             )
-        if isinstance(value, float) and not math.isfinite(value):
+        if (
+            isinstance(value, float)
+            and not math.isfinite(value)
+            and not _inf_ok(op_name, name, value)
+        ):
             raise CliError(f"hyperparameter {name}={value} is not a finite number")
 
 
