@@ -14,4 +14,4 @@ for i in (1, 2, 3):
     expert = {k: 0.5 * v + rng.normal(size=v.shape) for k, v in shared.items()}
     np.savez(f"expert{i}.npz", **expert)
 np.save("tv.npy", rng.normal(size=(8, 2048)))
-print("wrote expert1.npz, expert2.npz, expert3.npz and tv.npy")
+print("wrote expert1.npz, expert2.npz, expert3.npz and tv.npy")  # noqa: T201

@@ -129,12 +129,18 @@ def test_page_has_files_and_commands():
     assert any(c.startswith("pip install") for c in commands)
     assert any(c.startswith("mergetheory merge --operator my_median") for c in commands)
     assert any("pytest" in c for c in commands)
+    assert any(c.startswith("mergetheory run median_width") for c in commands)
 
 
 def test_example_plugin_is_the_documented_one():
     files = _files()
-    assert (EXAMPLE / "merge_median.py").read_text() == files["my_median/merge_median.py"]
-    assert (EXAMPLE / "pyproject.toml").read_text() == files["my_median/pyproject.toml"]
+    for name in ("merge_median.py", "median_width.py", "pyproject.toml"):
+        assert (EXAMPLE / name).read_text() == files[f"my_median/{name}"], name
+    assert sorted(p.name for p in EXAMPLE.iterdir() if p.is_file()) == [
+        "median_width.py",
+        "merge_median.py",
+        "pyproject.toml",
+    ]
 
 
 def test_only_the_package_is_importable(doc_env):
@@ -198,6 +204,26 @@ def test_hypothesis_experiment_figure_and_report(doc_env):
     assert (work / "figures" / "fig_orthonormal_hull.pdf").is_file()
     report = (work / "report.md").read_text()
     assert "{{" not in report and "**Verdict.** holds" in report
+    # the registered hypothesis (`mergetheory run register_orthonormal.py`): figure, section
+    assert (work / "results_again" / "figures" / "fig_orthonormal_hull.png").is_file()
+    section = (work / "results_again" / "orthonormal_hull.md").read_text()
+    assert "{{" not in section and "**Verdict.** holds" in section
+
+
+def test_plugin_hypothesis_ran_by_name(doc_env):
+    work, _, outputs = doc_env
+    assert (
+        "hypothesis median_width:"
+        in outputs["mergetheory run median_width --quick --out-dir plugin_results"]
+    )
+    out = work / "plugin_results"
+    meta = json.loads((out / "median_width.json").read_text())
+    summary = meta.get("summary") or meta["config"]["summary"]
+    assert summary["verdict"] == "holds" and summary["abs_z"] < 5
+    assert (out / "figures" / "fig_median_width.png").is_file()
+    assert (out / "figures" / "fig_median_width.pdf").is_file()
+    section = (out / "median_width.md").read_text()
+    assert "{{" not in section and "**Verdict.** holds" in section
 
 
 def test_global_registry_untouched():
