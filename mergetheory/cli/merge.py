@@ -172,7 +172,8 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         metavar="OUT",
-        help="merged task vector (or model, with --base): .npz, .safetensors or .msgpack",
+        help="merged task vector (or model, with --base): .npz, .safetensors or .msgpack; "
+        "a folder for model folders, --config and PEFT adapters (an adapter folder)",
     )
     p.add_argument(
         "inputs",
@@ -305,7 +306,12 @@ def _stack_experts(
 
 def _is_model_folder(path: str) -> bool:
     p = Path(path)
-    names = ("config.json", "model.safetensors", "model.safetensors.index.json")
+    names = (
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "adapter_config.json",  # PEFT adapters: merged factor-wise into an adapter folder
+    )
     return bool(path) and p.is_dir() and any((p / n).is_file() for n in names)
 
 
