@@ -6,7 +6,8 @@ an orbax directory (a ``CheckpointManager`` root or step folder too: ``--step``)
 ``--base`` the inputs are full fine-tuned models and the task vectors are
 :math:`\theta_t - \theta_0`. The output is the merged task vector (or, with ``--base``,
 the merged model :math:`\theta_0 + \tau`) in the format its suffix names (``.npz``,
-``.safetensors``, ``.msgpack``), written atomically::
+``.safetensors``, ``.msgpack``; for orbax inputs a folder name without one of these
+suffixes is written as an orbax checkpoint, the inputs' format), atomically::
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
@@ -315,15 +316,22 @@ def _is_model_folder(path: str) -> bool:
     return bool(path) and p.is_dir() and any((p / n).is_file() for n in names)
 
 
-def _check_out(out: str) -> Path:
-    """``--out``: a known suffix, not a directory, in a writable place (before any merge)."""
+def _check_out(out: str, orbax: bool = False) -> Path:
+    """``--out``: a known suffix, not a directory, in a writable place (before any merge).
+
+    With orbax inputs (``orbax``), a name without a known suffix is a new orbax folder.
+    """
     path = Path(out)
-    if path.is_dir():
+    if orbax and path.suffix not in OUT_SUFFIXES:
+        if path.exists():
+            raise CliError(f"--out {out}: exists; an orbax output must be a new folder")
+    elif path.is_dir():
         raise CliError(f"--out {out}: is a directory, expected a file name")
-    if path.suffix not in OUT_SUFFIXES:
+    elif path.suffix not in OUT_SUFFIXES:
         raise CliError(
             f"--out {out}: unknown output format {path.suffix or '(no suffix)'!r}; "
             f"use one of {', '.join(OUT_SUFFIXES)}"
+            + (" (or a folder name, for orbax inputs)" if not orbax else "")
         )
     parent = path.absolute().parent
     while not parent.exists():
@@ -374,7 +382,11 @@ def _write_out(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from ..io import save_msgpack, save_safetensors, unflatten_tree
     from ..io.npz import save_npz
 
-    if path.suffix == ".safetensors":
+    if path.suffix not in OUT_SUFFIXES:  # orbax inputs, a folder name: orbax output
+        from ..io import save_orbax
+
+        save_orbax(path, unflatten_tree(arrays))
+    elif path.suffix == ".safetensors":
         save_safetensors(path, arrays)
     elif path.suffix == ".msgpack":
         save_msgpack(path, unflatten_tree(arrays))
@@ -396,7 +408,9 @@ def _run_merge(args: argparse.Namespace) -> int:
         return merge_models(args, _check_hparams)
     if args.operator is None or not args.inputs:
         raise CliError("give --operator and at least one input (or --config)")
-    out_path = _check_out(args.out)
+    paths = [*args.inputs, *([args.base] if args.base else [])]
+    orbax = args.format == "orbax" or (args.format is None and all(Path(p).is_dir() for p in paths))
+    out_path = _check_out(args.out, orbax=orbax)
     try:
         op = get_operator(args.operator)
     except PluginError as exc:  # a broken installed plugin

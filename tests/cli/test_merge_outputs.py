@@ -1,4 +1,4 @@
-"""``mergetheory merge`` on PEFT adapters: factor-wise merge written as a PEFT adapter folder."""
+"""``mergetheory merge`` writes the inputs' format: PEFT adapter folders (factor-wise), orbax."""
 
 import json
 
@@ -91,3 +91,22 @@ def test_peft_merge_bad_input(tmp_path, capsys, extra, problem):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert problem in err and "\n" not in err, err
+
+
+def test_orbax_inputs_give_an_orbax_output(tmp_path, capsys):
+    from mergetheory.io import load_orbax, save_orbax
+
+    rng = np.random.default_rng(5)
+    trees = [{"layer": {"w": rng.normal(size=(3, 2))}, "b": rng.normal(size=2)} for _ in range(3)]
+    paths = [str(save_orbax(tmp_path / f"ck{i}", t)) for i, t in enumerate(trees)]
+    out = tmp_path / "merged_ckpt"
+    assert main(["merge", "--operator", "average", "--out", str(out), *paths]) == 0, (
+        capsys.readouterr().err
+    )
+    merged = load_orbax(out)
+    np.testing.assert_allclose(
+        merged["layer"]["w"], np.mean([t["layer"]["w"] for t in trees], 0), 1e-12
+    )
+    np.testing.assert_allclose(merged["b"], np.mean([t["b"] for t in trees], 0), rtol=1e-12)
+    assert main(["merge", "--operator", "average", "--out", str(out), *paths]) == 2
+    assert "exists; an orbax output must be a new folder" in capsys.readouterr().err
