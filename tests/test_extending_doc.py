@@ -156,6 +156,7 @@ def test_page_has_files_and_commands():
     assert any(c.startswith("mergetheory merge --operator my_median") for c in commands)
     assert any("pytest" in c for c in commands)
     assert any(c.startswith("mergetheory run median_width") for c in commands)
+    assert any(c.startswith("mergetheory analyze") and "my_median" in c for c in commands)
 
 
 def test_example_plugin_is_the_documented_one():
@@ -211,6 +212,16 @@ def test_cli_merged_with_the_plugin(doc_env):
         for k in ("w", "b"):
             want = 2.0 * np.median(np.stack([e[k] for e in experts]), axis=0)
             np.testing.assert_allclose(merged[k], want, rtol=1e-12)
+
+
+def test_analyze_compared_the_plugin(doc_env):
+    work, _, _ = doc_env
+    report = json.loads((work / "median_report" / "analysis.json").read_text())
+    ops = report["coverage"]["operators"]
+    assert set(ops) == {"rht", "ties", "dare_linear", "my_median"}
+    # the median of one expert is that expert: the merged set is the experts' hull
+    assert abs(ops["my_median"]["log_total_gain"]) < 1e-9
+    assert "| my_median |" in (work / "median_report" / "analysis.md").read_text()
 
 
 def test_conformance_suite_ran_under_pytest(doc_env):
