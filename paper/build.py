@@ -8,7 +8,9 @@ dict may sit at the top level or inside ``config``. A missing sidecar or key is 
 naming it; the report is written atomically, so a failed build never leaves half a file.
 
 Sections appear in the order given by ``SECTION_ORDER``; any other section follows
-alphabetically.
+alphabetically, then the sections of hypotheses registered from outside the repository
+(:func:`mergetheory.hypotheses.render_hypotheses`: installed plugins' entry points) that
+have results.
 
 Usage: ``python -m paper.build [--results-dir results] [--out paper/report.md]``
 """
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 from mergetheory.experiment import ReportError, render_section
+from mergetheory.hypotheses import render_hypotheses
 from mergetheory.io import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +61,7 @@ def build(results_dir: Path, out: Path, sections_dir: Path | None = None) -> Pat
     )
     for name in order:
         parts.append(render_section(files[name].read_text(), results_dir, name))
+    parts += render_hypotheses(results_dir)  # registered hypotheses that have results
     with atomic_write(out, "w") as fh:  # never a half-written report
         fh.write("\n".join(parts))
     return out

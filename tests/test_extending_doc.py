@@ -7,7 +7,8 @@ in order, with the shell. The environment has only the ``mergetheory`` package i
 else of the repository) and ``PATH`` starts with a folder holding ``python``,
 ``mergetheory`` (the console script) and ``pip``. That ``pip install DIR`` installs into the
 link folder: with pip itself (``--no-index --no-deps --no-build-isolation --target``) when
-the ``wheel`` package is present, else (no network here to fetch it) by copying the
+this Python can build a wheel offline (``wheel`` importable, which the ``test`` extra
+installs, or setuptools >= 70.1), else (no network here to fetch it) by copying the
 project's ``py-modules`` and writing its ``*.dist-info`` (METADATA, entry_points.txt) from
 its ``pyproject.toml``, which is what an install puts there for ``importlib.metadata``.
 """
@@ -34,16 +35,19 @@ _FILE = "# file: "
 
 _PIP = '''#!{python}
 """``pip install DIR`` into {site} (see tests/test_extending_doc.py)."""
-import importlib.util, shutil, subprocess, sys, tomllib
+import os, shutil, subprocess, sys, tomllib
 from pathlib import Path
 
+BUILD_PATH = {build_path!r}
 args = sys.argv[1:]
 if args[:1] != ["install"] or len(args) != 2:
     sys.exit(f"this test's pip only does 'pip install DIR', got {{args}}")
 project, site = Path(args[1]), Path({site!r})
-if importlib.util.find_spec("wheel") is not None:
-    sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-                              "--no-build-isolation", "--target", str(site), str(project)]))
+if BUILD_PATH is not None:
+    path = [p for p in (os.environ.get("PYTHONPATH"), BUILD_PATH) if p]
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
+           "--no-build-isolation", "--target", str(site), str(project.resolve())]
+    sys.exit(subprocess.call(cmd, env={{**os.environ, "PYTHONPATH": os.pathsep.join(path)}}))
 meta = tomllib.loads((project / "pyproject.toml").read_text())
 proj = meta["project"]
 for module in meta["tool"]["setuptools"]["py-modules"]:
@@ -57,8 +61,30 @@ for group, entries in proj.get("entry-points", {{}}).items():
     lines.append(f"[{{group}}]")
     lines += [f"{{name}} = {{value}}" for name, value in entries.items()]
 (info / "entry_points.txt").write_text("\\n".join(lines) + "\\n")
-print(f"Successfully installed {{proj['name']}}-{{proj['version']}}")
+print(f"Successfully installed {{proj['name']}}-{{proj['version']}} (stand-in: no wheel here)")
 '''
+
+
+def wheel_builder() -> str | None:
+    """Where ``pip install --no-build-isolation DIR`` finds ``bdist_wheel`` offline, or None.
+
+    The folder holding the ``wheel`` package (added to the build's ``PYTHONPATH``), or ``""``
+    when setuptools >= 70.1 has ``bdist_wheel`` itself.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("wheel")
+    if spec is not None and spec.origin:
+        return str(Path(spec.origin).parent.parent)
+    try:
+        from setuptools.command import bdist_wheel  # noqa: F401  (setuptools >= 70.1)
+    except ImportError:
+        return None
+    return ""
+
+
+def can_build_wheels() -> bool:
+    return wheel_builder() is not None
 
 
 def _blocks() -> list[tuple[str, str]]:
@@ -100,7 +126,7 @@ def doc_env(tmp_path_factory):
     py = sys.executable
     _executable(bin_dir / "python", f'#!/bin/sh\nexec "{py}" "$@"\n')
     _executable(bin_dir / "mergetheory", f'#!/bin/sh\nexec "{py}" -m mergetheory.cli "$@"\n')
-    _executable(bin_dir / "pip", _PIP.format(python=py, site=str(site)))
+    _executable(bin_dir / "pip", _PIP.format(python=py, site=str(site), build_path=wheel_builder()))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(
         PYTHONPATH=str(site),
@@ -129,12 +155,19 @@ def test_page_has_files_and_commands():
     assert any(c.startswith("pip install") for c in commands)
     assert any(c.startswith("mergetheory merge --operator my_median") for c in commands)
     assert any("pytest" in c for c in commands)
+    assert any(c.startswith("mergetheory run median_width") for c in commands)
+    assert any(c.startswith("mergetheory analyze") and "my_median" in c for c in commands)
 
 
 def test_example_plugin_is_the_documented_one():
     files = _files()
-    assert (EXAMPLE / "merge_median.py").read_text() == files["my_median/merge_median.py"]
-    assert (EXAMPLE / "pyproject.toml").read_text() == files["my_median/pyproject.toml"]
+    for name in ("merge_median.py", "median_width.py", "pyproject.toml"):
+        assert (EXAMPLE / name).read_text() == files[f"my_median/{name}"], name
+    assert sorted(p.name for p in EXAMPLE.iterdir() if p.is_file()) == [
+        "median_width.py",
+        "merge_median.py",
+        "pyproject.toml",
+    ]
 
 
 def test_only_the_package_is_importable(doc_env):
@@ -159,6 +192,19 @@ def test_only_the_package_is_importable(doc_env):
     assert out == [str(ROOT / "mergetheory"), "[]"]
 
 
+def test_plugin_installed_with_pip_when_it_can_build(doc_env):
+    work, _, outputs = doc_env
+    (out,) = [v for k, v in outputs.items() if k.startswith("pip install")]
+    assert "Successfully installed my-median-merge-0.1.0" in out
+    # the real pip whenever this Python can build a wheel offline (the test extra has wheel)
+    assert ("stand-in" in out) is not can_build_wheels()
+    site = work.parent / "site"
+    (info,) = site.glob("my_median_merge-0.1.0.dist-info")
+    entries = (info / "entry_points.txt").read_text()
+    assert "my_median = merge_median:MEDIAN" in entries
+    assert "median_width = median_width:HYPOTHESIS" in entries
+
+
 def test_cli_merged_with_the_plugin(doc_env):
     work, _, _ = doc_env
     experts = [np.load(work / f"e{i}.npz") for i in (1, 2, 3)]
@@ -166,6 +212,16 @@ def test_cli_merged_with_the_plugin(doc_env):
         for k in ("w", "b"):
             want = 2.0 * np.median(np.stack([e[k] for e in experts]), axis=0)
             np.testing.assert_allclose(merged[k], want, rtol=1e-12)
+
+
+def test_analyze_compared_the_plugin(doc_env):
+    work, _, _ = doc_env
+    report = json.loads((work / "median_report" / "analysis.json").read_text())
+    ops = report["coverage"]["operators"]
+    assert set(ops) == {"rht", "ties", "dare_linear", "my_median"}
+    # the median of one expert is that expert: the merged set is the experts' hull
+    assert abs(ops["my_median"]["log_total_gain"]) < 1e-9
+    assert "| my_median |" in (work / "median_report" / "analysis.md").read_text()
 
 
 def test_conformance_suite_ran_under_pytest(doc_env):
@@ -198,6 +254,26 @@ def test_hypothesis_experiment_figure_and_report(doc_env):
     assert (work / "figures" / "fig_orthonormal_hull.pdf").is_file()
     report = (work / "report.md").read_text()
     assert "{{" not in report and "**Verdict.** holds" in report
+    # the registered hypothesis (`mergetheory run register_orthonormal.py`): figure, section
+    assert (work / "results_again" / "figures" / "fig_orthonormal_hull.png").is_file()
+    section = (work / "results_again" / "orthonormal_hull.md").read_text()
+    assert "{{" not in section and "**Verdict.** holds" in section
+
+
+def test_plugin_hypothesis_ran_by_name(doc_env):
+    work, _, outputs = doc_env
+    assert (
+        "hypothesis median_width:"
+        in outputs["mergetheory run median_width --quick --out-dir plugin_results"]
+    )
+    out = work / "plugin_results"
+    meta = json.loads((out / "median_width.json").read_text())
+    summary = meta.get("summary") or meta["config"]["summary"]
+    assert summary["verdict"] == "holds" and summary["abs_z"] < 5
+    assert (out / "figures" / "fig_median_width.png").is_file()
+    assert (out / "figures" / "fig_median_width.pdf").is_file()
+    section = (out / "median_width.md").read_text()
+    assert "{{" not in section and "**Verdict.** holds" in section
 
 
 def test_global_registry_untouched():

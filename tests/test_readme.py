@@ -43,3 +43,48 @@ def test_readme_your_own_experts_runs(tmp_path, monkeypatch, capsys):
     assert "Concavity" in (tmp_path / "pool/report/analysis.md").read_text()
     merged = load_safetensors(tmp_path / "pool/merged.safetensors")
     assert merged["w"].shape == (8, 8) and merged["w"].dtype == np.float32
+
+
+def _shell_block_after(text: str, marker: str) -> list[str]:
+    section = text.split(marker, 1)[1]
+    block = re.search(r"^```bash\n(.*?)^```", section, re.S | re.M).group(1)
+    return [line for line in block.strip().splitlines() if line.strip()]
+
+
+def test_readme_shell_examples_run_as_written(tmp_path, monkeypatch, capsys):
+    """The "From the shell" block, line by line, in an empty folder (``examples/`` linked)."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    from mergetheory.cli import main
+
+    lines = _shell_block_after(README.read_text(), "From the shell")
+    assert lines[0] == "python examples/make_inputs.py"
+    (tmp_path / "examples").symlink_to(README.parent / "examples", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    outputs = []
+    for line in lines:
+        argv = shlex.split(line)
+        if argv[0] == "python":
+            proc = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+        else:
+            assert argv[0] == "mergetheory"
+            assert main(argv[1:]) == 0, capsys.readouterr().err
+            outputs.append(capsys.readouterr().out)
+    with np.load(tmp_path / "merged.npz") as merged:
+        assert merged["w"].shape == (64, 32) and merged["b"].shape == (32,)
+    curve = json.loads(outputs[-1])
+    assert curve["n"] == list(range(1, 9)) and np.all(np.diff(curve["mean"]) > 0)
+
+
+def test_every_readme_cli_command_is_run_by_a_test():
+    text = README.read_text()
+    tested = set(_shell_block_after(text, "From the shell"))
+    tested |= set(_shell_block_after(text, "## Your own experts"))
+    for block in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M):
+        for line in block.splitlines():
+            if line.startswith(("mergetheory ", "python ")):
+                assert line in tested, line

@@ -12,8 +12,19 @@ Gram alone:
   (:func:`mergetheory.nested_width`, common random numbers along the order) for the given
   (or greedy) order, and their mean over ``num_orders`` random orders;
 * the concavity verdict of the hull0 curve (:func:`mergetheory.theory.concavity_verdict`)
-  and :math:`n^\star` by the gain-ratio definition for several :math:`\kappa` with its
-  confidence set (:func:`mergetheory.theory.threshold.threshold_gain_ratio`).
+  and :math:`n^\star` under the three definitions of
+  :mod:`mergetheory.theory.threshold`, each with its confidence set and verdict: the gain
+  ratio for several :math:`\kappa` (on the hull0 curve), the utility
+  :math:`\log w_n - c\,n` (hull0 curve, cost ``utility_cost``) and the kinematic crossing
+  :math:`\delta(C_n) + m \ge D - a_\eta\sqrt D` (cone statistical-dimension curve).
+  The dimension :math:`m` of the loss-preserving subspace is not known from checkpoints:
+  pass it (``kinematic_m``), else it is reported for
+  :math:`m = D - a_\eta\sqrt D - q\,\delta(C_N)`, :math:`q = 1/4, 1/2, 3/4`, i.e.
+  :math:`n^\star` is the first :math:`n` whose cone reaches that fraction of the whole
+  pool's statistical dimension;
+* the RHT / TIES / DARE coverage comparison at equal norm budget, plus any registered or
+  plugin operator named in ``operators``
+  (:mod:`mergetheory.analysis.pool_coverage`).
 
 ``order="greedy"`` orders experts by marginal hull0 width gain: with :math:`G = L L^\top`
 the support values on a Gaussian draw are :math:`(L z)_i`, so the gain of adding
@@ -32,14 +43,31 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..verdict import Verdict
+from .pool_coverage import (
+    COVERAGE_OPERATORS,
+    coverage_comparison,
+    gram_factor,
+    operator_hparams,
+    per_expert_grams,
+)
 
-__all__ = ["CURVE_KINDS", "KAPPAS", "PoolAnalysis", "analyze_pool", "greedy_order"]
+__all__ = [
+    "CURVE_KINDS",
+    "KAPPAS",
+    "KINEMATIC_FRACTIONS",
+    "PoolAnalysis",
+    "analyze_pool",
+    "greedy_order",
+]
 
 CURVE_KINDS = (("hull0", "width"), ("span", "statdim"), ("cone", "statdim"))
 """The width curves computed: (set family, quantity)."""
 
 KAPPAS = (0.5, 0.25, 0.1)
 r"""The ratios :math:`\kappa` of the gain-ratio :math:`n^\star`."""
+
+KINEMATIC_FRACTIONS = (0.25, 0.5, 0.75)
+r"""Default kinematic :math:`m`: the fractions :math:`q` of :math:`\delta(C_N)` (module doc)."""
 
 
 class PoolAnalysis(NamedTuple):
@@ -58,7 +86,11 @@ class PoolAnalysis(NamedTuple):
       curves: ``{kind: {"order": {...}, "random_orders": {...}}}`` with ``mean`` and
         ``stderr`` lists per ``n`` (and ``diff1``/``diff2`` with stderrs for the order).
       concavity: ``{"verdict": Verdict, "details": {...}}`` of the hull0 curve.
-      n_star: ``{"gain_ratio_kappa=K": {...}}`` threshold outputs.
+      n_star: ``{"gain_ratio_kappa=K" | "utility_log_cost=C" | "kinematic_m=M": {...}}``
+        threshold outputs (``n_star``, ``ci_low``, ``ci_high``, ``censored``, ``unique``,
+        ``verdict``; the kinematic ones also ``m``, ``n_center``, ``n_upper``, the window).
+      coverage: ``{"kind", "density", "operators": {name: {...}}}``, see
+        :func:`mergetheory.analysis.pool_coverage.coverage_comparison`.
     """
 
     experts: list[str]
@@ -76,12 +108,12 @@ class PoolAnalysis(NamedTuple):
     curves: dict[str, Any]
     concavity: dict[str, Any]
     n_star: dict[str, Any]
+    coverage: dict[str, Any]
 
 
 def greedy_order(gram: np.ndarray, *, seed: int, num_samples: int) -> np.ndarray:
     """Experts ordered by marginal hull0 width gain (fixed Gaussian draws; see module doc)."""
-    w, v = np.linalg.eigh(np.asarray(gram, np.float64))
-    factor = v * np.sqrt(np.clip(w, 0.0, None))  # G = F F^T
+    factor = gram_factor(gram)  # G = F F^T
     z = np.random.default_rng(seed).standard_normal((num_samples, factor.shape[1]))
     values = z @ factor.T  # [M, n] support values <g, tau_i>
     current = np.zeros(num_samples)
@@ -115,6 +147,56 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _threshold_dict(out: Any) -> dict[str, Any]:
+    return {
+        "n_star": int(out.n_star),
+        "ci_low": int(out.ci_low),
+        "ci_high": int(out.ci_high),
+        "censored": bool(out.censored),
+        "unique": bool(out.unique),
+        "verdict": Verdict.parse(out.verdict),
+    }
+
+
+def _n_star(
+    hull0: Any, cone: Any, num_params: int, *, utility_cost: float, kinematic_m: Any, eta: float
+) -> dict[str, Any]:
+    r""":math:`n^\star` under the three definitions (see the module docstring)."""
+    from ..theory.threshold import (
+        threshold_gain_ratio,
+        threshold_kinematic,
+        threshold_utility,
+        width_curve,
+    )
+
+    n_star = {}
+    wc = width_curve(hull0)
+    for kappa in KAPPAS:
+        n_star[f"gain_ratio_kappa={kappa}"] = _threshold_dict(threshold_gain_ratio(wc, kappa=kappa))
+    util = threshold_utility(wc, utility_fn=np.log, cost=utility_cost)
+    n_star[f"utility_log_cost={utility_cost:g}"] = _threshold_dict(util)
+    delta = np.asarray(cone.mean, np.float64)
+    delta_se = np.asarray(cone.stderr, np.float64)
+    if kinematic_m is None:
+        a = threshold_kinematic(delta, m=0.0, ambient_dim=num_params, eta=eta)
+        kinematic_m = [a.lower_edge - q * float(delta[-1]) for q in KINEMATIC_FRACTIONS]
+    for m in kinematic_m:
+        k = threshold_kinematic(
+            delta, m=float(m), ambient_dim=num_params, eta=eta, delta_stderr=delta_se
+        )
+        n_star[f"kinematic_m={float(m):.10g}"] = {
+            **_threshold_dict(k.threshold),
+            "m": float(m),
+            "eta": eta,
+            "n_center": int(k.n_center),
+            "n_upper": int(k.n_upper),
+            "lower_edge": float(k.lower_edge),
+            "upper_edge": float(k.upper_edge),
+            "monotone": bool(k.monotone),
+        }
+    return n_star
+
+
 def analyze_pool(
     experts: Sequence[str | Path],
     base: str | Path | None = None,
@@ -124,19 +206,41 @@ def analyze_pool(
     num_orders: int = 8,
     order: str = "given",
     step: int | None = None,
+    fmt: str | None = None,
+    operators: Sequence[str] = (),
+    density: float = 0.7,
+    coverage_kind: str = "hull",
+    utility_cost: float = 0.05,
+    kinematic_m: Sequence[float] | None = None,
+    eta: float = 0.05,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> PoolAnalysis:
-    """Analyze ``n`` experts (files or folders in any supported format) against ``base``.
+    r"""Analyze ``n`` experts (files or folders in any supported format) against ``base``.
+
+    Keys: ``key(seed)`` is split into (given order, random orders, permutations) for the
+    width curves; the coverage comparison uses ``fold_in(key(seed), 3)`` for its Gaussian
+    draws and ``fold_in(key(seed), 4)`` for stochastic operators (DARE's masks).
 
     Args:
       experts: the experts (PEFT adapter folders, HF model folders, safetensors, orbax,
         msgpack, npz); PEFT adapters need no base.
       base: the base model, subtracted from dense experts (omit for task vectors).
       seed: every random number derives from it (same inputs + seed: same numbers).
-      num_samples: Gaussian samples per width curve.
+      num_samples: Gaussian samples per width curve (and per coverage width).
       num_orders: random orders averaged for the order-free curves.
       order: ``"given"`` (input order) or ``"greedy"`` (marginal hull0 width gain).
       step: orbax ``CheckpointManager`` step.
+      fmt: force the format of every expert and the base (one of
+        :data:`mergetheory.io.pool.EXPERT_FORMATS`); ``None`` detects it per path.
+      operators: registered or plugin operators compared besides
+        :data:`~mergetheory.analysis.pool_coverage.COVERAGE_OPERATORS`.
+      density: the density given to every compared operator that takes one (0.7: the
+        released RHT code's value).
+      coverage_kind: ``"hull"`` or ``"hull0"`` for the coverage comparison.
+      utility_cost: the cost :math:`c` per expert of the utility :math:`n^\star`.
+      kinematic_m: dimensions :math:`m` of the loss-preserving subspace for the kinematic
+        :math:`n^\star` (default: see the module docstring).
+      eta: the ALMT failure probability of the kinematic :math:`n^\star`.
       progress: ``fn(stage, done, total)``.
 
     Returns:
@@ -144,25 +248,37 @@ def analyze_pool(
 
     Raises:
       CheckpointError: unreadable or mismatching inputs (naming the file);
-      ValueError: fewer than 3 experts, an unknown ``order``.
+      ValueError: fewer than 3 experts, an unknown ``order``, an unknown operator or one
+        that cannot act on one expert, a bad setting.
 
     Example:
       >>> res = analyze_pool(["ad0", "ad1", "ad2", "ad3"], seed=0, num_samples=2048)
       >>> res.n_star["gain_ratio_kappa=0.5"]["n_star"]
     """
+    import math
+
     import jax
 
     from .. import Span, nested_width
-    from ..io.pool import file_fingerprint, open_expert, stream_pool_statistics
+    from ..io.pool import TaskVectorTensors, file_fingerprint, open_expert, stream_pool_statistics
     from ..theory import concavity_verdict
-    from ..theory.threshold import threshold_gain_ratio, width_curve
 
     if order not in ("given", "greedy"):
         raise ValueError(f"order must be 'given' or 'greedy', got {order!r}")
     if len(experts) < 3:
         raise ValueError(f"a pool analysis needs at least 3 experts, got {len(experts)}")
-    opened = [open_expert(p, step=step) for p in experts]
-    base_opened = open_expert(base, step=step) if base is not None else None
+    if coverage_kind not in ("hull", "hull0"):
+        raise ValueError(f"coverage kind must be 'hull' or 'hull0', got {coverage_kind!r}")
+    if not (0.0 < density <= 1.0):
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    if not (math.isfinite(utility_cost) and utility_cost > 0):
+        raise ValueError(f"utility cost must be a finite number > 0, got {utility_cost}")
+    if not (0.0 < eta < 1.0):
+        raise ValueError(f"eta must be in (0, 1), got {eta}")
+    compared = list(dict.fromkeys([*COVERAGE_OPERATORS, *operators]))
+    op_hparams = {name: operator_hparams(name, density)[1] for name in compared}  # fail fast
+    opened = [open_expert(p, step=step, fmt=fmt) for p in experts]
+    base_opened = open_expert(base, step=step, fmt=fmt) if base is not None else None
     stats = stream_pool_statistics(opened, base_opened, progress=progress)
     gram = stats.gram
     n = gram.shape[0]
@@ -175,11 +291,12 @@ def analyze_pool(
         if order == "greedy"
         else np.arange(n)
     )
-    key_order, key_random, key_perm = jax.random.split(jax.random.key(seed), 3)
+    root = jax.random.key(seed)
+    key_order, key_random, key_perm = jax.random.split(root, 3)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key_perm)).tolist())
     perms = [rng.permutation(n) for _ in range(num_orders)]
     curves: dict[str, Any] = {}
-    hull0_order = None
+    order_estimates = {}
     total = len(CURVE_KINDS) * (1 + num_orders)
     done = 0
     for kind, quantity in CURVE_KINDS:
@@ -210,25 +327,36 @@ def analyze_pool(
                 "num_orders": len(perms),
             },
         }
-        if kind == "hull0":
-            hull0_order = est
-    status, details = concavity_verdict(hull0_order)
+        order_estimates[kind] = est
+    status, details = concavity_verdict(order_estimates["hull0"])
     concavity = {
         "verdict": Verdict.parse(status),
         "details": {k: float(v) for k, v in details.items()},
     }
-    n_star = {}
-    wc = width_curve(hull0_order)
-    for kappa in KAPPAS:
-        out = threshold_gain_ratio(wc, kappa=kappa)
-        n_star[f"gain_ratio_kappa={kappa}"] = {
-            "n_star": int(out.n_star),
-            "ci_low": int(out.ci_low),
-            "ci_high": int(out.ci_high),
-            "censored": bool(out.censored),
-            "unique": bool(out.unique),
-            "verdict": Verdict.parse(out.verdict),
-        }
+    n_star = _n_star(
+        order_estimates["hull0"],
+        order_estimates["cone"],
+        int(stats.num_params),
+        utility_cost=utility_cost,
+        kinematic_m=kinematic_m,
+        eta=eta,
+    )
+    tensors = TaskVectorTensors(opened, base_opened)
+    op_grams = per_expert_grams(
+        tensors, compared, jax.random.fold_in(root, 4), density=density, progress=progress
+    )
+    coverage = {
+        "kind": coverage_kind,
+        "density": density,
+        "operators": coverage_comparison(
+            jax.random.fold_in(root, 3),
+            gram,
+            op_grams,
+            num_samples=num_samples,
+            kind=coverage_kind,
+            hparams=op_hparams,
+        ),
+    }
     files = [f for e in [*opened, *([base_opened] if base_opened else [])] for f in e.files]
     fingerprints = {str(f): file_fingerprint(f) for f in sorted(set(files)) if Path(f).is_file()}
     config = {
@@ -237,7 +365,14 @@ def analyze_pool(
         "num_orders": num_orders,
         "order": order,
         "step": step,
+        "format": fmt,
         "kappas": list(KAPPAS),
+        "operators": compared,
+        "density": density,
+        "coverage_kind": coverage_kind,
+        "utility_cost": utility_cost,
+        "kinematic_m": None if kinematic_m is None else [float(m) for m in kinematic_m],
+        "eta": eta,
     }
     return PoolAnalysis(
         experts=[str(Path(p).absolute()) for p in experts],
@@ -255,4 +390,5 @@ def analyze_pool(
         curves=curves,
         concavity=concavity,
         n_star=n_star,
+        coverage=coverage,
     )

@@ -1,10 +1,10 @@
 """Write a :class:`~mergetheory.analysis.pool.PoolAnalysis` as a report folder.
 
 ``analysis.json`` (every number, the config, versions and input fingerprints),
-``analysis.md`` (a readable summary with verdicts) and figures ``width_curves.png`` /
-``.pdf`` and ``cosine.png`` / ``.pdf``. Every file is written atomically. matplotlib (the
-``experiments`` extra) is imported here only, when the figures are drawn; without it the
-JSON and Markdown are still written and the figures are reported missing.
+``analysis.md`` (a readable summary with verdicts) and figures ``width_curves``,
+``cosine`` and ``coverage`` (PNG + PDF). Every file is written atomically. matplotlib
+(the ``experiments`` extra) is imported here only, when the figures are drawn; without it
+the JSON and Markdown are still written and the figures are reported missing.
 """
 
 from __future__ import annotations
@@ -68,6 +68,20 @@ def _markdown(a: PoolAnalysis) -> str:
         )
     lines += [
         "",
+        "n* definitions: gain ratio (first n whose marginal hull0 gain is below kappa times "
+        f"the first), utility (argmax of log w_n - {a.config['utility_cost']:g} n), kinematic "
+        "(first n with delta(C_n) + m >= D - a_eta sqrt(D), eta = "
+        f"{a.config['eta']:g}; m, the dimension of the loss-preserving subspace, is not known "
+        "from checkpoints: "
+        + (
+            "given with --kinematic-m)."
+            if a.config["kinematic_m"]
+            else "by default m = D - a_eta sqrt(D) - q delta(C_N), q = 1/4, 1/2, 3/4, so n* is "
+            "the first n whose cone reaches that fraction of the pool's statistical dimension)."
+        ),
+    ]
+    lines += [
+        "",
         "## Geometry",
         "",
         f"- mean off-diagonal cosine: {a.cosine[off].mean():.4f}",
@@ -85,8 +99,34 @@ def _markdown(a: PoolAnalysis) -> str:
     for kind, c in a.curves.items():
         lines.append(f"| {kind} (order) | {_fmt(c['order']['mean'])} |")
         lines.append(f"| {kind} (random orders) | {_fmt(c['random_orders']['mean'])} |")
+    lines += _coverage_lines(a.coverage)
     lines += ["", "Every number, with standard errors, is in `analysis.json`.", ""]
     return "\n".join(lines)
+
+
+def _coverage_lines(cov: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"## Coverage at equal norm budget ({cov['kind']} of the experts, each operator "
+        f"acting on every expert alone; density {cov['density']:g} where taken)",
+        "",
+        "Coverage c = w / R (R: the largest norm in the set). The log width gain of an "
+        "operator's merged set splits into rescaling (its norm budget) and geometry (the gain "
+        "left at the experts' norm budget); standard errors are paired Monte Carlo ones.",
+        "",
+        "| operator | coverage before | coverage after | width at equal budget | "
+        "log-gain = rescaling + geometry | verdict (extends coverage?) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, ev in cov["operators"].items():
+        cb, ca, we = ev["coverage_before"], ev["coverage_after"], ev["equal_budget_width"]
+        lines.append(
+            f"| {name} | {cb[0]:.4f} +- {cb[1]:.2g} | {ca[0]:.4f} +- {ca[1]:.2g} | "
+            f"{we[0]:.4g} +- {we[1]:.2g} | {ev['log_total_gain']:+.4f} = "
+            f"{ev['log_rescale_gain']:+.4f} + ({ev['log_geometry_gain']:+.4f} +- "
+            f"{ev['log_geometry_gain_stderr']:.2g}) | {ev['verdict']} |"
+        )
+    return lines
 
 
 def _figures(a: PoolAnalysis, out: Path) -> list[Path]:
@@ -113,8 +153,32 @@ def _figures(a: PoolAnalysis, out: Path) -> list[Path]:
     fig.colorbar(im, ax=ax)
     ax.set_title("cosine")
     written += _save(fig, out / "cosine")
+    written += _coverage_figure(plt, a.coverage, out)
     plt.close("all")
     return written
+
+
+def _coverage_figure(plt: Any, cov: dict[str, Any], out: Path) -> list[Path]:
+    names = list(cov["operators"])
+    evs = [cov["operators"][k] for k in names]
+    x = np.arange(len(names))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    before = evs[0]["coverage_before"] if evs else (0.0, 0.0)
+    ax1.axhline(before[0], color="k", ls="--", lw=1, label="experts")
+    ax1.bar(x, [e["coverage_after"][0] for e in evs], yerr=[e["coverage_after"][1] for e in evs])
+    ax1.set_title("coverage w / R of the merged set")
+    ax1.legend(fontsize=7)
+    ax2.bar(
+        x,
+        [e["log_geometry_gain"] for e in evs],
+        yerr=[e["log_geometry_gain_stderr"] for e in evs],
+    )
+    ax2.axhline(0.0, color="k", lw=1)
+    ax2.set_title("log width gain at equal norm budget")
+    for ax in (ax1, ax2):
+        ax.set_xticks(x, names, rotation=30, fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "coverage")
 
 
 def _save(fig: Any, stem: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import CliError, one_line
+from .common import CliError, add_format_argument, one_line
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -34,6 +34,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-orders", type=int, default=8, help="random orders averaged")
     p.add_argument("--order", choices=("given", "greedy"), default="given")
     p.add_argument("--step", type=int, help="orbax CheckpointManager step (default: latest)")
+    add_format_argument(p)
+    p.add_argument(
+        "--operator",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add a registered or plugin operator to the RHT / TIES / DARE coverage "
+        "comparison (repeatable)",
+    )
+    p.add_argument(
+        "--density",
+        type=float,
+        default=0.7,
+        help="density of every compared operator that takes one (default 0.7)",
+    )
+    p.add_argument("--coverage-set", choices=("hull", "hull0"), default="hull")
+    p.add_argument(
+        "--utility-cost",
+        type=float,
+        default=0.05,
+        help="cost per expert of n* = argmax log w - c n",
+    )
+    p.add_argument(
+        "--kinematic-m",
+        type=float,
+        action="append",
+        metavar="M",
+        help="dimension of the loss-preserving subspace for the kinematic n* (repeatable; "
+        "default: three values, see analysis.md)",
+    )
+    p.add_argument("--eta", type=float, default=0.05, help="ALMT failure probability (kinematic)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -91,18 +122,28 @@ def run(args: argparse.Namespace) -> int:
             num_orders=args.num_orders,
             order=args.order,
             step=args.step,
+            fmt=args.format,
+            operators=args.operator,
+            density=args.density,
+            coverage_kind=args.coverage_set,
+            utility_cost=args.utility_cost,
+            kinematic_m=args.kinematic_m,
+            eta=args.eta,
             progress=_progress(args.quiet),
         )
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError) as exc:  # PluginError is a ValueError
         raise CliError(one_line(str(exc))) from None
     written, note = write_pool_report(analysis, out)
     if note:
         sys.stderr.write(f"mergetheory analyze: note: {one_line(note)} (json and md written)\n")
     verdict = analysis.concavity["verdict"]
     n_star = analysis.n_star["gain_ratio_kappa=0.5"]
+    cov = analysis.coverage["operators"]
+    best = max(cov, key=lambda k: cov[k]["equal_budget_width"][0])
     sys.stdout.write(
         f"analyzed {len(experts)} experts (D = {analysis.num_params}) -> {out}: "
         f"concavity {verdict.status}; n* (kappa=0.5) = {n_star['n_star']} "
-        f"[{n_star['ci_low']}, {n_star['ci_high']}]; {len(written)} files\n"
+        f"[{n_star['ci_low']}, {n_star['ci_high']}]; widest at equal norm budget: {best}; "
+        f"{len(written)} files\n"
     )
     return 0

@@ -6,9 +6,31 @@ import argparse
 from collections.abc import Callable
 from typing import NamedTuple, NoReturn
 
-__all__ = ["PROG", "CliError", "Parser", "Subcommand", "one_line"]
+__all__ = [
+    "INPUT_FORMATS",
+    "PROG",
+    "CliError",
+    "Parser",
+    "Subcommand",
+    "add_format_argument",
+    "one_line",
+]
 
 PROG = "mergetheory"
+
+INPUT_FORMATS = ("npz", "npy", "safetensors", "hf", "peft", "orbax", "msgpack")
+"""``--format`` values: :data:`mergetheory.io.pool.EXPERT_FORMATS` (kept JAX-free here)."""
+
+
+def add_format_argument(p: argparse.ArgumentParser) -> None:
+    """``--format``: force the input format of every input and the base."""
+    p.add_argument(
+        "--format",
+        choices=INPUT_FORMATS,
+        metavar="FORMAT",
+        help="force the format of every input and the base instead of detecting it: "
+        + ", ".join(INPUT_FORMATS),
+    )
 
 
 class CliError(Exception):

@@ -6,7 +6,8 @@ an orbax directory (a ``CheckpointManager`` root or step folder too: ``--step``)
 ``--base`` the inputs are full fine-tuned models and the task vectors are
 :math:`\theta_t - \theta_0`. The output is the merged task vector (or, with ``--base``,
 the merged model :math:`\theta_0 + \tau`) in the format its suffix names (``.npz``,
-``.safetensors``, ``.msgpack``), written atomically::
+``.safetensors``, ``.msgpack``; for orbax inputs a folder name without one of these
+suffixes is written as an orbax checkpoint, the inputs' format), atomically::
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import CliError, one_line
+from .common import CliError, add_format_argument, one_line
 
 __all__ = ["BUILTIN_OPERATOR_NAMES", "HELP", "add_arguments", "run"]
 
@@ -55,6 +56,7 @@ BUILTIN_OPERATOR_NAMES = (
     "magnitude_prune",
     "model_stock",
     "rht",
+    "rht_heavy_tailed",
     "task_arithmetic",
     "ties",
     "tsv_m",
@@ -96,6 +98,7 @@ OPERATOR_HPARAMS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "model_stock": (("cosine_average", "'cosines'"), ("granularity", "'tensor'")),
     "rht": (("density", "0.7"),),
+    "rht_heavy_tailed": (("nu", "3.0"), ("scale", "1.0")),
     "task_arithmetic": (("scale", "1.0"),),
     "ties": (
         ("density", "0.2"),
@@ -170,7 +173,8 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         metavar="OUT",
-        help="merged task vector (or model, with --base): .npz, .safetensors or .msgpack",
+        help="merged task vector (or model, with --base): .npz, .safetensors or .msgpack; "
+        "a folder for model folders, --config and PEFT adapters (an adapter folder)",
     )
     p.add_argument(
         "inputs",
@@ -182,6 +186,7 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         "--base", metavar="BASE", help="base model: inputs are then fine-tuned models, not deltas"
     )
     p.add_argument("--step", type=int, help="orbax CheckpointManager step (default: latest)")
+    add_format_argument(p)
     p.add_argument(
         "--config",
         metavar="MERGE.yml",
@@ -225,7 +230,9 @@ def _is_float(dtype: np.dtype) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
-def _load_expert(path: str, step: int | None = None) -> dict[str, np.ndarray]:
+def _load_expert(
+    path: str, step: int | None = None, fmt: str | None = None
+) -> dict[str, np.ndarray]:
     """One input as flat named arrays; every failure is a one-line :class:`CliError`."""
     from ..io import CheckpointError, flatten_tree, load_checkpoint
     from ..io.npz import load_npz
@@ -234,10 +241,14 @@ def _load_expert(path: str, step: int | None = None) -> dict[str, np.ndarray]:
     if not file.exists():
         raise CliError(f"{path}: no such file")
     try:
-        if file.is_file() and file.suffix not in (".safetensors", ".msgpack", ".npy"):
+        if (
+            fmt is None
+            and file.is_file()
+            and file.suffix not in (".safetensors", ".msgpack", ".npy")
+        ):
             arrays = load_npz(file, check_finite=False)
         else:
-            arrays = flatten_tree(load_checkpoint(file, check_finite=False, step=step))
+            arrays = flatten_tree(load_checkpoint(file, check_finite=False, step=step, fmt=fmt))
     except CheckpointError as exc:
         raise CliError(one_line(str(exc))) from None
     if not arrays:
@@ -280,11 +291,12 @@ def _stack_experts(
     base: dict[str, np.ndarray] | None = None,
     base_path: str = "",
     step: int | None = None,
+    fmt: str | None = None,
 ) -> dict[str, np.ndarray]:
     ref, ref_path = (base, base_path) if base is not None else (None, paths[0])
     stacked: dict[str, list[np.ndarray]] = {}
     for path in paths:
-        ex = _load_expert(path, step)
+        ex = _load_expert(path, step, fmt)
         if ref is None:
             ref = ex
         _check_same(ref, ex, path, ref_path)
@@ -295,19 +307,31 @@ def _stack_experts(
 
 def _is_model_folder(path: str) -> bool:
     p = Path(path)
-    names = ("config.json", "model.safetensors", "model.safetensors.index.json")
+    names = (
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "adapter_config.json",  # PEFT adapters: merged factor-wise into an adapter folder
+    )
     return bool(path) and p.is_dir() and any((p / n).is_file() for n in names)
 
 
-def _check_out(out: str) -> Path:
-    """``--out``: a known suffix, not a directory, in a writable place (before any merge)."""
+def _check_out(out: str, orbax: bool = False) -> Path:
+    """``--out``: a known suffix, not a directory, in a writable place (before any merge).
+
+    With orbax inputs (``orbax``), a name without a known suffix is a new orbax folder.
+    """
     path = Path(out)
-    if path.is_dir():
+    if orbax and path.suffix not in OUT_SUFFIXES:
+        if path.exists():
+            raise CliError(f"--out {out}: exists; an orbax output must be a new folder")
+    elif path.is_dir():
         raise CliError(f"--out {out}: is a directory, expected a file name")
-    if path.suffix not in OUT_SUFFIXES:
+    elif path.suffix not in OUT_SUFFIXES:
         raise CliError(
             f"--out {out}: unknown output format {path.suffix or '(no suffix)'!r}; "
             f"use one of {', '.join(OUT_SUFFIXES)}"
+            + (" (or a folder name, for orbax inputs)" if not orbax else "")
         )
     parent = path.absolute().parent
     while not parent.exists():
@@ -331,6 +355,13 @@ def _known_hparams(op_name: str) -> set[str]:
     return {p.name for p in params if p.kind == p.KEYWORD_ONLY}
 
 
+def _inf_ok(op_name: str, name: str, value: float) -> bool:
+    """``+inf`` is accepted where it is the operator's identity value (``nu`` of heavy tails)."""
+    from ..merge import get_operator
+
+    return value == math.inf and get_operator(op_name).identity_hparams.get(name) == math.inf
+
+
 def _check_hparams(op_name: str, hparams: dict[str, Any]) -> None:
     known = _known_hparams(op_name) | {"weights"}
     for name, value in hparams.items():
@@ -339,7 +370,11 @@ def _check_hparams(op_name: str, hparams: dict[str, Any]) -> None:
             raise CliError(
                 f"operator {op_name!r} has no hyperparameter {name!r} (it takes: {listed})"
             )
-        if isinstance(value, float) and not math.isfinite(value):
+        if (
+            isinstance(value, float)
+            and not math.isfinite(value)
+            and not _inf_ok(op_name, name, value)
+        ):
             raise CliError(f"hyperparameter {name}={value} is not a finite number")
 
 
@@ -347,7 +382,11 @@ def _write_out(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from ..io import save_msgpack, save_safetensors, unflatten_tree
     from ..io.npz import save_npz
 
-    if path.suffix == ".safetensors":
+    if path.suffix not in OUT_SUFFIXES:  # orbax inputs, a folder name: orbax output
+        from ..io import save_orbax
+
+        save_orbax(path, unflatten_tree(arrays))
+    elif path.suffix == ".safetensors":
         save_safetensors(path, arrays)
     elif path.suffix == ".msgpack":
         save_msgpack(path, unflatten_tree(arrays))
@@ -364,16 +403,19 @@ def _run_merge(args: argparse.Namespace) -> int:
     from ..merge import PluginError, get_operator
     from .merge_models import merge_models
 
-    if args.config or any(_is_model_folder(p) for p in [*args.inputs, args.base or ""]):
+    folders = args.format in ("hf", "peft")
+    if args.config or folders or any(_is_model_folder(p) for p in [*args.inputs, args.base or ""]):
         return merge_models(args, _check_hparams)
     if args.operator is None or not args.inputs:
         raise CliError("give --operator and at least one input (or --config)")
-    out_path = _check_out(args.out)
+    paths = [*args.inputs, *([args.base] if args.base else [])]
+    orbax = args.format == "orbax" or (args.format is None and all(Path(p).is_dir() for p in paths))
+    out_path = _check_out(args.out, orbax=orbax)
     try:
         op = get_operator(args.operator)
     except PluginError as exc:  # a broken installed plugin
         raise CliError(one_line(exc)) from None
-    stacked = _stack_experts(args.inputs)
+    stacked = _stack_experts(args.inputs, fmt=args.format)
     num = len(args.inputs)
     hparams: dict[str, Any] = dict(op.default_hparams)
     for name in ("density", "scale", "temperature"):
@@ -395,8 +437,8 @@ def _run_merge(args: argparse.Namespace) -> int:
             raise CliError(f"operator {args.operator!r} needs --{need.replace('_', '-')}")
     if "weights" in hparams and not op.has_weights:
         raise CliError(f"operator {args.operator!r} takes no weights")
-    base = _load_expert(args.base, args.step) if args.base else None
-    stacked = _stack_experts(args.inputs, base, args.base or "", args.step)
+    base = _load_expert(args.base, args.step, args.format) if args.base else None
+    stacked = _stack_experts(args.inputs, base, args.base or "", args.step, args.format)
     tv = {k: jnp.asarray(v) for k, v in stacked.items()}
     try:
         merged = op.fn(tv, jax.random.key(args.seed), **hparams)

@@ -12,7 +12,8 @@ copied from the base). The dtype is the base's unless ``--dtype`` / the config's
 
 :data:`MERGEKIT_METHODS` is the one table of which mergekit ``merge_method`` maps to which
 registry operator and hyperparameters (``docs/mergekit.md`` explains it); anything else is
-refused with the list of supported methods.
+refused with the list of supported methods. PEFT adapter inputs are merged factor-wise
+into an adapter folder (:mod:`.merge_peft`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .common import CliError, one_line
+from .merge_peft import merge_peft_adapters
 
 __all__ = ["MERGEKIT_METHODS", "MERGEKIT_OPTIONS", "merge_models"]
 
@@ -113,7 +115,7 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
     from ..io import CheckpointError
     from ..io.atomic import atomic_write_dir
     from ..io.mergekit import load_mergekit_config
-    from ..io.pool import DenseExpert, check_same_tensors, open_expert
+    from ..io.pool import DenseExpert, LoraExpert, check_same_tensors, open_expert
     from ..io.safetensors import SafetensorsWriter
     from ..merge import get_operator
 
@@ -130,7 +132,9 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
             dtype = dtype or cfg_dtype
         if op_name is None:
             raise CliError("give --operator (or --config with a merge_method)")
-        if base is None:
+        opened = [open_expert(p, step=args.step, fmt=args.format) for p in experts]
+        peft = any(isinstance(e, LoraExpert) for e in opened)
+        if base is None and not peft:
             raise CliError("merging model folders needs --base (or base_model in --config)")
         op = get_operator(op_name)
         hparams = {**op.default_hparams, **hparams}
@@ -143,10 +147,14 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
             if len(weights) != len(experts) or not all(math.isfinite(w) for w in weights):
                 raise CliError(f"weights {weights}: need {len(experts)} finite values")
             hparams["weights"] = jnp.asarray(weights, jnp.float64)
-        theta0 = open_expert(base, step=args.step)
-        opened = [open_expert(p, step=args.step) for p in experts]
+        for need in op.needs:
+            if need not in hparams:
+                raise CliError(f"operator {op_name!r} needs --{need.replace('_', '-')}")
+        if peft:
+            return merge_peft_adapters(args, op_name, op, hparams, opened, base, dtype)
+        theta0 = open_expert(base, step=args.step, fmt=args.format)
         if not all(isinstance(e, DenseExpert) for e in [theta0, *opened]):
-            raise CliError("merging PEFT adapters is not supported yet (analyze them instead)")
+            raise CliError("the pool mixes PEFT adapters and dense models")
         for ex in opened:
             check_same_tensors(theta0, ex)
     except CheckpointError as exc:

@@ -24,16 +24,21 @@ from ..tree import leaf_paths
 from .common import CheckpointError, check_finite_checkpoint
 from .flat import strip_variable_wrappers, unflatten_tree
 from .msgpack import load_msgpack
-from .npz import load_npz
+from .npz import load_npy, load_npz
 from .orbax import load_orbax
 from .safetensors import load_safetensors
 
 __all__ = [
+    "CHECKPOINT_FORMATS",
     "check_floating",
     "load_checkpoint",
     "task_vectors_from_checkpoints",
     "validate_lineage",
 ]
+
+
+CHECKPOINT_FORMATS = ("npz", "npy", "safetensors", "msgpack", "orbax")
+"""The formats :func:`load_checkpoint` reads (``fmt=`` forces one, whatever the path)."""
 
 
 def check_floating(tree: Any, source: str) -> None:
@@ -53,23 +58,30 @@ def check_floating(tree: Any, source: str) -> None:
             )
 
 
-def load_checkpoint(source: Any, *, check_finite: bool = True, step: int | None = None) -> Any:
-    """Load a checkpoint of any supported format, chosen from the path.
+def load_checkpoint(
+    source: Any, *, check_finite: bool = True, step: int | None = None, fmt: str | None = None
+) -> Any:
+    """Load a checkpoint of any supported format, chosen from the path (or forced: ``fmt``).
 
     * a directory -> orbax (an item, a ``CheckpointManager`` root or step folder; ``step``
       picks the manager step, default the latest);
     * ``*.msgpack`` -> flax msgpack;
     * ``*.safetensors`` -> safetensors, unflattened on ``"."`` into nested dicts;
     * ``*.npz`` -> named arrays, unflattened on ``"."``;
+    * ``*.npy`` only with ``fmt="npy"``: one array, named ``"array"``;
     * anything that is not a path (a pytree already in memory) is returned as is (after
       the finiteness check).
+
+    ``fmt`` (one of :data:`CHECKPOINT_FORMATS`) reads the path in that format whatever its
+    suffix (an orbax checkpoint must be a directory, the others files).
 
     Flax variable wrappers (``{"value": array}`` of a saved ``nnx.State``) are removed
     (:func:`~mergetheory.io.flat.strip_variable_wrappers`), so an orbax ``nnx.State`` and
     a msgpack pure dict of one model load alike.
 
     Raises:
-      CheckpointError: missing file, unknown extension, corrupt file, non-finite values.
+      CheckpointError: missing file, unknown extension or ``fmt``, a file where a directory
+        is needed (or the reverse), corrupt file, non-finite values.
     """
     if not isinstance(source, str | os.PathLike):
         if check_finite:
@@ -78,23 +90,37 @@ def load_checkpoint(source: Any, *, check_finite: bool = True, step: int | None 
     path = Path(source).absolute()
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_dir():
+    if fmt is None:
+        fmt = _detect(path)
+    elif fmt not in CHECKPOINT_FORMATS:
+        raise CheckpointError(
+            f"{path}: unknown format {fmt!r}; expected one of {', '.join(CHECKPOINT_FORMATS)}"
+        )
+    if (fmt == "orbax") != path.is_dir():
+        want = "a directory" if fmt == "orbax" else "a file"
+        raise CheckpointError(f"{path}: format {fmt} expects {want}")
+    if fmt == "orbax":
         return strip_variable_wrappers(load_orbax(path, check_finite=check_finite, step=step))
-    if path.suffix == ".msgpack":
+    if fmt == "msgpack":
         return strip_variable_wrappers(load_msgpack(path, check_finite=check_finite))
-    if path.suffix == ".safetensors":
-        flat = load_safetensors(path, check_finite=check_finite)
-        return strip_variable_wrappers(unflatten_tree(flat))
-    if path.suffix == ".npz":
-        return strip_variable_wrappers(unflatten_tree(load_npz(path, check_finite=check_finite)))
+    load = {"safetensors": load_safetensors, "npz": load_npz, "npy": load_npy}[fmt]
+    return strip_variable_wrappers(unflatten_tree(load(path, check_finite=check_finite)))
+
+
+def _detect(path: Path) -> str:
+    if path.is_dir():
+        return "orbax"
+    if path.suffix in (".msgpack", ".safetensors", ".npz"):
+        return path.suffix[1:]
     if path.suffix == ".npy":
         raise CheckpointError(
             f"{path}: a single .npy array is not a checkpoint of named arrays "
-            "(use .npz, .safetensors, .msgpack or an orbax directory)"
+            "(use .npz, .safetensors, .msgpack or an orbax directory, or force the npy "
+            "format: --format npy reads it as one array)"
         )
     raise CheckpointError(
         f"unknown checkpoint format for {path}: expected an orbax directory, "
-        "a .msgpack, .safetensors or .npz file"
+        "a .msgpack, .safetensors or .npz file (or force one with --format)"
     )
 
 

@@ -16,11 +16,38 @@ import numpy as np
 from .atomic import atomic_write
 from .common import CheckpointError, PathLike, check_finite_checkpoint, require_exists
 
-__all__ = ["load_npz", "save_npz"]
+__all__ = ["NPY_ARRAY_NAME", "load_npy", "load_npz", "save_npz"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 _NPY_MAGIC = b"\x93NUMPY"
+
+NPY_ARRAY_NAME = "array"
+"""The name of the one array of a ``.npy`` expert read with ``--format npy``."""
+
+
+def load_npy(path: PathLike, *, check_finite: bool = True) -> dict[str, np.ndarray]:
+    """Read a single ``.npy`` array as ``{NPY_ARRAY_NAME: array}`` (one expert, one tensor).
+
+    Raises:
+      CheckpointError: missing file, a directory, not an ``.npy`` file, object arrays,
+        non-finite values.
+    """
+    path = Path(path).absolute()
+    require_exists(path, kind=".npy file", is_dir=False)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith(_NPY_MAGIC):
+        raise CheckpointError(f"{path}: cannot read as .npy (no NUMPY header)")
+    try:
+        flat = {NPY_ARRAY_NAME: np.asarray(np.load(path, allow_pickle=False))}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise CheckpointError(f"{path}: holds an object (pickled) array; refused") from None
+        raise CheckpointError(f"{path}: cannot read as .npy (corrupt: {e})") from e
+    if check_finite:
+        check_finite_checkpoint(flat, path)
+    return flat
 
 
 def load_npz(path: PathLike, *, check_finite: bool = True) -> dict[str, np.ndarray]:

@@ -11,8 +11,9 @@ r"""A pool of experts on disk, read one tensor at a time, and the streaming Gram
 * anything else :func:`~mergetheory.io.checkpoints.load_checkpoint` reads (orbax,
   msgpack, npz): loaded whole, then served tensor by tensor.
 
-:func:`stream_pool_statistics` makes one pass over the tensor names, holding the ``n``
-experts' (and the base's) copy of ONE tensor at a time, and accumulates the Gram matrix
+:class:`TaskVectorTensors` serves the pool's task vectors one stacked tensor at a time;
+:func:`stream_pool_statistics` makes one pass over them, holding the ``n`` experts' (and
+the base's) copy of ONE tensor at a time, and accumulates the Gram matrix
 :math:`G = \sum_{\text{tensors}} X X^\top` of the task vectors, the opposite-sign counts
 :math:`C_{ij} = \#\{k : \tau_{ik}\tau_{jk} < 0\}` (from :math:`S = \mathrm{sign}(X)`:
 :math:`C = (|S||S|^\top - S S^\top)/2`) and the number of coordinates; LoRA pools get
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,11 +40,13 @@ from .peft import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, load_peft_adapter, stack_
 from .safetensors import SafetensorsReader
 
 __all__ = [
+    "EXPERT_FORMATS",
     "HF_INDEX_NAME",
     "HF_WEIGHTS_NAME",
     "DenseExpert",
     "LoraExpert",
     "PoolStatistics",
+    "TaskVectorTensors",
     "check_same_tensors",
     "file_fingerprint",
     "open_expert",
@@ -117,23 +120,52 @@ def _sharded(path: Path) -> dict[str, SafetensorsReader]:
     return readers
 
 
-def open_expert(path: PathLike, *, step: int | None = None) -> DenseExpert | LoraExpert:
+EXPERT_FORMATS = ("npz", "npy", "safetensors", "hf", "peft", "orbax", "msgpack")
+"""The formats :func:`open_expert` reads (``fmt=`` / ``--format`` forces one)."""
+
+
+def open_expert(
+    path: PathLike, *, step: int | None = None, fmt: str | None = None
+) -> DenseExpert | LoraExpert:
     """Open one expert (or base) without reading its weights; the format from the path.
 
+    Args:
+      path: a file or folder.
+      step: orbax ``CheckpointManager`` step (default the latest).
+      fmt: one of :data:`EXPERT_FORMATS` to force the format (``"hf"``: a model folder,
+        ``"peft"``: an adapter folder, ``"safetensors"``: a file of any suffix or a model
+        folder, the rest as :func:`~mergetheory.io.checkpoints.load_checkpoint`);
+        ``None`` detects it.
+
     Raises:
-      CheckpointError: missing / corrupt files (naming the file).
+      CheckpointError: missing / corrupt files, an unknown ``fmt``, a path that is not of
+        the forced format (naming the file).
     """
     path = Path(path).absolute()
     require_exists(path, kind="expert", is_dir=None)
-    if path.is_dir() and (path / PEFT_CONFIG_NAME).is_file():
+    if fmt is not None and fmt not in EXPERT_FORMATS:
+        raise CheckpointError(
+            f"{path}: unknown format {fmt!r}; expected one of {', '.join(EXPERT_FORMATS)}"
+        )
+    folder = path.is_dir()
+    if fmt == "hf" and not folder:
+        raise CheckpointError(f"{path}: format hf expects a model folder")
+    if fmt == "peft" or (fmt is None and folder and (path / PEFT_CONFIG_NAME).is_file()):
+        if not (folder and (path / PEFT_CONFIG_NAME).is_file()):
+            raise CheckpointError(f"{path}: format peft expects a folder with {PEFT_CONFIG_NAME}")
         return LoraExpert(path, [path / PEFT_CONFIG_NAME, path / PEFT_WEIGHTS_NAME])
-    if path.is_dir() and (path / HF_INDEX_NAME).is_file():
-        return DenseExpert(path, _sharded(path))
-    single = path / HF_WEIGHTS_NAME if path.is_dir() else path
-    if single.suffix == ".safetensors" and single.is_file():
-        reader = SafetensorsReader(single)
-        return DenseExpert(path, dict.fromkeys(reader.names, reader))
-    arrays = flatten_tree(load_checkpoint(path, check_finite=False, step=step))
+    if fmt in (None, "hf", "safetensors"):
+        if folder and (path / HF_INDEX_NAME).is_file():
+            return DenseExpert(path, _sharded(path))
+        single = path / HF_WEIGHTS_NAME if folder else path
+        if single.is_file() and (single.suffix == ".safetensors" or fmt is not None):
+            reader = SafetensorsReader(single)
+            return DenseExpert(path, dict.fromkeys(reader.names, reader))
+        if fmt is not None:
+            raise CheckpointError(
+                f"{path}: format {fmt} expects a folder with {HF_WEIGHTS_NAME} or {HF_INDEX_NAME}"
+            )
+    arrays = flatten_tree(load_checkpoint(path, check_finite=False, step=step, fmt=fmt))
     return DenseExpert(path, None, arrays)
 
 
@@ -178,6 +210,64 @@ def check_same_tensors(ref: DenseExpert, ex: DenseExpert) -> None:
             raise CheckpointError(f"{ex.path}: tensor {name!r} has dtype {ex.dtype(name)}")
 
 
+class TaskVectorTensors:
+    r"""The pool's task vectors, one stacked tensor ``[n, ...]`` (float64) at a time.
+
+    Iterating yields ``(name, x)``: for dense experts ``x`` is :math:`\theta_t - \theta_0`
+    of one tensor name (``n`` + 1 copies of that tensor in memory); for PEFT adapters it is
+    one module's dense update :math:`s B A` per adapter (adapters are small: their factors
+    are loaded whole and stacked, :attr:`factors`).
+
+    Attributes:
+      factored: the pool is PEFT adapters.
+      factors: the stacked :class:`~mergetheory.lora.LoraFactors` (``None`` for dense pools).
+      names: the tensor (dense) or module (PEFT) names, in iteration order.
+
+    Raises:
+      CheckpointError: an empty pool, mixed kinds, a base with PEFT adapters, names / shapes
+        that differ, non-floating tensors; NaN / Inf (when iterating, naming the tensor).
+    """
+
+    def __init__(
+        self, experts: Sequence[DenseExpert | LoraExpert], base: DenseExpert | None = None
+    ):
+        if len(experts) == 0:
+            raise CheckpointError("the pool has no experts")
+        lora = [isinstance(e, LoraExpert) for e in experts]
+        if any(lora) and not all(lora):
+            raise CheckpointError("the pool mixes PEFT adapters and dense models")
+        self.experts, self.base, self.factored = list(experts), base, all(lora)
+        self.factors = None
+        if self.factored:
+            if base is not None:
+                raise CheckpointError(f"{base.path}: PEFT adapters are deltas; drop --base")
+            self.factors = stack_peft_adapters([load_peft_adapter(e.path) for e in experts])
+            flat = jtu.tree_flatten_with_path(self.factors, is_leaf=is_lora_factors)[0]
+            self._modules = [(jtu.keystr(tuple(p)), f) for p, f in flat]
+            self.names = [name for name, _ in self._modules]
+            return
+        ref = base if base is not None else experts[0]
+        for ex in experts if base is None else [base, *experts]:
+            check_same_tensors(ref, ex)
+        self.names = list(ref.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self.factored:
+            for name, f in self._modules:
+                b, a = np.asarray(f.B, np.float64), np.asarray(f.A, np.float64)
+                yield name, np.asarray(f.scaling, np.float64)[:, None, None] * (b @ a)
+            return
+        for name in self.names:
+            theta0 = self.base.get(name).astype(np.float64) if self.base is not None else 0.0
+            x = np.stack([e.get(name).astype(np.float64) - theta0 for e in self.experts])
+            if not np.all(np.isfinite(x)):
+                raise CheckpointError(f"tensor {name!r}: NaN / Inf in the pool's task vectors")
+            yield name, x
+
+
 def stream_pool_statistics(
     experts: Sequence[DenseExpert | LoraExpert],
     base: DenseExpert | None = None,
@@ -187,7 +277,8 @@ def stream_pool_statistics(
     r"""One pass over the pool: Gram, opposite-sign counts and ``D`` of :math:`\tau_t`.
 
     Dense experts are read one tensor name at a time (``n`` + 1 copies of one tensor in
-    memory); ``base`` is subtracted when given. LoRA adapters are deltas already.
+    memory, :class:`TaskVectorTensors`); ``base`` is subtracted when given. LoRA adapters
+    are deltas already; their Gram comes from the factors.
 
     Args:
       experts: from :func:`open_expert`, all dense or all LoRA.
@@ -199,42 +290,20 @@ def stream_pool_statistics(
     """
     from ..lora import lora_gram_matrix
 
+    tensors = TaskVectorTensors(experts, base)
     n = len(experts)
-    if n == 0:
-        raise CheckpointError("the pool has no experts")
     gram = np.zeros((n, n))
     opp = np.zeros((n, n))
-    lora = [isinstance(e, LoraExpert) for e in experts]
-    if any(lora) and not all(lora):
-        raise CheckpointError("the pool mixes PEFT adapters and dense models")
-    if all(lora):
-        if base is not None:
-            raise CheckpointError(f"{base.path}: PEFT adapters are deltas; drop --base")
-        stacked = stack_peft_adapters([load_peft_adapter(e.path) for e in experts])
-        # float64 accumulation (under x64) whatever the adapters' dtype (bf16 usually)
-        wide = jtu.tree_map(lambda x: np.asarray(x, np.float64), stacked)
-        gram = np.asarray(lora_gram_matrix(wide), np.float64)
-        modules = jtu.tree_leaves(stacked, is_leaf=is_lora_factors)
-        size = 0
-        for i, f in enumerate(modules):
-            b, a = np.asarray(f.B, np.float64), np.asarray(f.A, np.float64)
-            dense = np.asarray(f.scaling, np.float64)[:, None, None] * (b @ a)
-            _accumulate(dense, np.zeros((n, n)), opp)
-            size += dense[0].size
-            if progress:
-                progress("modules", i + 1, len(modules))
-        return PoolStatistics(gram, opp, size, True)
-    ref = base if base is not None else experts[0]
-    for ex in experts if base is None else [base, *experts]:
-        check_same_tensors(ref, ex)
+    stage = "modules" if tensors.factored else "tensors"
     size = 0
-    for i, name in enumerate(ref.names):
-        theta0 = base.get(name).astype(np.float64) if base is not None else 0.0
-        x = np.stack([e.get(name).astype(np.float64) - theta0 for e in experts])
-        if not np.all(np.isfinite(x)):
-            raise CheckpointError(f"tensor {name!r}: NaN / Inf in the pool's task vectors")
-        _accumulate(x, gram, opp)
+    for i, (_, x) in enumerate(tensors):
+        # LoRA: sign counts only (the Gram comes from the factors below)
+        _accumulate(x, np.zeros((n, n)) if tensors.factored else gram, opp)
         size += x[0].size
         if progress:
-            progress("tensors", i + 1, len(ref.names))
-    return PoolStatistics(gram, opp, size, False)
+            progress(stage, i + 1, len(tensors))
+    if tensors.factored:
+        # float64 accumulation (under x64) whatever the adapters' dtype (bf16 usually)
+        wide = jtu.tree_map(lambda x: np.asarray(x, np.float64), tensors.factors)
+        gram = np.asarray(lora_gram_matrix(wide), np.float64)
+    return PoolStatistics(gram, opp, size, tensors.factored)

@@ -17,7 +17,8 @@ any operator's claims.
 
 Modules: :mod:`.linear` (average, Task Arithmetic, base-knowledge weighting),
 :mod:`.ties` (TIES, magnitude pruning), :mod:`.dare` (DARE-linear, DARE-TIES),
-:mod:`.rht` (the code-level RHT of arXiv 2505.21226), :mod:`.lora` (factor-wise vs
+:mod:`.rht` (the code-level RHT of arXiv 2505.21226), :mod:`.heavy_tailed` (its
+parametric heavy-tailed form, a hypothesis), :mod:`.lora` (factor-wise vs
 product-wise LoRA merging), :mod:`.tsv` and :mod:`.iso` (SVD-based, helpers in
 :mod:`.svd`), :mod:`.breadcrumbs`, :mod:`.emr`, :mod:`.model_stock`, :mod:`.knots`.
 Building blocks: :mod:`.primitives` (trim, DARE drop, sign election, disjoint
@@ -41,6 +42,8 @@ from .emr import EMROutput as EMROutput
 from .emr import emr as emr
 from .emr import emr_merge as emr_merge
 from .emr import emr_task_update as emr_task_update
+from .heavy_tailed import heavy_tailed_reparameterize as heavy_tailed_reparameterize
+from .heavy_tailed import rht_heavy_tailed as rht_heavy_tailed
 from .iso import iso_c as iso_c
 from .iso import iso_cts as iso_cts
 from .iso import iso_cts_factors as iso_cts_factors
@@ -153,6 +156,15 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
         continuous_hparams=("density",),
         description="code-level RHT of arXiv 2505.21226: top-k / density, unweighted "
         "election, weighted sum over agreeing count",
+    ),
+    "rht_heavy_tailed": MergeOperator(
+        fn=rht_heavy_tailed,
+        stochastic=True,
+        default_hparams={"nu": 3.0, "scale": 1.0},
+        identity_hparams={"nu": float("inf"), "scale": 1.0},
+        continuous_hparams=("nu", "scale"),
+        description="parametric heavy-tailed RHT (hypothesis): Student-t(nu) scale mixing "
+        "of each expert at its norm, then the weighted average",
     ),
     "base_knowledge_weighted": MergeOperator(
         fn=base_knowledge_weighted,
@@ -283,6 +295,7 @@ __all__ = [
     "emr",
     "emr_merge",
     "emr_task_update",
+    "heavy_tailed_reparameterize",
     "iso_c",
     "iso_cts",
     "iso_cts_factors",
@@ -304,6 +317,7 @@ __all__ = [
     "prune_by_threshold",
     "rht",
     "rht_array",
+    "rht_heavy_tailed",
     "sign_of_score",
     "task_arithmetic",
     "task_parts",

@@ -88,7 +88,13 @@ from scipy import integrate, special
 
 from .._types import Key, TaskVectors
 from ..geometry import SET_KINDS
-from ..merge import dare_keep_masks, dare_rescale, num_kept, trim_top_k
+from ..merge import (
+    dare_keep_masks,
+    dare_rescale,
+    heavy_tailed_reparameterize,
+    num_kept,
+    trim_top_k,
+)
 from ..tree import validate_task_vectors
 from ..verdict import FAILS, HOLDS, Verdict
 from ..width import paired_paths
@@ -205,52 +211,6 @@ def dare_reparameterize(task_vectors: TaskVectors, key: Key, *, density: Any) ->
       The reparameterized task vectors.
     """
     return _dare_core(task_vectors, key, jnp.asarray(density))
-
-
-@jax.jit
-def _heavy_core(task_vectors, key, nu):
-    leaves, treedef = jtu.tree_flatten(task_vectors)
-    dtype = jnp.result_type(*leaves)
-    sizes = [x.size for x in leaves]
-    nu_x = nu.astype(dtype)
-    finite = jnp.isfinite(nu_x)
-    half = jnp.where(finite, nu_x / 2.0, jnp.ones((), dtype))
-    # one gamma draw for all leaves (XLA:CPU compiles every RNG call separately)
-    chi2 = 2.0 * jr.gamma(key, half, (sum(sizes),), dtype)
-    scale = jnp.where(finite, jnp.sqrt(jnp.where(finite, nu_x, 1.0) / chi2), 1.0)
-    offsets = np.cumsum([0, *sizes])
-    mixed = [
-        x * scale[offsets[i] : offsets[i + 1]].reshape(x.shape).astype(x.dtype)
-        for i, x in enumerate(leaves)
-    ]
-
-    def sq_norms(ls):
-        return sum(jnp.sum(y * y, axis=tuple(range(1, y.ndim))) for y in ls)
-
-    before, after = sq_norms(leaves), sq_norms(mixed)
-    ratio = jnp.where(after > 0, jnp.sqrt(before / jnp.where(after > 0, after, 1.0)), 0.0)
-    out = [y * ratio.reshape((-1,) + (1,) * (y.ndim - 1)).astype(y.dtype) for y in mixed]
-    return jtu.tree_unflatten(treedef, out)
-
-
-def heavy_tailed_reparameterize(task_vectors: TaskVectors, key: Key, *, nu: Any) -> TaskVectors:
-    r"""Student-t scale mixing :math:`\tilde\tau_{ip} \propto \tau_{ip} s_{ip}` (RHT hypothesis).
-
-    :math:`s_{ip} = \sqrt{\nu/X_{ip}}`, :math:`X_{ip} \sim \chi^2_\nu` i.i.d. over experts
-    and coordinates (one draw from ``key`` over all leaves, flattened in tree order); then
-    expert ``i`` is rescaled to its original whole-tree norm, so norms are unchanged and
-    only the geometry moves.
-    Gaussian entries become Student-:math:`t_\nu`. ``nu = inf`` is the identity.
-
-    Args:
-      task_vectors: pytree of ``[T, ...]`` leaves.
-      key: PRNG key.
-      nu: tail index :math:`\nu > 0` (``inf`` allowed; may be traced).
-
-    Returns:
-      The reparameterized task vectors (per-expert norms preserved).
-    """
-    return _heavy_core(task_vectors, key, jnp.asarray(nu))
 
 
 REPARAMETERIZATIONS: dict[str, tuple[Callable[..., Any], str]] = {
