@@ -15,6 +15,7 @@ from mergetheory.models.zoo import (
     base_loss_fn,
     build_zoo,
     evaluate,
+    evaluate_deltas,
     evaluate_stack,
     lora_dense_updates,
     params_from_delta,
@@ -193,6 +194,17 @@ def test_evaluate_base_is_base_metric_and_traces_once(zoos, modality):
     for m in range(3):
         one = evaluate(zoo, jax.tree.map(lambda x, m=m: x[m], stacked))
         np.testing.assert_allclose(many[m], one, rtol=1e-5)
+    # a second call with new values of the same shapes compiles nothing
+    again, traces = count_traces(
+        evaluate_stack, zoo, jax.tree.map(lambda x: x[::-1], stacked), batch_size=2
+    )
+    assert traces == 0
+    np.testing.assert_allclose(again, many[::-1], rtol=1e-5)
+    # base + delta inside the program: the first three experts themselves
+    deltas = jax.tree.map(lambda t: t[:3], zoo.full_task_vectors)
+    np.testing.assert_allclose(evaluate_deltas(zoo, deltas, batch_size=2), many, rtol=1e-5)
+    with pytest.raises(ValueError, match="leading"):
+        evaluate_deltas(zoo, {"w": jnp.zeros(3), "b": jnp.zeros(2)})
 
 
 def test_bits_per_byte_by_hand():
