@@ -13,8 +13,8 @@ Every expert exists twice, as a full fine-tune (task vector
 :math:`\tau_t = \theta_t - \theta_0`) and as a LoRA adapter on the 2-D kernels (PEFT
 convention, :mod:`.lora_train`): ``B [T, d_out, r]``, ``A [T, r, d_in]``, scaling
 :math:`\alpha / r`. Flax kernels are ``[d_in, d_out]``, so the LoRA update of kernel ``W``
-is :math:`s\,(B A)^\top`: :func:`lora_dense_updates` returns it in the kernel's layout,
-while a ``{path: update}`` dict given to :func:`params_from_delta` is read in PEFT's
+is :math:`s\,(B A)^\top`: :func:`.zoo_eval.lora_dense_updates` returns it in the kernel's layout,
+while a ``{path: update}`` dict given to :func:`.zoo_eval.params_from_delta` is read in PEFT's
 ``[d_out, d_in]`` layout (the layout of ``s B A`` from :func:`mergetheory.lora.densify` or
 :func:`mergetheory.merge.lora.lora_delta`).
 
@@ -23,12 +23,15 @@ experts in one ``vmap``, then all LoRA experts in one ``vmap``; Adam; step ``i``
 run samples with ``fold_in(key, i)``). :func:`build_zoo` caches the result with orbax
 (:func:`mergetheory.io.save_orbax`) under ``cache_dir/<fingerprint>/``, where the
 fingerprint (:func:`zoo_fingerprint`) hashes the spec, the data (file list and contents, or
-the digits arrays), the source of the zoo modules and the x64 flag.
+the digits arrays), the source of the modules that decide the trained weights and the x64
+flag. Scoring models and building them from deltas live in :mod:`.zoo_eval`, outside the
+fingerprint.
 
 Example:
+  >>> from mergetheory.models.zoo_eval import evaluate_deltas
   >>> zoo = build_zoo(zoo_spec("vision", "tiny"), cache_dir="results/zoo")
-  >>> merged = jax.tree.map(lambda b, t: b + t.mean(0), zoo.base_params, zoo.full_task_vectors)
-  >>> evaluate(zoo, merged)            # [T] accuracies on every task's test split
+  >>> merged = jax.tree.map(lambda t: t.mean(0, keepdims=True), zoo.full_task_vectors)
+  >>> evaluate_deltas(zoo, merged)     # [1, T] accuracies on every task's test split
 
 Reference: Ilharco et al., "Editing Models with Task Arithmetic" (``ilharco2023editing``
 in ``paper/refs.bib``); Hu et al., LoRA (``hu2022lora``).
@@ -67,13 +70,7 @@ from .zoo_train import (
 __all__ = [
     "ExpertZoo",
     "ZooSpec",
-    "base_loss_fn",
     "build_zoo",
-    "evaluate",
-    "evaluate_deltas",
-    "evaluate_stack",
-    "lora_dense_updates",
-    "params_from_delta",
     "train_config",
     "zoo_data",
     "zoo_fingerprint",
@@ -532,13 +529,3 @@ def build_zoo(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _assemble(spec, trees, meta)
-
-
-# evaluation and deltas live in .zoo_eval (outside the fingerprinted code, so changing how
-# models are scored does not retrain the zoo); re-exported here as the zoo's public API
-from .zoo_eval import base_loss_fn as base_loss_fn  # noqa: E402
-from .zoo_eval import evaluate as evaluate  # noqa: E402
-from .zoo_eval import evaluate_deltas as evaluate_deltas  # noqa: E402
-from .zoo_eval import evaluate_stack as evaluate_stack  # noqa: E402
-from .zoo_eval import lora_dense_updates as lora_dense_updates  # noqa: E402
-from .zoo_eval import params_from_delta as params_from_delta  # noqa: E402

@@ -31,13 +31,15 @@ import numpy as np
 from flax import traverse_util
 
 from .zoo import ExpertZoo, train_config, zoo_data
-from .zoo_train import TrainConfig, eval_tasks, model_loss
+from .zoo_train import TrainConfig, eval_diagonal, eval_tasks, model_loss
 
 __all__ = [
     "base_loss_fn",
     "evaluate",
     "evaluate_deltas",
+    "evaluate_experts",
     "evaluate_stack",
+    "example_index",
     "lora_dense_updates",
     "params_from_delta",
 ]
@@ -59,18 +61,40 @@ def _task_index(zoo: ExpertZoo, tasks: Sequence[int] | None) -> np.ndarray:
     return idx
 
 
-def _split_data(zoo: ExpertZoo, split: str, tasks: Sequence[int] | None) -> Any:
+def example_index(num: int, max_examples: int | None) -> np.ndarray:
+    """Indices of ``max_examples`` evaluation examples evenly spaced over ``num`` (all if None).
+
+    Language windows are themselves evenly spaced over a task's held-out text
+    (:func:`.corpus.text_windows`), so the subset still spans the whole text.
+    """
+    if max_examples is None or max_examples >= num:
+        return np.arange(num)
+    if max_examples < 1:
+        raise ValueError(f"evaluate: max_examples must be >= 1, got {max_examples}")
+    return np.unique(np.round(np.linspace(0, num - 1, max_examples)).astype(np.int64))
+
+
+def _split_data(
+    zoo: ExpertZoo, split: str, tasks: Sequence[int] | None, max_examples: int | None = None
+) -> Any:
     if split not in ("val", "test"):
         raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}")
     data = zoo_data(zoo.spec)
     if data.sha256 != zoo.info["data_sha256"]:
         raise ValueError("evaluate: the data on this machine differ from the zoo's (sha256)")
     idx = _task_index(zoo, tasks)
-    return jax.tree.map(lambda a: a[idx], data.eval[split])
+    leaves = jax.tree.leaves(data.eval[split])
+    ex = example_index(leaves[0].shape[1], max_examples)
+    return jax.tree.map(lambda a: a[idx][:, ex], data.eval[split])
 
 
 def evaluate(
-    zoo: ExpertZoo, params: Any, *, split: str = "test", tasks: Sequence[int] | None = None
+    zoo: ExpertZoo,
+    params: Any,
+    *,
+    split: str = "test",
+    tasks: Sequence[int] | None = None,
+    max_examples: int | None = None,
 ) -> np.ndarray:
     """Metric of a parameter pytree (structure of ``base_params``) on every task's split.
 
@@ -82,11 +106,14 @@ def evaluate(
       params: full parameters, e.g. ``params_from_delta(zoo, merged_delta)``.
       split: ``"val"`` (choose hyperparameters) or ``"test"`` (report).
       tasks: task indices (default all).
+      max_examples: score on this many of each task's examples (windows or images),
+        evenly spaced (:func:`example_index`); default all. Cheaper, and the same
+        examples for every model, so comparisons stay paired.
 
     Returns:
       ``[T]`` (or ``[len(tasks)]``) float64 metrics.
     """
-    data = _split_data(zoo, split, tasks)
+    data = _split_data(zoo, split, tasks, max_examples)
     return np.asarray(eval_tasks(train_config(zoo.spec), params, data), np.float64)
 
 
@@ -116,6 +143,7 @@ def evaluate_stack(
     split: str = "test",
     tasks: Sequence[int] | None = None,
     batch_size: int = 4,
+    max_examples: int | None = None,
 ) -> np.ndarray:
     """:func:`evaluate` for ``M`` parameter sets stacked on a leading axis: ``[M, T]``.
 
@@ -123,7 +151,7 @@ def evaluate_stack(
     compiled once per (spec, split size, ``M``, batch size), not once per call.
     """
     _stack_size(stacked_params, "evaluate_stack")
-    data = _split_data(zoo, split, tasks)
+    data = _split_data(zoo, split, tasks, max_examples)
     cfg = train_config(zoo.spec)
     out = _eval_stack(cfg, None, stacked_params, data, batch_size)
     return np.asarray(out, np.float64)
@@ -136,6 +164,7 @@ def evaluate_deltas(
     split: str = "test",
     tasks: Sequence[int] | None = None,
     batch_size: int = 4,
+    max_examples: int | None = None,
 ) -> np.ndarray:
     """Metrics of ``base_params + delta_m`` for ``M`` stacked updates: ``[M, T]``.
 
@@ -144,7 +173,7 @@ def evaluate_deltas(
       deltas: a pytree with the structure of ``base_params`` and leaves ``[M, ...]``
         (kernel layout; e.g. merged task vectors, or ``zoo.full_task_vectors`` for the
         experts themselves). Cast to the base's dtype before the sum.
-      split, tasks: as in :func:`evaluate`.
+      split, tasks, max_examples: as in :func:`evaluate`.
       batch_size: models evaluated at once (memory of the batch, not of ``M``).
 
     Returns:
@@ -152,10 +181,32 @@ def evaluate_deltas(
       ``evaluate(zoo, params_from_delta(zoo, delta_m))`` up to float32 round-off.
     """
     _stack_size(deltas, "evaluate_deltas")
-    data = _split_data(zoo, split, tasks)
+    data = _split_data(zoo, split, tasks, max_examples)
     cfg = train_config(zoo.spec)
     out = _eval_stack(cfg, zoo.base_params, deltas, data, batch_size)
     return np.asarray(out, np.float64)
+
+
+def evaluate_experts(
+    zoo: ExpertZoo, deltas: Any, *, split: str = "test", max_examples: int | None = None
+) -> np.ndarray:
+    """Metric of ``base + delta_t`` on its own task ``t`` only: ``[T]`` (``T`` models).
+
+    Args:
+      zoo: the :class:`~.zoo.ExpertZoo`.
+      deltas: ``[T, ...]`` updates, one per task in the zoo's order (e.g.
+        ``zoo.full_task_vectors``, or :func:`lora_dense_updates`).
+      split, max_examples: as in :func:`evaluate`.
+
+    Returns:
+      ``[T]`` float64: the diagonal of ``evaluate_deltas(zoo, deltas)`` at ``1/T`` its cost.
+    """
+    num = _stack_size(deltas, "evaluate_experts")
+    if num != len(zoo.task_names):
+        raise ValueError(f"evaluate_experts: {num} updates for {len(zoo.task_names)} tasks")
+    data = _split_data(zoo, split, None, max_examples)
+    params = jax.tree.map(lambda b, d: b[None] + d.astype(b.dtype), zoo.base_params, deltas)
+    return np.asarray(eval_diagonal(train_config(zoo.spec), params, data), np.float64)
 
 
 def lora_dense_updates(zoo: ExpertZoo) -> Any:
