@@ -40,6 +40,7 @@ __all__ = [
     "evaluate_experts",
     "evaluate_stack",
     "example_index",
+    "kernel_deltas",
     "lora_dense_updates",
     "params_from_delta",
 ]
@@ -222,6 +223,35 @@ def lora_dense_updates(zoo: ExpertZoo) -> Any:
     }
     flat = _flat(zoo.base_params)
     out = {p: dense.get(p, jnp.zeros((num,) + v.shape, v.dtype)) for p, v in flat.items()}
+    return _nest(out)
+
+
+def kernel_deltas(zoo: ExpertZoo, updates: dict[str, Any]) -> Any:
+    """PEFT-layout updates ``{path: [..., d_out, d_in]}`` as a ``base_params``-shaped tree.
+
+    The inverse layout of :func:`lora_dense_updates`: each update is transposed onto its
+    ``[d_in, d_out]`` kernel; every leaf without an update is zero. Leading batch axes
+    (``[M, ...]``, the same on every update) are kept, so the result feeds
+    :func:`evaluate_deltas`.
+    """
+    flat = _flat(zoo.base_params)
+    unknown = sorted(set(updates) - set(flat))
+    if unknown:
+        raise ValueError(f"kernel_deltas: no parameter named {unknown[0]!r} in the zoo's base")
+    batch = {tuple(jnp.shape(u)[:-2]) for u in updates.values()}
+    if len(batch) != 1:
+        raise ValueError(f"kernel_deltas: updates have different leading axes {sorted(batch)}")
+    lead = batch.pop()
+    out = {}
+    for p, v in flat.items():
+        if p not in updates:
+            out[p] = jnp.zeros(lead + v.shape, v.dtype)
+            continue
+        upd = jnp.asarray(updates[p])
+        if upd.shape[-2:] != v.shape[::-1]:
+            raise ValueError(f"kernel_deltas: update of {p!r} has shape {upd.shape}, expected "
+                             f"[..., d_out, d_in] = [..., {v.shape[1]}, {v.shape[0]}]")  # fmt: skip
+        out[p] = jnp.swapaxes(upd, -1, -2).astype(v.dtype)
     return _nest(out)
 
 
