@@ -131,7 +131,7 @@ def thin_svd(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     intra-op thread pool and blocks a pool thread until the pieces finish; a merged tree
     has one such call per leaf, and when as many are ready at once as the pool has threads
     every thread waits and the program deadlocks (seen with ``jit(vmap(tsv_m))`` on a
-    30-leaf transformer on 2 cores, jax 0.10.2; ``docs/merge_kernels.md``). Leading axes,
+    30-leaf transformer on 2 cores, jax 0.10.2; ``docs/real_merging.md``). Leading axes,
     and batch axes added by ``vmap``, are therefore mapped with ``lax.map`` on CPU; other
     platforms keep the batched call. Same LAPACK routine per matrix, so the same numbers.
 

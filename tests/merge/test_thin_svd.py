@@ -52,7 +52,7 @@ _DEADLOCK = textwrap.dedent(
 
 def test_svd_operators_do_not_deadlock_under_vmap():
     # jaxlib's batched CPU SVD waits on XLA's pool threads; with one batched SVD per leaf
-    # ready at once the program used to hang on 2 cores (docs/merge_kernels.md)
+    # ready at once the program used to hang on 2 cores (docs/real_merging.md)
     try:
         out = subprocess.run(
             [sys.executable, "-c", _DEADLOCK], capture_output=True, text=True, timeout=240
