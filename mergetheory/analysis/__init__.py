@@ -23,6 +23,11 @@ from .bridge import paired_difference as paired_difference
 from .bridge import rescale_to_norm as rescale_to_norm
 from .bridge import subset_task_vectors as subset_task_vectors
 from .bridge import width_paths as width_paths
+from .bridge_verdicts import effect_sign_verdict as effect_sign_verdict
+from .bridge_verdicts import forecast_verdict as forecast_verdict
+from .bridge_verdicts import interval_verdict as interval_verdict
+from .bridge_verdicts import nstar_agreement_verdict as nstar_agreement_verdict
+from .bridge_verdicts import performance_concavity_verdict as performance_concavity_verdict
 from .hessian import SpectrumEstimate as SpectrumEstimate
 from .hessian import TraceEstimate as TraceEstimate
 from .hessian import hessian_spectrum as hessian_spectrum
@@ -42,15 +47,20 @@ __all__ = [
     "TraceEstimate",
     "compare_n_star",
     "concavity_test",
+    "effect_sign_verdict",
+    "forecast_verdict",
     "hessian_spectrum",
     "holm",
     "hvp_matvec",
+    "interval_verdict",
     "lanczos",
     "n_star",
     "nested_subsets",
     "normalized_performance",
+    "nstar_agreement_verdict",
     "paired_curve",
     "paired_difference",
+    "performance_concavity_verdict",
     "rescale_to_norm",
     "slq",
     "spectral_density",

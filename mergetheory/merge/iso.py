@@ -37,6 +37,7 @@ from .svd import (
     rank_tolerance,
     recombine_factors,
     task_singular_triplets,
+    thin_svd,
     times_alpha,
 )
 
@@ -76,7 +77,7 @@ def iso_cts_factors(x: jax.Array, *, common_space_fraction: float = 0.8) -> TSVF
         per_task = r // num
     k = r - num * per_task
     total = sum_tasks(x)
-    u, s, vt = jnp.linalg.svd(total, full_matrices=False)
+    u, s, vt = thin_svd(total)
     tol = rank_tolerance(s[:1], (m, n), s.dtype)
     blocks_u, blocks_s, blocks_vt = [], [], []
     if per_task > 0:
@@ -154,7 +155,7 @@ def iso_c(
 @jax.jit
 def _iso_c(task_vectors: Any, weights: Any, alpha: Any) -> Merged:
     def matrix(x: jax.Array) -> jax.Array:
-        u, s, vt = jnp.linalg.svd(sum_tasks(x), full_matrices=False)
+        u, s, vt = thin_svd(sum_tasks(x))
         return times_alpha(alpha, _iso_from_svd(u, s, vt, x.shape[1:]))
 
     def factors(b: jax.Array, a: jax.Array) -> jax.Array:

@@ -82,7 +82,13 @@ from .._types import Key, Merged, TaskVectors
 from ._common import checked
 from .dare_mask import dare_keep_mask
 from .primitives import dare_rescale, elect_and_merge, trim_parts
-from .svd import HIGHEST, check_matrix_task_vectors, is_lora_factors, rank_tolerance
+from .svd import (
+    HIGHEST,
+    check_matrix_task_vectors,
+    is_lora_factors,
+    rank_tolerance,
+    thin_svd,
+)
 from .topk import magnitude_threshold, num_kept
 
 __all__ = ["knots", "knots_coordinates", "knots_dare_ties", "knots_ties_pool"]
@@ -118,13 +124,13 @@ def knots_coordinates(x: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
         core = jnp.einsum(
             "ptr,trk->ptk", r.reshape(r.shape[0], num, rank), a, precision=HIGHEST
         ).reshape(r.shape[0], num * k_in)
-        u, sig, vt = jnp.linalg.svd(core, full_matrices=False)
+        u, sig, vt = thin_svd(core)
         u = jnp.matmul(q, u, precision=HIGHEST)
         shape = (d, num * k_in)
     else:
         num, m, n = x.shape
         k_in = n
-        u, sig, vt = jnp.linalg.svd(jnp.moveaxis(x, 0, 1).reshape(m, num * n), full_matrices=False)
+        u, sig, vt = thin_svd(jnp.moveaxis(x, 0, 1).reshape(m, num * n))
         shape = (m, num * n)
     occupied = sig > rank_tolerance(sig[:1], shape, sig.dtype)
     sv = jnp.where(occupied[:, None], sig[:, None] * vt, jnp.zeros((), vt.dtype))

@@ -72,6 +72,7 @@ __all__ = [
     "rank_tolerance",
     "recombine_factors",
     "task_singular_triplets",
+    "thin_svd",
     "times_alpha",
 ]
 
@@ -101,6 +102,49 @@ class TSVFactors(NamedTuple):
 # --------------------------------------------------------------------------------------
 
 
+@jax.custom_batching.custom_vmap
+def _svd_one(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return tuple(jnp.linalg.svd(x, full_matrices=False))
+
+
+def _svd_mapped(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return jax.lax.map(_svd_one, x)
+
+
+def _svd_batched(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return tuple(jnp.linalg.svd(x, full_matrices=False))
+
+
+@_svd_one.def_vmap
+def _svd_one_vmap(axis_size: int, in_batched: list[bool], x: jax.Array) -> Any:
+    del axis_size
+    if not in_batched[0]:
+        return _svd_one(x), (False, False, False)
+    out = jax.lax.platform_dependent(x, cpu=_svd_mapped, default=_svd_batched)
+    return tuple(out), (True, True, True)
+
+
+def thin_svd(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``jnp.linalg.svd(x, full_matrices=False)``, one matrix at a time on CPU.
+
+    Why not the library call alone: jaxlib's batched CPU SVD splits its batch over XLA's
+    intra-op thread pool and blocks a pool thread until the pieces finish; a merged tree
+    has one such call per leaf, and when as many are ready at once as the pool has threads
+    every thread waits and the program deadlocks (seen with ``jit(vmap(tsv_m))`` on a
+    30-leaf transformer on 2 cores, jax 0.10.2; ``docs/real_merging.md``). Leading axes,
+    and batch axes added by ``vmap``, are therefore mapped with ``lax.map`` on CPU; other
+    platforms keep the batched call. Same LAPACK routine per matrix, so the same numbers.
+
+    Returns:
+      ``(u [..., m, k], s [..., k], vt [..., k, n])`` with ``k = min(m, n)``.
+    """
+    if x.ndim == 2:
+        return _svd_one(x)
+    flat = x.reshape((-1,) + x.shape[-2:])
+    out = jax.lax.platform_dependent(flat, cpu=_svd_mapped, default=_svd_batched)
+    return tuple(o.reshape(x.shape[:-2] + o.shape[1:]) for o in out)
+
+
 def rank_tolerance(smax: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
     """NumPy's ``matrix_rank`` tolerance :math:`\\sigma_{\\max} \\max(m, n) \\epsilon`."""
     return smax * (max(shape) * float(jnp.finfo(dtype).eps))
@@ -125,7 +169,7 @@ def polar_factor(x: jax.Array, occupied: jax.Array | None = None) -> jax.Array:
     """
     if occupied is not None:
         x = jnp.where(occupied, x, jnp.zeros((), x.dtype))
-    p, _, qh = jnp.linalg.svd(x, full_matrices=False)
+    p, _, qh = thin_svd(x)
     return jnp.matmul(p, qh, precision=HIGHEST)
 
 
@@ -142,7 +186,7 @@ def task_singular_triplets(
       ``(u [T, m, k], s [T, k], vt [T, k, n])`` with singular values in descending order.
     """
 
-    u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+    u, s, vt = thin_svd(x)
     if rank is not None:
         u, s, vt = u[..., :rank], s[..., :rank], vt[..., :rank, :]
     return u, s, vt
@@ -169,7 +213,7 @@ def factored_singular_triplets(
     qb, rb = jnp.linalg.qr(b)
     qa, ra = jnp.linalg.qr(jnp.swapaxes(a, -1, -2))
     core = jnp.matmul(rb, jnp.swapaxes(ra, -1, -2), precision=HIGHEST)
-    u, s, vt = jnp.linalg.svd(core, full_matrices=False)
+    u, s, vt = thin_svd(core)
     return (
         jnp.matmul(qb, u, precision=HIGHEST),
         s,

@@ -13,8 +13,8 @@ Every expert exists twice, as a full fine-tune (task vector
 :math:`\tau_t = \theta_t - \theta_0`) and as a LoRA adapter on the 2-D kernels (PEFT
 convention, :mod:`.lora_train`): ``B [T, d_out, r]``, ``A [T, r, d_in]``, scaling
 :math:`\alpha / r`. Flax kernels are ``[d_in, d_out]``, so the LoRA update of kernel ``W``
-is :math:`s\,(B A)^\top`: :func:`lora_dense_updates` returns it in the kernel's layout,
-while a ``{path: update}`` dict given to :func:`params_from_delta` is read in PEFT's
+is :math:`s\,(B A)^\top`: :func:`.zoo_eval.lora_dense_updates` returns it in the kernel's layout,
+while a ``{path: update}`` dict given to :func:`.zoo_eval.params_from_delta` is read in PEFT's
 ``[d_out, d_in]`` layout (the layout of ``s B A`` from :func:`mergetheory.lora.densify` or
 :func:`mergetheory.merge.lora.lora_delta`).
 
@@ -23,12 +23,15 @@ experts in one ``vmap``, then all LoRA experts in one ``vmap``; Adam; step ``i``
 run samples with ``fold_in(key, i)``). :func:`build_zoo` caches the result with orbax
 (:func:`mergetheory.io.save_orbax`) under ``cache_dir/<fingerprint>/``, where the
 fingerprint (:func:`zoo_fingerprint`) hashes the spec, the data (file list and contents, or
-the digits arrays), the source of the zoo modules and the x64 flag.
+the digits arrays), the source of the modules that decide the trained weights and the x64
+flag. Scoring models and building them from deltas live in :mod:`.zoo_eval`, outside the
+fingerprint.
 
 Example:
+  >>> from mergetheory.models.zoo_eval import evaluate_deltas
   >>> zoo = build_zoo(zoo_spec("vision", "tiny"), cache_dir="results/zoo")
-  >>> merged = jax.tree.map(lambda b, t: b + t.mean(0), zoo.base_params, zoo.full_task_vectors)
-  >>> evaluate(zoo, merged)            # [T] accuracies on every task's test split
+  >>> merged = jax.tree.map(lambda t: t.mean(0, keepdims=True), zoo.full_task_vectors)
+  >>> evaluate_deltas(zoo, merged)     # [1, T] accuracies on every task's test split
 
 Reference: Ilharco et al., "Editing Models with Task Arithmetic" (``ilharco2023editing``
 in ``paper/refs.bib``); Hu et al., LoRA (``hu2022lora``).
@@ -43,7 +46,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -67,12 +70,8 @@ from .zoo_train import (
 __all__ = [
     "ExpertZoo",
     "ZooSpec",
-    "base_loss_fn",
     "build_zoo",
-    "evaluate",
-    "evaluate_stack",
-    "lora_dense_updates",
-    "params_from_delta",
+    "train_config",
     "zoo_data",
     "zoo_fingerprint",
     "zoo_spec",
@@ -80,6 +79,7 @@ __all__ = [
 
 MODALITIES = ("language", "vision")
 SIZES = ("tiny", "default", "large")
+# the code that decides the trained weights (evaluation lives in zoo_eval.py, outside it)
 _CODE_FILES = (
     "zoo.py",
     "zoo_data.py",
@@ -348,7 +348,8 @@ def zoo_fingerprint(spec: ZooSpec) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _train_config(spec: ZooSpec) -> TrainConfig:
+def train_config(spec: ZooSpec) -> TrainConfig:
+    """The model family of a spec (static argument of the jitted training/eval programs)."""
     return TrainConfig(
         modality=spec.modality,
         num_heads=spec.num_heads,
@@ -368,14 +369,6 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return unflatten_tree(flat, sep="/")
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        p = f"{prefix}/{k}" if prefix else k
-        out.update(_flat(v, p) if isinstance(v, dict) else {p: v})
-    return out
-
-
 def _loadavg() -> list[float] | None:
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
@@ -384,7 +377,7 @@ def _loadavg() -> list[float] | None:
 
 
 def _train_zoo(spec: ZooSpec, data: ZooData, progress: bool) -> tuple[dict, dict]:
-    cfg = _train_config(spec)
+    cfg = train_config(spec)
     k_init, k_base, k_full, k_lora_init, k_lora = jr.split(jr.key(spec.seed), 5)
     timings: dict[str, Any] = {"loadavg_start": _loadavg(), "device": str(jax.devices()[0])}
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -503,7 +496,7 @@ def build_zoo(
         return _assemble(spec, trees, meta)
 
     trees, extra = _train_zoo(spec, data, progress)
-    cfg = _train_config(spec)
+    cfg = train_config(spec)
     n_base = sum(int(x.size) for x in jax.tree.leaves(trees["base"]))
     n_lora = sum(int(x[0].size) for x in jax.tree.leaves(trees["lora"]))
     info = {
@@ -536,121 +529,3 @@ def build_zoo(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _assemble(spec, trees, meta)
-
-
-# --------------------------------------------------------------------------------------
-# evaluation and deltas
-# --------------------------------------------------------------------------------------
-
-
-def _task_index(zoo: ExpertZoo, tasks: Sequence[int] | None) -> np.ndarray:
-    num = len(zoo.task_names)
-    idx = np.arange(num) if tasks is None else np.asarray(tasks, np.int64).reshape(-1)
-    if idx.size == 0 or idx.min() < 0 or idx.max() >= num:
-        raise ValueError(f"evaluate: tasks must be indices in [0, {num}), got {tasks}")
-    return idx
-
-
-def _split_data(zoo: ExpertZoo, split: str, tasks: Sequence[int] | None) -> Any:
-    if split not in ("val", "test"):
-        raise ValueError(f"evaluate: split must be 'val' or 'test', got {split!r}")
-    data = zoo_data(zoo.spec)
-    if data.sha256 != zoo.info["data_sha256"]:
-        raise ValueError("evaluate: the data on this machine differ from the zoo's (sha256)")
-    idx = _task_index(zoo, tasks)
-    return jax.tree.map(lambda a: a[idx], data.eval[split])
-
-
-def evaluate(
-    zoo: ExpertZoo, params: Any, *, split: str = "test", tasks: Sequence[int] | None = None
-) -> np.ndarray:
-    """Metric of a parameter pytree (structure of ``base_params``) on every task's split.
-
-    Bits per byte (language, mean over the task's fixed held-out windows) or accuracy
-    (vision). One jitted, batched program per (spec, number of tasks).
-
-    Args:
-      zoo: the :class:`ExpertZoo`.
-      params: full parameters, e.g. ``params_from_delta(zoo, merged_delta)``.
-      split: ``"val"`` (choose hyperparameters) or ``"test"`` (report).
-      tasks: task indices (default all).
-
-    Returns:
-      ``[T]`` (or ``[len(tasks)]``) float64 metrics.
-    """
-    data = _split_data(zoo, split, tasks)
-    return np.asarray(eval_tasks(_train_config(zoo.spec), params, data), np.float64)
-
-
-def evaluate_stack(
-    zoo: ExpertZoo,
-    stacked_params: Any,
-    *,
-    split: str = "test",
-    tasks: Sequence[int] | None = None,
-    batch_size: int = 4,
-) -> np.ndarray:
-    """:func:`evaluate` for ``M`` models stacked on a leading axis: ``[M, T]`` metrics.
-
-    Models are evaluated ``batch_size`` at a time (``jax.lax.map``), so memory is set by
-    the batch, not by ``M``.
-    """
-    data = _split_data(zoo, split, tasks)
-    cfg = _train_config(zoo.spec)
-    out = jax.lax.map(lambda p: eval_tasks(cfg, p, data), stacked_params, batch_size=batch_size)
-    return np.asarray(out, np.float64)
-
-
-def lora_dense_updates(zoo: ExpertZoo) -> Any:
-    """Dense LoRA task vectors: like ``base_params`` with leaves ``[T, ...]``.
-
-    At an adapted kernel (``[d_in, d_out]``) the leaf is :math:`s\\,(B_t A_t)^\\top`; every
-    other leaf is zero.
-    """
-    num = len(zoo.task_names)
-    dense = {
-        p: jnp.swapaxes(jnp.einsum("tdr,trk->tdk", f.B, f.A) * f.scaling, 1, 2)
-        for p, f in zoo.lora_factors.items()
-    }
-    flat = _flat(zoo.base_params)
-    out = {p: dense.get(p, jnp.zeros((num,) + v.shape, v.dtype)) for p, v in flat.items()}
-    return _nest(out)
-
-
-def params_from_delta(zoo: ExpertZoo, delta: Any) -> Any:
-    """``base_params + delta``.
-
-    Args:
-      zoo: the :class:`ExpertZoo`.
-      delta: either a pytree with the structure of ``base_params`` (kernel layout), or a
-        dict ``{path: update}`` over LoRA kernel paths (keys of ``zoo.lora_factors``) in
-        PEFT's ``[d_out, d_in]`` layout, e.g. ``mergetheory.merge.lora.lora_delta`` of
-        merged factors; it is transposed onto the ``[d_in, d_out]`` kernels.
-
-    Returns:
-      The parameter pytree (float32).
-    """
-    flat = _flat(zoo.base_params)
-    if isinstance(delta, dict) and delta and set(delta) <= set(zoo.lora_factors):
-        out = dict(flat)
-        for p, upd in delta.items():
-            upd = jnp.asarray(upd)
-            want = flat[p].shape[::-1]
-            if upd.shape != want:
-                raise ValueError(f"params_from_delta: update of {p!r} has shape {upd.shape}, "
-                                 f"expected [d_out, d_in] = {want}")  # fmt: skip
-            out[p] = flat[p] + upd.T.astype(flat[p].dtype)
-        return _nest(out)
-    return jax.tree.map(lambda b, d: b + jnp.asarray(d).astype(b.dtype), zoo.base_params, delta)
-
-
-def base_loss_fn(zoo: ExpertZoo) -> Callable[[Any], jax.Array]:
-    """Scalar loss of a parameter pytree on a fixed held-out batch of the base's data.
-
-    Language: mean next-byte cross-entropy (nats) on windows of held-out base-corpus files;
-    vision: mean cross-entropy on the plain task's val split. Pure and differentiable, for
-    Hessian-vector products (``jax.jvp`` of ``jax.grad``).
-    """
-    batch = jax.tree.map(jnp.asarray, zoo_data(zoo.spec).base_val)
-    cfg = _train_config(zoo.spec)
-    return functools.partial(model_loss, cfg, batch=batch)

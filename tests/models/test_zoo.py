@@ -12,16 +12,23 @@ from mergetheory.models.language import bits_per_byte, transformer_apply
 from mergetheory.models.zoo import (
     ExpertZoo,
     ZooSpec,
-    base_loss_fn,
     build_zoo,
-    evaluate,
-    evaluate_stack,
-    lora_dense_updates,
-    params_from_delta,
+    train_config,
     zoo_data,
     zoo_fingerprint,
     zoo_spec,
 )
+from mergetheory.models.zoo_eval import (
+    base_loss_fn,
+    evaluate,
+    evaluate_deltas,
+    evaluate_experts,
+    evaluate_stack,
+    example_index,
+    lora_dense_updates,
+    params_from_delta,
+)
+from mergetheory.models.zoo_train import eval_tasks
 
 MODALITIES = ("language", "vision")
 
@@ -193,6 +200,30 @@ def test_evaluate_base_is_base_metric_and_traces_once(zoos, modality):
     for m in range(3):
         one = evaluate(zoo, jax.tree.map(lambda x, m=m: x[m], stacked))
         np.testing.assert_allclose(many[m], one, rtol=1e-5)
+    # a second call with new values of the same shapes compiles nothing
+    again, traces = count_traces(
+        evaluate_stack, zoo, jax.tree.map(lambda x: x[::-1], stacked), batch_size=2
+    )
+    assert traces == 0
+    np.testing.assert_allclose(again, many[::-1], rtol=1e-5)
+    # base + delta inside the program: the first three experts themselves
+    deltas = jax.tree.map(lambda t: t[:3], zoo.full_task_vectors)
+    np.testing.assert_allclose(evaluate_deltas(zoo, deltas, batch_size=2), many, rtol=1e-5)
+    with pytest.raises(ValueError, match="leading"):
+        evaluate_deltas(zoo, {"w": jnp.zeros(3), "b": jnp.zeros(2)})
+    # own-task metrics of the experts: the zoo's recorded expert metrics
+    np.testing.assert_allclose(
+        evaluate_experts(zoo, zoo.full_task_vectors), zoo.full_expert_metric, rtol=1e-5
+    )
+    # a subset of the examples: the same as slicing the split by hand
+    sub = evaluate(zoo, zoo.base_params, max_examples=3)
+    data = zoo_data(zoo.spec).eval["test"]
+    idx = example_index(jax.tree.leaves(data)[0].shape[1], 3)
+    assert idx.size == 3 and idx[0] == 0 and idx[-1] == jax.tree.leaves(data)[0].shape[1] - 1
+    by_hand = eval_tasks(
+        train_config(zoo.spec), zoo.base_params, jax.tree.map(lambda a: a[:, idx], data)
+    )
+    np.testing.assert_allclose(sub, np.asarray(by_hand), rtol=1e-6)
 
 
 def test_bits_per_byte_by_hand():
