@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-slow experiments figures paper benchmarks lint clean
+.PHONY: reproduce test test-slow test-multiprocess experiments figures paper benchmarks lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 2; }
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# two local processes joined by jax.distributed (slow, so not in `make test`; CI runs it)
+test-multiprocess: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_multiprocess.py
 
 # Benchmarks write to BENCH_OUT (default benchmarks/out/, not committed); the committed
 # reference numbers in benchmarks/results/ change only by `make benchmarks BENCH_OUT=benchmarks/results`.
