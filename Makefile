@@ -37,6 +37,7 @@ benchmarks: $(STAMP)
 	$(PY) -m benchmarks.merge_ops --out $(BENCH_OUT)/merge_ops.json
 	$(PY) -m benchmarks.width --out $(BENCH_OUT)/width.json
 	$(PY) -m benchmarks.stream_gram --out $(BENCH_OUT)/stream_gram.json
+	$(PY) -m benchmarks.merge_memory --out $(BENCH_OUT)/merge_memory.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mergetheory tests experiments figures benchmarks
