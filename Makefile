@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test test-slow experiments figures paper benchmarks lint clean
+.PHONY: reproduce test test-slow test-multiprocess experiments figures paper benchmarks lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 2; }
@@ -25,6 +25,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# two local processes joined by jax.distributed (slow, so not in `make test`; CI runs it)
+test-multiprocess: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_multiprocess.py
+
 # Benchmarks write to BENCH_OUT (default benchmarks/out/, not committed); the committed
 # reference numbers in benchmarks/results/ change only by `make benchmarks BENCH_OUT=benchmarks/results`.
 BENCH_OUT ?= benchmarks/out
@@ -33,6 +37,7 @@ benchmarks: $(STAMP)
 	$(PY) -m benchmarks.merge_ops --out $(BENCH_OUT)/merge_ops.json
 	$(PY) -m benchmarks.width --out $(BENCH_OUT)/width.json
 	$(PY) -m benchmarks.stream_gram --out $(BENCH_OUT)/stream_gram.json
+	$(PY) -m benchmarks.merge_memory --out $(BENCH_OUT)/merge_memory.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mergetheory tests experiments figures benchmarks

@@ -51,6 +51,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._types import Gram, Key, LoraFactors, is_lora_factors
+from .random_bits import hash_normal
 from .tree import TaskVectorError, accumulation_dtype, check_finite, validate_task_vectors
 
 __all__ = [
@@ -358,7 +359,10 @@ def sample_lora_factors(
     update :math:`s B A` has variance :math:`s^2 / k` (the scale of a default-initialised
     linear layer). Module ``m`` (in the order of ``shapes``) draws ``B`` and ``A`` from
     ``jr.split(jr.fold_in(key, m))``, one module at a time, so memory peaks at the
-    factors plus one module's draw (one compiled program per distinct factor shape).
+    factors plus one module's draw (one compiled program per distinct factor shape). The
+    normals are :func:`mergetheory.random_bits.hash_normal` (counter-based hash bits,
+    inverse CDF): the law of ``jax.random.normal`` at a fraction of its cost on XLA:CPU
+    (docs/width_engine.md), the same values on every backend.
 
     Args:
       key: PRNG key.
@@ -391,4 +395,4 @@ def sample_lora_factors(
 def _scaled_normal(key: Key, scale: jax.Array, *, shape: tuple[int, ...], dtype: Any) -> jax.Array:
     # One program per shape (compiled once, shared by modules of equal shape); modules are
     # drawn one after the other, so peak memory is the factors plus one module's draw.
-    return jr.normal(key, shape, dtype) * scale
+    return hash_normal(key, shape, dtype) * scale

@@ -77,25 +77,54 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+@jax.jit
+def _nonfinite_counts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.isnan(x).sum(), jnp.isinf(x).sum()
+
+
+def _count_on_device(leaf: Any) -> bool:
+    """Count NaN / Inf where ``leaf`` lives: global, sharded or accelerator arrays."""
+    if not isinstance(leaf, jax.Array):
+        return False
+    devices = leaf.devices()
+    return (
+        not leaf.is_fully_addressable
+        or len(devices) > 1
+        or any(d.platform != "cpu" for d in devices)
+    )
+
+
 def check_finite(tree: Any, *, name: str = "tree") -> None:
     """Raise :class:`TaskVectorError` if any concrete leaf holds NaN or Inf.
 
     Tracers (inside ``jit``) are skipped: value checks belong at eager entry points.
+    Host arrays and single-device CPU arrays are checked with NumPy. A
+    :class:`jax.Array` sharded over several devices, spanning devices of other processes
+    (``jax.distributed``) or living on an accelerator is checked where it lives: one jitted
+    reduction returns the NaN and Inf counts as replicated scalars, and only those two
+    numbers are fetched (a global array cannot be fetched to one host, and an accelerator
+    array would be copied whole).
     """
     for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
         if not _is_concrete(leaf):
             continue
-        arr = np.asarray(leaf)
-        if not jnp.issubdtype(arr.dtype, jnp.inexact):
-            continue
-        if not np.issubdtype(arr.dtype, np.inexact):  # ml_dtypes (bfloat16, float8, ...)
-            arr = arr.astype(np.float32)
-        if not np.all(np.isfinite(arr)):
-            num_nan = int(np.isnan(arr).sum())
-            num_inf = int(np.isinf(arr).sum())
+        if _count_on_device(leaf):
+            if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+                continue
+            num_nan, num_inf = (int(c) for c in _nonfinite_counts(leaf))
+        else:
+            arr = np.asarray(leaf)
+            if not jnp.issubdtype(arr.dtype, jnp.inexact):
+                continue
+            if not np.issubdtype(arr.dtype, np.inexact):  # ml_dtypes (bfloat16, float8, ...)
+                arr = arr.astype(np.float32)
+            if np.all(np.isfinite(arr)):
+                continue
+            num_nan, num_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        if num_nan or num_inf:
             raise TaskVectorError(
                 f"{name}{_path_str(path)}: {num_nan} NaN and {num_inf} Inf value(s) "
-                f"in a leaf of shape {arr.shape}"
+                f"in a leaf of shape {np.shape(leaf)}"
             )
 
 

@@ -115,3 +115,18 @@ def test_sampler_is_deterministic_and_scaled(key):
 def test_bad_factors_raise_naming_the_leaf(bad, match):
     with pytest.raises(TaskVectorError, match=match):
         lora.lora_gram_matrix(bad)
+
+
+def test_sampler_factor_laws(key):
+    """B ~ N(0, 1/r), A ~ N(0, 1/k) entrywise (bounds from the estimators' stderr); the
+    modules' draws are uncorrelated and a stacked module's layers differ."""
+    shapes = {"q": LoraShape(256, 128, 8), "v": LoraShape(256, 128, 8, num_layers=2)}
+    f = lora.sample_lora_factors(key, shapes, 3)
+    for fac in f.values():
+        for x, var in [(np.asarray(fac.B, np.float64), 1 / 8), (np.asarray(fac.A), 1 / 128)]:
+            n = x.size
+            assert abs(x.mean()) < 5 * np.sqrt(var / n)
+            assert abs(x.var() / var - 1) < 5 * np.sqrt(2 / n)
+    b_q, b_v = np.asarray(f["q"].B).ravel(), np.asarray(f["v"].B[0]).ravel()
+    assert abs(np.corrcoef(b_q, b_v)[0, 1]) < 5 / np.sqrt(b_q.size)
+    assert not np.array_equal(f["v"].B[0], f["v"].B[1])

@@ -114,6 +114,26 @@ def test_check_finite_skips_tracers():
     assert jnp.isinf(out[0])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
+def test_check_finite_counts_on_device_for_sharded_arrays(dtype):
+    """An array sharded over devices is counted where it lives, with the host's counts."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (tests/conftest.py forces 8 host devices)")
+    mesh = Mesh(np.asarray(jax.devices()[:4]), ("d",))
+    x = np.ones((3, 8))
+    x[0, 1] = x[2, 7] = np.nan  # on the first and the last device
+    x[1, 4] = -np.inf
+    sharded = jax.device_put(jnp.asarray(x, dtype), NamedSharding(mesh, P(None, "d")))
+    assert len(sharded.devices()) == 4
+    with pytest.raises(tree.TaskVectorError, match=r"\['w'\]: 2 NaN and 1 Inf .* shape \(3, 8\)"):
+        tree.validate_task_vectors({"a": jnp.ones((3, 2)), "w": sharded})
+    clean = jax.device_put(jnp.ones((3, 8), dtype), NamedSharding(mesh, P(None, "d")))
+    assert tree.validate_task_vectors({"w": clean}) == 3
+
+
 def test_check_same_structure_message():
     with pytest.raises(tree.TaskVectorError, match=r"only in a: \['x'\]; only in b: \['y'\]"):
         tree.check_same_structure({"x": 1.0}, {"y": 1.0})

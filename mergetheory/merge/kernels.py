@@ -31,7 +31,8 @@ rewrite is needed, and the measurements, are in ``docs/merge_kernels.md``.
 * :func:`hash_uniform_bits`: counter-based uint32 random bits
   :math:`h(h(i \oplus s_0) + s_1)` (``lowbias32`` hash :math:`h`, key words
   :math:`s_0, s_1`) for the DARE masks (reference: :func:`hash_uniform_bits_reference`,
-  the same hash in NumPy).
+  the same hash in NumPy). They live in :mod:`mergetheory.random_bits` (the LoRA
+  sampler below the merge layer uses them too) and are re-exported here.
 
 Reference: docs/width_engine.md; ``docs/merge_kernels.md``.
 """
@@ -44,11 +45,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 
 from .. import tree as mtree
-from .._types import Key
+from ..random_bits import hash_uniform_bits, hash_uniform_bits_offset, hash_uniform_bits_reference
 
 __all__ = [
     "MAGNITUDE_FLOOR",
@@ -394,78 +394,3 @@ def threshold_search(flat: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.A
         after_prev = jnp.isnan(thr)
         out.append(thr)
     return jnp.stack(out)
-
-
-# --------------------------------------------------------------------------------------
-# counter-based random bits for the DARE masks
-# --------------------------------------------------------------------------------------
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-    """C. Wellons' ``lowbias32`` integer hash (a bijection of uint32, full avalanche)."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _key_words(key: Key) -> tuple[jax.Array, jax.Array]:
-    """Two uint32 seed words from a typed or raw (``uint32[2]``) PRNG key."""
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        data = jr.key_data(key)
-    else:
-        data = jnp.asarray(key)
-    data = data.astype(jnp.uint32).reshape(-1)
-    s0, s1 = data[0], data[-1]
-    for i in range(1, data.shape[0] - 1):  # wider keys (rbg): fold the middle words in
-        s0 = _mix32(s0 ^ data[i])
-    return s0, s1
-
-
-def hash_uniform_bits_offset(key: Key, shape: tuple[int, ...], offset: int) -> jax.Array:
-    """:func:`hash_uniform_bits` with the counter starting at ``offset`` (for row-wise draws)."""
-    num = int(np.prod(shape, dtype=np.int64))
-    s0, s1 = _key_words(key)
-    idx = jax.lax.iota(jnp.uint32, num).reshape(shape)
-    if offset:
-        idx = idx + jnp.uint32(offset)
-    return _mix32(_mix32(idx ^ s0) + s1)
-
-
-def hash_uniform_bits(key: Key, shape: tuple[int, ...]) -> jax.Array:
-    r"""Counter-based uint32 random bits: :math:`h(h(i \oplus s_0) + s_1)`, :math:`i` = flat index.
-
-    :math:`h` is the ``lowbias32`` hash (C. Wellons), :math:`(s_0, s_1)` the key's two
-    words. It costs about one memory pass on XLA:CPU where ``jax.random.bits`` costs far
-    more (``docs/merge_kernels.md``). Use keys derived with ``fold_in`` / ``split``
-    (well-mixed words), as the operators do.
-
-    Example:
-      >>> hash_uniform_bits(jax.random.key(0), (2, 3)).dtype
-      dtype('uint32')
-    """
-    num = int(np.prod(shape, dtype=np.int64))
-    if num >= 2**32:
-        raise ValueError(f"hash_uniform_bits: {num} >= 2**32 draws from one key")
-    return hash_uniform_bits_offset(key, shape, 0)
-
-
-def _mix32_np(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7FEB352D)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(0x846CA68B)
-    return x ^ (x >> np.uint32(16))
-
-
-def hash_uniform_bits_reference(key: Key, shape: tuple[int, ...]) -> np.ndarray:
-    """:func:`hash_uniform_bits` in plain NumPy uint32 arithmetic (reference for tests)."""
-    data = np.asarray(jr.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
-    data = data.astype(np.uint32).reshape(-1)
-    s0, s1 = data[0], data[-1]
-    with np.errstate(over="ignore"):
-        for i in range(1, data.shape[0] - 1):
-            s0 = _mix32_np(s0 ^ data[i])
-        idx = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint32).reshape(shape)
-        return _mix32_np(_mix32_np(idx ^ s0) + s1)

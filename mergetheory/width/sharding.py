@@ -47,8 +47,9 @@ then run the same program on every host (SPMD). Each host must feed its own shar
 ``D``-sharded input (e.g. ``jax.make_array_from_process_local_data`` or
 ``jax.make_array_from_callback``, reading only its own columns of the checkpoints); the
 ``[T, T]`` Gram and the width estimates come back replicated on every host. Nothing here
-gathers to one host, so the code runs unchanged (pass ``check=False`` to
-:func:`sharded_gram_matrix`: the NaN / Inf check reads values on the host).
+gathers to one host, so the code runs unchanged, input checks included (the NaN / Inf
+check of a global array is one reduction on the devices; only its two counts reach the
+host). ``tests/test_multiprocess.py`` runs this with two local processes.
 """
 
 from __future__ import annotations

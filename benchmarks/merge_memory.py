@@ -1,0 +1,213 @@
+r"""Peak memory and time of ``mergetheory merge`` on a GPT-2-shaped model (issue 13, item 5).
+
+Run ``python -m benchmarks.merge_memory`` (8 experts of about 55 MB each: GPT-2-small's
+148 tensors with every width scaled by 1/3) or ``--full`` (8 experts of 498 MB: GPT-2
+small itself, 124M float32 parameters; 4 GB in). In a temporary folder it writes a base
+model and the experts (``base + 0.001 N(0, 1)`` per entry) as model folders
+(``config.json`` + ``model.safetensors``, GPT-2's tensor names) and runs, in a fresh
+interpreter per layout and operator, both input paths of the CLI:
+
+* ``files``: ``mergetheory merge --operator OP --base base/model.safetensors --out
+  merged.safetensors e0/model.safetensors ...`` (loads every expert whole, merges the
+  stacked tree);
+* ``folders``: ``mergetheory merge --operator OP --base base --out merged e0 ...`` (the
+  per-tensor streaming merge of model folders);
+
+then reads each process's peak resident set size
+(``ru_maxrss`` of ``os.wait4``) and wall time, and deletes the folder. A baseline process
+that only imports JAX and the CLI's merge module gives the fixed footprint. Results go
+atomically to ``benchmarks/results/merge_memory.json`` (``--out``), with the load average.
+
+Target (issue 13): for ``--full``, peak RSS below 2 GB (half the input), and time at most
+mergekit's on the same inputs (mergekit is not installed here: not measured). The scaled
+default reports the same ratios; its 2 GB check is scaled to the input (peak below half
+the input plus the baseline footprint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "merge_memory.json"
+ROOT = Path(__file__).resolve().parents[1]
+GPT2 = {"d_model": 768, "vocab": 50257, "n_ctx": 1024, "n_layer": 12}
+
+
+def gpt2_shapes(scale: float = 1.0) -> dict[str, tuple[int, ...]]:
+    """GPT-2-small's tensor names and shapes (HF ``GPT2Model``), widths times ``scale``."""
+    d = max(32, round(GPT2["d_model"] * scale / 32) * 32)
+    vocab, ctx = round(GPT2["vocab"] * scale), round(GPT2["n_ctx"] * scale)
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (vocab, d), "wpe.weight": (ctx, d)}
+    for i in range(GPT2["n_layer"]):
+        p = f"h.{i}."
+        shapes.update(
+            {
+                p + "ln_1.weight": (d,),
+                p + "ln_1.bias": (d,),
+                p + "attn.c_attn.weight": (d, 3 * d),
+                p + "attn.c_attn.bias": (3 * d,),
+                p + "attn.c_proj.weight": (d, d),
+                p + "attn.c_proj.bias": (d,),
+                p + "ln_2.weight": (d,),
+                p + "ln_2.bias": (d,),
+                p + "mlp.c_fc.weight": (d, 4 * d),
+                p + "mlp.c_fc.bias": (4 * d,),
+                p + "mlp.c_proj.weight": (4 * d, d),
+                p + "mlp.c_proj.bias": (d,),
+            }
+        )
+    shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})
+    return shapes
+
+
+def write_inputs(folder: Path, shapes: dict[str, tuple[int, ...]], num_experts: int) -> list[Path]:
+    """Write ``base`` and ``expert{i}``, each a model folder (``config.json`` +
+    ``model.safetensors``); return the folders ``[base, experts...]``."""
+    from mergetheory.io import save_safetensors
+
+    rng = np.random.default_rng(13)
+    base = {n: 0.02 * rng.standard_normal(s, dtype=np.float32) for n, s in shapes.items()}
+
+    def save(name: str, tensors: dict[str, np.ndarray]) -> Path:
+        (folder / name).mkdir()
+        (folder / name / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+        save_safetensors(folder / name / "model.safetensors", tensors)
+        return folder / name
+
+    paths = [save("base", base)]
+    for i in range(num_experts):
+        expert = {
+            n: v + np.float32(1e-3) * rng.standard_normal(v.shape, dtype=np.float32)
+            for n, v in base.items()
+        }
+        paths.append(save(f"expert{i}", expert))
+        del expert
+    return paths
+
+
+def _run(cmd: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``cmd`` in a fresh interpreter; its own peak RSS (``os.wait4``) and wall time."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = t0 + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            return {"error": f"timed out after {timeout:.0f} s"}
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    out = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux: kilobytes
+        "exit_code": code,
+    }
+    if code != 0:
+        out["error"] = err.strip().splitlines()[-1:] or ["failed"]
+    return out
+
+
+_BASELINE = (
+    "import jax, jax.numpy as jnp; jnp.zeros(8).block_until_ready(); "
+    "import mergetheory.cli.merge, mergetheory.io"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate the inputs, run the merges, write the results, delete the inputs."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.merge_memory")
+    parser.add_argument("--full", action="store_true", help="GPT-2 small itself: 8 x 498 MB")
+    parser.add_argument("--num-experts", type=int, default=8)
+    parser.add_argument("--ops", default="task_arithmetic", help="comma-separated operators")
+    parser.add_argument(
+        "--layouts", default="files,folders", help="files (.safetensors) and/or folders"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per merge")
+    parser.add_argument("--out", default=str(RESULTS), help="results file")
+    args = parser.parse_args(argv)
+    from mergetheory.io import atomic_write
+
+    scale = 1.0 if args.full else 1.0 / 3.0
+    shapes = gpt2_shapes(scale)
+    expert_bytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
+    load_before = os.getloadavg()
+    results: dict[str, Any] = {
+        "layout": f"GPT-2 small (HF names, {len(shapes)} tensors), widths x {scale:.3g}",
+        "num_experts": args.num_experts,
+        "expert_bytes": expert_bytes,
+        "input_bytes": args.num_experts * expert_bytes,
+        "baseline_import_jax_and_cli": _run([sys.executable, "-c", _BASELINE], 300),
+        "merges": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="merge_memory_") as tmp:
+        t0 = time.perf_counter()
+        base, *experts = write_inputs(Path(tmp), shapes, args.num_experts)
+        results["write_inputs_s"] = time.perf_counter() - t0
+        for layout in args.layouts.split(","):
+            for op in args.ops.split(","):
+                # files: the .safetensors files in, one .safetensors out (whole-tree path);
+                # folders: the model folders in and out (per-tensor streaming path)
+                sub = "model.safetensors" if layout == "files" else ""
+                out = Path(tmp) / f"merged_{layout}_{op}{'.safetensors' if sub else ''}"
+                cmd = [sys.executable, "-m", "mergetheory.cli", "merge", "--operator", op]
+                cmd += ["--base", str(base / sub), "--out", str(out)]
+                cmd += [str(p / sub) for p in experts]
+                print(f"[benchmarks.merge_memory] {layout} {op} ...", file=sys.stderr, flush=True)
+                res = _run(cmd, args.timeout)
+                if "peak_rss_bytes" in res:
+                    res["peak_over_input"] = res["peak_rss_bytes"] / results["input_bytes"]
+                results["merges"][f"{layout}/{op}"] = res
+    base_rss = results["baseline_import_jax_and_cli"].get("peak_rss_bytes", 0)
+    limit = 2e9 if args.full else results["input_bytes"] / 2 + base_rss
+    results["target"] = (
+        "peak RSS < 2 GB for 8 x 500 MB (--full); scaled run: < input / 2 + baseline RSS"
+    )
+    results["target_bytes"] = limit
+    for res in results["merges"].values():
+        if "peak_rss_bytes" in res:
+            res["target_met"] = res["peak_rss_bytes"] < limit
+    results["loadavg_before"] = load_before
+    results["loadavg_after"] = os.getloadavg()
+    results["cpu_count"] = os.cpu_count()
+    results["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with atomic_write(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    gib = 2.0**30
+    print(
+        f"input {results['input_bytes'] / gib:.2f} GiB ({args.num_experts} x "
+        f"{expert_bytes / 2**20:.0f} MiB); baseline process {base_rss / gib:.2f} GiB"
+    )
+    for op, res in results["merges"].items():
+        if "error" in res:
+            print(f"{op}: FAILED {res['error']}")
+            continue
+        print(
+            f"{op}: peak RSS {res['peak_rss_bytes'] / gib:.2f} GiB = "
+            f"{res['peak_over_input']:.2f}x the input, {res['wall_s']:.1f} s "
+            f"(target {limit / gib:.2f} GiB: {'met' if res['target_met'] else 'missed'})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
