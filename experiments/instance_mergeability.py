@@ -235,7 +235,7 @@ def _task_level(zoo: Any, config: InstanceMergeabilityConfig, key: Any) -> dict[
     """
     from mergetheory._types import LoraFactors
     from mergetheory.instance_mergeability import merge_lora_tree, partition_estimate
-    from mergetheory.models.zoo import evaluate, params_from_delta
+    from mergetheory.models.zoo_eval import evaluate, params_from_delta
 
     lf = zoo.lora_factors
     num = len(zoo.task_names)
@@ -275,7 +275,7 @@ def _weighted_merge(zoo: Any, config: InstanceMergeabilityConfig, key: Any) -> d
     """
     from mergetheory.lora import densify
     from mergetheory.merge import MERGE_OPERATORS
-    from mergetheory.models.zoo import evaluate, params_from_delta
+    from mergetheory.models.zoo_eval import evaluate, params_from_delta
 
     num = len(zoo.task_names)
     dense = densify(zoo.lora_factors)  # {path: [T, d_out, d_in]}
