@@ -60,6 +60,7 @@ __all__ = [
     "hash_uniform_bits_reference",
     "max_tasks",
     "max_tasks_reference",
+    "row_chunks",
     "sum_parts",
     "sum_parts_reference",
     "threshold_search",
@@ -377,19 +378,43 @@ def _search_row(row: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
     return jnp.where(k <= 0, jnp.asarray(jnp.inf, cdt), thr)
 
 
-def threshold_search(flat: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
+def row_chunks(num: int, max_chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of ``ceil(num / max_chunk)`` near-equal consecutive chunks of a row.
+
+    Chunk lengths differ by at most one, so a row compiles at most two reduction shapes.
+    """
+    if max_chunk < 1:
+        raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
+    num_chunks = max(1, -(-num // max_chunk))
+    edges = [(i * num) // num_chunks for i in range(num_chunks + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def threshold_search(
+    flat: Sequence[jax.Array], k: jax.Array, cdt: Any, *, max_chunk: int | None = None
+) -> jax.Array:
     """The same thresholds as :func:`threshold_sort` by a search on counts, row by row.
 
     Row ``r``'s magnitudes are materialized once by a select on a flag computed from row
     ``r - 1``'s result (always false): this data dependency makes XLA run the rows one
     after another, so a finished row stops costing passes and a row stays in cache for all
-    its passes (``docs/merge_kernels.md``). Arguments and result as :func:`threshold_sort`.
+    its passes (``docs/merge_kernels.md``). Each leaf's row is materialized in consecutive
+    chunks of at most ``max_chunk`` entries (default ``2**24`` for float32: the longest
+    run whose count :func:`count_at_least` sums exactly in one reduction), each its own
+    buffer, so every count pass is a whole-array reduction (XLA:CPU runs those at memory
+    bandwidth; a reduction over a reshaped or sliced row runs 5-20x slower). Arguments and
+    result as :func:`threshold_sort`; the chunking changes no value.
     """
+    limit = _exact_sum_limit(cdt) if max_chunk is None else min(max_chunk, _exact_sum_limit(cdt))
     out = []
     after_prev = jnp.asarray(False)
     nan = jnp.asarray(jnp.nan, cdt)
     for r in range(k.shape[0]):
-        mags = [jnp.where(after_prev, nan, _magnitude(f[r], cdt)) for f in flat]
+        mags = [
+            jnp.where(after_prev, nan, _magnitude(f[r, lo:hi], cdt))
+            for f in flat
+            for lo, hi in row_chunks(f.shape[1], limit)
+        ]
         thr = _search_row(mags, k[r], cdt)
         after_prev = jnp.isnan(thr)
         out.append(thr)
