@@ -77,13 +77,36 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+_JIT_FINITE_MIN = 1 << 16  # jax leaves of at least this many entries: one jitted pass
+
+
+@jax.jit
+def _zero_if_finite(x: jax.Array) -> jax.Array:
+    """``sum(x * 0)``: 0 when every entry of ``x`` is finite, NaN otherwise (one fused pass)."""
+    return jnp.sum(x * jnp.zeros((), x.dtype))
+
+
 def check_finite(tree: Any, *, name: str = "tree") -> None:
     """Raise :class:`TaskVectorError` if any concrete leaf holds NaN or Inf.
 
-    Tracers (inside ``jit``) are skipped: value checks belong at eager entry points.
+    Tracers (inside ``jit``) are skipped: value checks belong at eager entry points. Large
+    JAX leaves are screened by one jitted reduction each (no host copy, no temporary);
+    NumPy leaves, small leaves and any leaf that fails the screen are checked in NumPy,
+    which also counts the bad values for the message.
     """
-    for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
+    flat = jtu.tree_flatten_with_path(tree)[0]
+    screened = {
+        i: _zero_if_finite(leaf)
+        for i, (_, leaf) in enumerate(flat)
+        if isinstance(leaf, jax.Array)
+        and _is_concrete(leaf)
+        and jnp.issubdtype(leaf.dtype, jnp.inexact)
+        and leaf.size >= _JIT_FINITE_MIN
+    }
+    for i, (path, leaf) in enumerate(flat):
         if not _is_concrete(leaf):
+            continue
+        if i in screened and bool(np.isfinite(np.asarray(screened[i]))):
             continue
         arr = np.asarray(leaf)
         if not jnp.issubdtype(arr.dtype, jnp.inexact):
