@@ -175,14 +175,20 @@ def count_at_least(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Arr
     float below :math:`t` and :math:`u = t - t^-` (see the module docstring): only
     ``min`` / ``max`` / ``sub`` / ``add``, which XLA:CPU fuses into one vectorized reduction
     (a sum of a comparison is split into slow reduce-window trees for long rows).
-    Requires ``b >= floor bits`` so that :math:`u` is a normal float.
+    Requires ``b >= floor bits`` so that :math:`u` is a normal float. Each array's scalars
+    ``t``, ``t^-`` and ``0`` are selected on the running total (``total < 0``, always
+    false): without this, XLA merges the scalar broadcasts of same-shaped arrays (e.g. the
+    chunks of one long row) and writes them out as full arrays, which made two 8e6-entry
+    counts 10-20x slower than one 1.6e7-entry count.
     """
-    t = _from_bits(b, cdt)
-    tp = _from_bits(b - 1, cdt)
-    u = t - tp
+    t0 = _from_bits(b, cdt)
+    tp0 = _from_bits(b - 1, cdt)
+    u = t0 - tp0
     limit = _exact_sum_limit(cdt)
     total = jnp.asarray(0, jnp.int32)
     for a in mags:
+        never = total < 0
+        t, tp, zero = (jnp.where(never, jnp.asarray(jnp.nan, cdt), v) for v in (t0, tp0, 0))
         num = a.shape[0]
         if num > limit:
             length = _chunk_len(num, limit)
@@ -194,7 +200,7 @@ def count_at_least(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Arr
         else:
             pieces = [a]
         for p in pieces:
-            s = jnp.sum(jnp.maximum(jnp.minimum(p, t) - tp, 0), axis=-1)
+            s = jnp.sum(jnp.maximum(jnp.minimum(p, t) - tp, zero), axis=-1)
             c = (s / u).astype(jnp.int32)
             total = total + (jnp.sum(c, dtype=jnp.int32) if c.ndim else c)
     return total
@@ -207,17 +213,30 @@ def count_at_least_reference(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) 
 
 
 def _max_below(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Array:
-    """``max{a_i : a_i < float(b)}`` over the magnitudes ``mags`` (-1 if none)."""
-    t = _from_bits(b, cdt)
-    neg = jnp.asarray(-1, cdt)
-    return jnp.max(jnp.stack([jnp.max(jnp.where(a < t, a, neg)) for a in mags]))
+    """``max{a_i : a_i < float(b)}`` over the magnitudes ``mags`` (-1 if none).
+
+    Scalars selected on the running result (never NaN), as in :func:`count_at_least`.
+    """
+    t0 = _from_bits(b, cdt)
+    nan = jnp.asarray(jnp.nan, cdt)
+    acc = jnp.asarray(-1, cdt)
+    for a in mags:
+        never = jnp.isnan(acc)
+        t, neg = (jnp.where(never, nan, v) for v in (t0, -1))
+        acc = jnp.maximum(acc, jnp.max(jnp.where(a < t, a, neg)))
+    return acc
 
 
 def _min_at_least(mags: Sequence[jax.Array], b: jax.Array, cdt: Any) -> jax.Array:
     """``min{a_i : a_i >= float(b)}`` over the magnitudes ``mags`` (+inf if none)."""
-    t = _from_bits(b, cdt)
-    inf = jnp.asarray(jnp.inf, cdt)
-    return jnp.min(jnp.stack([jnp.min(jnp.where(a >= t, a, inf)) for a in mags]))
+    t0 = _from_bits(b, cdt)
+    nan = jnp.asarray(jnp.nan, cdt)
+    acc = jnp.asarray(jnp.inf, cdt)
+    for a in mags:
+        never = jnp.isnan(acc)
+        t, inf = (jnp.where(never, nan, v) for v in (t0, jnp.inf))
+        acc = jnp.minimum(acc, jnp.min(jnp.where(a >= t, a, inf)))
+    return acc
 
 
 # --------------------------------------------------------------------------------------
