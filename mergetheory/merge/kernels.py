@@ -414,30 +414,27 @@ def threshold_search(
 ) -> jax.Array:
     """The same thresholds as :func:`threshold_sort` by a search on counts, row by row.
 
-    Row ``r``'s magnitudes are materialized once by a select on a flag computed from row
-    ``r - 1``'s result (always false): this data dependency makes XLA run the rows one
-    after another, so a finished row stops costing passes and a row stays in cache for all
-    its passes (``docs/merge_kernels.md``). Each leaf's row is materialized in consecutive
-    chunks of at most ``max_chunk`` entries (default ``2**24`` for float32: the longest
-    run whose count :func:`count_at_least` sums exactly in one reduction), each its own
-    buffer, so every count pass is a whole-array reduction (XLA:CPU runs those at memory
-    bandwidth; a reduction over a reshaped or sliced row runs 5-20x slower). Arguments and
-    result as :func:`threshold_sort`; the chunking changes no value.
+    The rows run one after another in a ``lax.map``: each row's magnitudes are materialized
+    once, so a finished row stops costing passes and a row stays in cache for all its
+    passes, and the search is compiled once whatever the number of rows
+    (``docs/merge_kernels.md``). Each leaf's row is materialized in consecutive chunks of at
+    most ``max_chunk`` entries (default ``2**24`` for float32: the longest run whose count
+    :func:`count_at_least` sums exactly in one reduction), each its own buffer, so every
+    count pass is a whole-array reduction (XLA:CPU runs those at memory bandwidth; a
+    reduction over a reshaped or sliced row ran 5-20x slower). Arguments and result as
+    :func:`threshold_sort`; the chunking changes no value.
     """
     limit = _exact_sum_limit(cdt) if max_chunk is None else min(max_chunk, _exact_sum_limit(cdt))
-    out = []
-    after_prev = jnp.asarray(False)
-    nan = jnp.asarray(jnp.nan, cdt)
-    for r in range(k.shape[0]):
+
+    def one_row(r: jax.Array) -> jax.Array:
         mags = [
-            jnp.where(after_prev, nan, _magnitude(f[r, lo:hi], cdt))
+            _magnitude(jax.lax.dynamic_slice_in_dim(f, r, 1, axis=0)[0, lo:hi], cdt)
             for f in flat
             for lo, hi in row_chunks(f.shape[1], limit)
         ]
-        thr = _search_row(mags, k[r], cdt)
-        after_prev = jnp.isnan(thr)
-        out.append(thr)
-    return jnp.stack(out)
+        return _search_row(mags, k[r], cdt)
+
+    return jax.lax.map(one_row, jnp.arange(k.shape[0]))
 
 
 # --------------------------------------------------------------------------------------
