@@ -38,6 +38,7 @@ benchmarks: $(STAMP)
 	$(PY) -m benchmarks.width --out $(BENCH_OUT)/width.json
 	$(PY) -m benchmarks.stream_gram --out $(BENCH_OUT)/stream_gram.json
 	$(PY) -m benchmarks.merge_memory --out $(BENCH_OUT)/merge_memory.json
+	$(PY) -m benchmarks.tree_compile --out $(BENCH_OUT)/tree_compile.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mergetheory tests experiments figures benchmarks

@@ -58,6 +58,7 @@ __all__ = [
     "CHECKS",
     "NUM_TASKS",
     "check_operator",
+    "count_compiles",
     "count_traces",
     "operator_conformance_cases",
     "run_check",
@@ -65,12 +66,16 @@ __all__ = [
 
 NUM_TASKS = 4
 _TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _trace_count = [0]
+_compile_count = [0]
 
 
 def _on_event(name: str, _duration: float, **_kwargs: Any) -> None:
     if name == _TRACE_EVENT:
         _trace_count[0] += 1
+    elif name == _COMPILE_EVENT:
+        _compile_count[0] += 1
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_event)
@@ -82,6 +87,14 @@ def count_traces(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any
     out = fn(*args, **kwargs)
     jax.block_until_ready(out)
     return out, _trace_count[0] - before
+
+
+def count_compiles(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+    """Call ``fn(*args, **kwargs)``; return ``(result, number of XLA compiles it caused)``."""
+    before = _compile_count[0]
+    out = fn(*args, **kwargs)
+    jax.block_until_ready(out)
+    return out, _compile_count[0] - before
 
 
 class NotClaimed(Exception):

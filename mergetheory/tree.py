@@ -94,18 +94,38 @@ def _count_on_device(leaf: Any) -> bool:
     )
 
 
+_JIT_FINITE_MIN = 1 << 16  # jax leaves of at least this many entries: one jitted pass
+
+
+@jax.jit
+def _zero_if_finite(x: jax.Array) -> jax.Array:
+    """``sum(x * 0)``: 0 when every entry of ``x`` is finite, NaN otherwise (one fused pass)."""
+    return jnp.sum(x * jnp.zeros((), x.dtype))
+
+
 def check_finite(tree: Any, *, name: str = "tree") -> None:
     """Raise :class:`TaskVectorError` if any concrete leaf holds NaN or Inf.
 
     Tracers (inside ``jit``) are skipped: value checks belong at eager entry points.
-    Host arrays and single-device CPU arrays are checked with NumPy. A
-    :class:`jax.Array` sharded over several devices, spanning devices of other processes
+    A :class:`jax.Array` sharded over several devices, spanning devices of other processes
     (``jax.distributed``) or living on an accelerator is checked where it lives: one jitted
     reduction returns the NaN and Inf counts as replicated scalars, and only those two
     numbers are fetched (a global array cannot be fetched to one host, and an accelerator
-    array would be copied whole).
+    array would be copied whole). Other large JAX leaves are screened by one jitted
+    reduction each (no host copy, no temporary); NumPy leaves, small leaves and any leaf
+    that fails the screen are checked in NumPy, which also counts the bad values.
     """
-    for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
+    flat = jtu.tree_flatten_with_path(tree)[0]
+    screened = {
+        i: _zero_if_finite(leaf)
+        for i, (_, leaf) in enumerate(flat)
+        if isinstance(leaf, jax.Array)
+        and _is_concrete(leaf)
+        and not _count_on_device(leaf)
+        and jnp.issubdtype(leaf.dtype, jnp.inexact)
+        and leaf.size >= _JIT_FINITE_MIN
+    }
+    for i, (path, leaf) in enumerate(flat):
         if not _is_concrete(leaf):
             continue
         if _count_on_device(leaf):
@@ -113,6 +133,8 @@ def check_finite(tree: Any, *, name: str = "tree") -> None:
                 continue
             num_nan, num_inf = (int(c) for c in _nonfinite_counts(leaf))
         else:
+            if i in screened and bool(np.isfinite(np.asarray(screened[i]))):
+                continue
             arr = np.asarray(leaf)
             if not jnp.issubdtype(arr.dtype, jnp.inexact):
                 continue

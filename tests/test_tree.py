@@ -134,6 +134,22 @@ def test_check_finite_counts_on_device_for_sharded_arrays(dtype):
     assert tree.validate_task_vectors({"w": clean}) == 3
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_check_finite_large_leaves_screened_in_one_pass(dtype, bad):
+    # leaves of >= 2**16 entries take the jitted screen; one bad value anywhere is found
+    # and counted, a finite leaf passes
+    rng = np.random.default_rng(3)
+    good = rng.standard_normal((2, 300, 300))
+    tree.check_finite({"x": jnp.asarray(good, dtype), "y": np.asarray(good)})
+    for pos in [(0, 0, 0), (1, 299, 299), (1, 150, 7)]:
+        x = good.copy()
+        x[pos] = bad
+        nan, inf = (1, 0) if np.isnan(bad) else (0, 1)
+        with pytest.raises(tree.TaskVectorError, match=rf"\['x'\]: {nan} NaN and {inf} Inf"):
+            tree.check_finite({"x": jnp.asarray(x, dtype), "y": jnp.ones((2, 3))})
+
+
 def test_check_same_structure_message():
     with pytest.raises(tree.TaskVectorError, match=r"only in a: \['x'\]; only in b: \['y'\]"):
         tree.check_same_structure({"x": 1.0}, {"y": 1.0})

@@ -6,7 +6,9 @@ Deterministic operators ignore ``key`` (so every operator vmaps over keys the sa
 continuous hyperparameters (``density``, ``scale``, ``temperature``) are traced, so a sweep
 is a ``vmap``; shape-determining options are static. Inputs are validated at the eager
 entry (structure, shapes and dtypes always; NaN / Inf and value ranges when concrete), and
-the work runs in a jitted core.
+the work runs in a jitted core; operators whose maths is per tensor run a jitted per-leaf
+kernel over the leaves (:func:`.leafwise.map_leaves`), compiled once per distinct leaf
+shape.
 
 :class:`MergeOperator` records the properties each operator claims;
 ``tests/merge/test_registry.py`` checks every claim for every entry. Adding an operator is
@@ -23,7 +25,8 @@ product-wise LoRA merging), :mod:`.tsv` and :mod:`.iso` (SVD-based, helpers in
 :mod:`.svd`), :mod:`.breadcrumbs`, :mod:`.emr`, :mod:`.model_stock`, :mod:`.knots`.
 Building blocks: :mod:`.primitives` (trim, DARE drop, sign election, disjoint
 aggregation), :mod:`.topk` (exact top-k threshold), :mod:`.dare_mask` (DARE masks) and
-:mod:`.kernels` (the XLA:CPU kernels beside their plain reference versions).
+:mod:`.kernels` (the XLA:CPU kernels beside their plain reference versions) and
+:mod:`.leafwise` (per-leaf kernels over a pytree).
 """
 
 from __future__ import annotations

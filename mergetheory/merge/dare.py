@@ -44,11 +44,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import jax.tree_util as jtu
 
 from .._types import Key, Merged, TaskVectors
-from ._common import as_weights, checked, leaf_keys
+from ._common import as_weights, checked
 from .kernels import sum_parts
+from .leafwise import map_leaves
 from .primitives import AGGREGATES, ELECTIONS, ZERO_SIGNS, dare_drop_parts, elect_and_merge_array
 from .primitives import dare_rescale as dare_rescale  # re-exported (home: .primitives)
 
@@ -109,37 +111,52 @@ def dare_ties_array(
     jax.jit,
     static_argnames=("use_ties", "weights_before_election", "election", "aggregate", "zero_sign"),
 )
-def _dare_core(
-    task_vectors: TaskVectors,
+def _dare_leaf(
+    x: jax.Array,
+    index: jax.Array,
+    *,
     key: Key,
     weights: jax.Array | None,
     density: jax.Array,
     scale: jax.Array,
-    *,
     use_ties: bool,
     weights_before_election: bool = False,
     election: str = "mass",
     aggregate: str = "mean",
     zero_sign: str = "positive",
+) -> jax.Array:
+    """DARE of leaf number ``index`` (its key: ``fold_in(key, index)``); compiled per shape."""
+    k = jr.fold_in(key, index)
+    if not use_ties:
+        return dare_linear_array(x, k, weights=weights, density=density, scale=scale)
+    return dare_ties_array(
+        x,
+        k,
+        weights=weights,
+        density=density,
+        scale=scale,
+        weights_before_election=weights_before_election,
+        election=election,
+        aggregate=aggregate,
+        zero_sign=zero_sign,
+    )
+
+
+def _dare_map(
+    task_vectors: TaskVectors, key: Key, weights: Any, density: Any, scale: Any, **static: Any
 ) -> Merged:
-    keys = leaf_keys(key, task_vectors)
-
-    def leaf(x: jax.Array, k: Key) -> jax.Array:
-        if not use_ties:
-            return dare_linear_array(x, k, weights=weights, density=density, scale=scale)
-        return dare_ties_array(
-            x,
-            k,
-            weights=weights,
-            density=density,
-            scale=scale,
-            weights_before_election=weights_before_election,
-            election=election,
-            aggregate=aggregate,
-            zero_sign=zero_sign,
-        )
-
-    return jtu.tree_map(leaf, task_vectors, keys)
+    """:func:`_dare_leaf` over the leaves; leaf ``i`` uses ``fold_in(key, i)``."""
+    indices = list(range(len(jtu.tree_leaves(task_vectors))))
+    return map_leaves(
+        _dare_leaf,
+        task_vectors,
+        indices,
+        key=key,
+        weights=weights,
+        density=jnp.asarray(density),
+        scale=jnp.asarray(scale),
+        **static,
+    )
 
 
 @checked(densities=("density",))
@@ -166,9 +183,7 @@ def dare_linear(
     Returns:
       The merged pytree (dtypes preserved).
     """
-    return _dare_core(
-        task_vectors, key, weights, jnp.asarray(density), jnp.asarray(scale), use_ties=False
-    )
+    return _dare_map(task_vectors, key, weights, density, scale, use_ties=False)
 
 
 @checked(
@@ -209,12 +224,12 @@ def dare_ties(
     Returns:
       The merged pytree (dtypes preserved).
     """
-    return _dare_core(
+    return _dare_map(
         task_vectors,
         key,
         weights,
-        jnp.asarray(density),
-        jnp.asarray(scale),
+        density,
+        scale,
         use_ties=True,
         weights_before_election=bool(weights_before_election),
         election=election,

@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
 
 from .. import tree as mtree
@@ -27,6 +26,7 @@ from ._common import (
     checked,
     is_concrete,
 )
+from .leafwise import map_leaves
 
 __all__ = [
     "average",
@@ -42,16 +42,13 @@ __all__ = [
 
 
 @jax.jit
-def _average_core(task_vectors: TaskVectors, weights: jax.Array | None) -> Merged:
-    num = mtree.num_tasks(task_vectors)
-
-    def leaf(x: jax.Array) -> jax.Array:
-        if weights is None:
-            return mtree.sum_tasks(x) / num
-        w = as_weights(weights, num, x.dtype)
-        return mtree.sum_tasks(x, w) / jnp.sum(w)
-
-    return jtu.tree_map(leaf, task_vectors)
+def _average_leaf(x: jax.Array, *, weights: jax.Array | None) -> jax.Array:
+    """Weighted mean of one leaf over its task axis; compiled per leaf shape."""
+    num = x.shape[0]
+    if weights is None:
+        return mtree.sum_tasks(x) / num
+    w = as_weights(weights, num, x.dtype)
+    return mtree.sum_tasks(x, w) / jnp.sum(w)
 
 
 @checked()
@@ -79,7 +76,7 @@ def average(task_vectors: TaskVectors, key: Key, *, weights: Any = None) -> Merg
     del key
     if weights is not None and is_concrete(weights) and float(np.sum(weights)) == 0.0:
         raise ValueError("average: weights sum to 0; they cannot be normalized")
-    return _average_core(task_vectors, weights)
+    return map_leaves(_average_leaf, task_vectors, weights=weights)
 
 
 # --------------------------------------------------------------------------------------
@@ -88,15 +85,11 @@ def average(task_vectors: TaskVectors, key: Key, *, weights: Any = None) -> Merg
 
 
 @jax.jit
-def _task_arithmetic_core(
-    task_vectors: TaskVectors, weights: jax.Array | None, scale: jax.Array
-) -> Merged:
-    num = mtree.num_tasks(task_vectors)
-
-    def leaf(x: jax.Array) -> jax.Array:
-        return scale.astype(x.dtype) * mtree.sum_tasks(x, as_weights(weights, num, x.dtype))
-
-    return jtu.tree_map(leaf, task_vectors)
+def _task_arithmetic_leaf(
+    x: jax.Array, *, weights: jax.Array | None, scale: jax.Array
+) -> jax.Array:
+    r""":math:`\lambda \sum_t w_t x_t` of one leaf; compiled per leaf shape."""
+    return scale.astype(x.dtype) * mtree.sum_tasks(x, as_weights(weights, x.shape[0], x.dtype))
 
 
 @checked()
@@ -125,7 +118,9 @@ def task_arithmetic(
       Array([2., 4.], dtype=float32)
     """
     del key
-    return _task_arithmetic_core(task_vectors, weights, jnp.asarray(scale))
+    return map_leaves(
+        _task_arithmetic_leaf, task_vectors, weights=weights, scale=jnp.asarray(scale)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -161,16 +156,7 @@ def base_knowledge_weights(
     return omega
 
 
-@jax.jit
-def _base_knowledge_core(
-    task_vectors: TaskVectors,
-    base_accuracy: jax.Array,
-    temperature: jax.Array,
-    weights: jax.Array | None,
-    scale: jax.Array,
-) -> Merged:
-    omega = base_knowledge_weights(base_accuracy, temperature=temperature, weights=weights)
-    return _task_arithmetic_core(task_vectors, omega, scale)  # Task Arithmetic with omega
+_base_knowledge_weights_jit = jax.jit(base_knowledge_weights)
 
 
 @checked()
@@ -218,10 +204,7 @@ def base_knowledge_weighted(
         if np.any(acc < 0) or np.any(acc > 1):
             raise ValueError(f"base_accuracy must lie in [0, 1], got {acc}")
     check_positive(temperature, name="temperature")
-    return _base_knowledge_core(
-        task_vectors,
-        jnp.asarray(base_accuracy),
-        jnp.asarray(temperature),
-        weights,
-        jnp.asarray(scale),
-    )
+    omega = _base_knowledge_weights_jit(
+        jnp.asarray(base_accuracy), temperature=jnp.asarray(temperature), weights=weights
+    )  # then Task Arithmetic with omega, leaf by leaf
+    return map_leaves(_task_arithmetic_leaf, task_vectors, weights=omega, scale=jnp.asarray(scale))

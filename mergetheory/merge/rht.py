@@ -35,6 +35,7 @@ repository wzj1718/ModelMergingAnalysis.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -43,6 +44,7 @@ import jax.tree_util as jtu
 
 from .._types import Key, Merged, TaskVectors
 from ._common import checked, is_concrete
+from .leafwise import map_leaves
 from .primitives import elect_and_merge, trim_parts
 from .topk import magnitude_threshold, num_kept
 
@@ -68,20 +70,15 @@ def rht_array(
     """Code-level RHT of one array ``x`` ``[K, ...]`` (see the module docstring)."""
     del key
     c = _normalized(weights, x.shape[0], x.dtype)
-    return _rht_leaf(x, num_kept(density, int(x[0].size)), c, jnp.asarray(density))
+    return _rht_leaf(x, num_kept(density, math.prod(x.shape[1:])), c, jnp.asarray(density))
 
 
 @jax.jit
-def _rht_core(
-    task_vectors: TaskVectors, weights: jax.Array | None, ks: Any, density: jax.Array
-) -> Merged:
-    leaves, treedef = jtu.tree_flatten(task_vectors)
-    num = leaves[0].shape[0]
-    out = [
-        _rht_leaf(x, k, _normalized(weights, num, x.dtype), density)
-        for x, k in zip(leaves, ks, strict=True)
-    ]
-    return jtu.tree_unflatten(treedef, out)
+def _rht_leaf_jit(
+    x: jax.Array, k: jax.Array, *, weights: jax.Array | None, density: jax.Array
+) -> jax.Array:
+    """Code-level RHT of one leaf; compiled once per distinct leaf shape."""
+    return _rht_leaf(x, k, _normalized(weights, x.shape[0], x.dtype), density)
 
 
 @checked(densities=("density",))
@@ -110,5 +107,7 @@ def rht(task_vectors: TaskVectors, key: Key, *, weights: Any = None, density: An
     del key
     if weights is not None and is_concrete(weights) and float(jnp.sum(jnp.asarray(weights))) == 0:
         raise ValueError("rht: weights sum to 0; they cannot be normalized")
-    ks = [num_kept(density, int(x[0].size)) for x in jtu.tree_leaves(task_vectors)]
-    return _rht_core(task_vectors, weights, ks, jnp.asarray(density))
+    ks = [num_kept(density, math.prod(x.shape[1:])) for x in jtu.tree_leaves(task_vectors)]
+    return map_leaves(
+        _rht_leaf_jit, task_vectors, ks, weights=weights, density=jnp.asarray(density)
+    )

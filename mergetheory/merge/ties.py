@@ -62,6 +62,7 @@ References (``paper/refs.bib``): ``yadav2023ties``; PEFT ``merge_utils.py``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,7 @@ import jax.tree_util as jtu
 from .._types import Key, Merged, TaskVectors
 from ._common import as_weights, checked
 from .kernels import sum_parts
+from .leafwise import map_leaves
 from .primitives import (
     AGGREGATES,
     ELECTIONS,
@@ -106,7 +108,7 @@ KEEP_RULES = ("peft", "official")
 
 def _trimmed_parts(x: jax.Array, density: Any) -> list[jax.Array]:
     """Per-tensor trim of ``x`` ``[T, ...]``: each task keeps its top-``density`` magnitudes."""
-    return trim_parts(x, magnitude_threshold(x, num_kept(density, int(x[0].size))))
+    return trim_parts(x, magnitude_threshold(x, num_kept(density, math.prod(x.shape[1:]))))
 
 
 def ties_array(
@@ -162,7 +164,7 @@ def _kept(density: Any, num: int, keep_rule: str) -> jax.Array:
 
 
 def _kept_counts(task_vectors: TaskVectors, density: Any, trim: str, keep_rule: str) -> Any:
-    sizes = [int(x[0].size) for x in jtu.tree_leaves(task_vectors)]
+    sizes = [math.prod(x.shape[1:]) for x in jtu.tree_leaves(task_vectors)]
     if trim == "global":
         return _kept(density, sum(sizes), keep_rule)
     return [_kept(density, n, keep_rule) for n in sizes]
@@ -173,6 +175,28 @@ def _pruned_leaves(leaves: Sequence[jax.Array], ks: Any, trim: str) -> list[list
         thr = magnitude_threshold(list(leaves), ks)
         return [trim_parts(x, thr) for x in leaves]
     return [trim_parts(x, magnitude_threshold(x, k)) for x, k in zip(leaves, ks, strict=True)]
+
+
+_ELECT_STATIC = ("weights_before_election", "election", "aggregate", "zero_sign")
+
+
+@functools.partial(jax.jit, static_argnames=_ELECT_STATIC)
+def _ties_leaf(
+    x: jax.Array,
+    k: jax.Array,
+    *,
+    weights: jax.Array | None,
+    scale: jax.Array,
+    weights_before_election: bool,
+    election: str,
+    aggregate: str,
+    zero_sign: str,
+) -> jax.Array:
+    """TIES of one leaf with per-tensor trim (``k`` kept per task); compiled per shape."""
+    pruned = trim_parts(x, magnitude_threshold(x, k))
+    return elect_and_merge_array(
+        pruned, weights, scale, weights_before_election, election, aggregate, zero_sign
+    )
 
 
 @functools.partial(
@@ -261,10 +285,23 @@ def ties(
       Array([2.5, 2. , 0. ], dtype=float32)
     """
     del key
+    ks = _kept_counts(task_vectors, density, trim, keep_rule)
+    if trim == "tensor":  # per-leaf maths: one compiled kernel per distinct leaf shape
+        return map_leaves(
+            _ties_leaf,
+            task_vectors,
+            ks,
+            weights=weights,
+            scale=jnp.asarray(scale),
+            weights_before_election=bool(weights_before_election),
+            election=election,
+            aggregate=aggregate,
+            zero_sign=zero_sign,
+        )
     return _ties_core(
         task_vectors,
         weights,
-        _kept_counts(task_vectors, density, trim, keep_rule),
+        ks,
         jnp.asarray(scale),
         trim=trim,
         weights_before_election=bool(weights_before_election),
@@ -272,6 +309,15 @@ def ties(
         aggregate=aggregate,
         zero_sign=zero_sign,
     )
+
+
+@jax.jit
+def _magnitude_prune_leaf(
+    x: jax.Array, k: jax.Array, *, weights: jax.Array | None, scale: jax.Array
+) -> jax.Array:
+    """Magnitude pruning of one leaf with per-tensor trim; compiled per shape."""
+    pruned = trim_parts(x, magnitude_threshold(x, k))
+    return scale.astype(x.dtype) * sum_parts(pruned, as_weights(weights, x.shape[0], x.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("trim",))
@@ -322,4 +368,8 @@ def magnitude_prune(
     """
     del key
     ks = _kept_counts(task_vectors, density, trim, keep_rule)
+    if trim == "tensor":
+        return map_leaves(
+            _magnitude_prune_leaf, task_vectors, ks, weights=weights, scale=jnp.asarray(scale)
+        )
     return _magnitude_prune_core(task_vectors, weights, ks, jnp.asarray(scale), trim=trim)

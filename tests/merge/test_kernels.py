@@ -75,6 +75,35 @@ def test_threshold_search_matches_sort(dtype):
         )
 
 
+@pytest.mark.parametrize("max_chunk", [4096, 7001, 40_000])
+def test_threshold_search_in_chunks_matches_sort(max_chunk):
+    # rows materialized in chunks of at most max_chunk entries (the default is 2**24, the
+    # exact-sum limit): thresholds equal the sort path's, ties and floor included
+    x = np.array(_data((3, 40_000), np.float32, seed=6))
+    x[1] = np.round(x[1] * 4) / 4
+    x[2, :20_000] *= 2.0**-110
+    flat = [jnp.asarray(x[:, :15_000]), jnp.asarray(x[:, 15_000:])]
+    cdt = kernels.compute_dtype(flat)
+    search = jax.jit(lambda k: kernels.threshold_search(flat, k, cdt, max_chunk=max_chunk))
+    for k in (0, 1, 977, 20_000, 39_999, 40_000):
+        ks = jnp.full((3,), k, jnp.int32)
+        np.testing.assert_array_equal(
+            np.asarray(search(ks)), np.asarray(kernels.threshold_sort(flat, ks, cdt)), str(k)
+        )
+
+
+def test_row_chunks_cover_the_row_in_near_equal_pieces():
+    for num, limit in [(10, 3), (10, 10), (10, 11), (16_800_000, 1 << 24), (7, 1)]:
+        chunks = kernels.row_chunks(num, limit)
+        assert chunks[0][0] == 0 and chunks[-1][1] == num
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+        lengths = {hi - lo for lo, hi in chunks}
+        assert max(lengths) <= limit and max(lengths) - min(lengths) <= 1
+        assert len(chunks) == -(-num // limit)
+    with pytest.raises(ValueError, match="max_chunk"):
+        kernels.row_chunks(10, 0)
+
+
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
 def test_hash_bits_match_numpy_reference(key, impl):
     k = jr.fold_in(key, 3) if impl == "threefry2x32" else jr.key(7, impl=impl)
