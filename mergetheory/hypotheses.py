@@ -56,6 +56,7 @@ HYPOTHESIS_ENTRY_POINT_GROUP = "mergetheory.hypotheses"
 BUILTIN_HYPOTHESIS_NAMES: tuple[str, ...] = (
     "concavity",
     "diagnostics",
+    "instance_mergeability",
     "kinematic",
     "mergeability",
     "operator_diagnostics",
