@@ -66,6 +66,14 @@ from mergetheory.analysis import (
 from mergetheory.geometry import make_set
 from mergetheory.lora import LoraFactors, densify
 from mergetheory.merge import MERGE_OPERATORS, lora_delta, lora_factorwise
+from mergetheory.models.zoo import build_zoo, zoo_spec
+from mergetheory.models.zoo_eval import (
+    base_loss_fn,
+    evaluate,
+    evaluate_deltas,
+    evaluate_experts,
+    kernel_deltas,
+)
 
 NAME = "real_merging"
 
@@ -156,10 +164,8 @@ LARGE = RealMergingConfig(
 
 def load_zoo(modality: str, size: str, seed: int, cache_dir: str, progress: bool) -> Any:
     """Build or load the zoo of one modality (``mergetheory.models.zoo``)."""
-    from mergetheory.models import zoo as zoo_mod
-
-    spec = zoo_mod.zoo_spec(modality, size, seed)
-    return zoo_mod.build_zoo(spec, cache_dir=cache_dir, progress=progress)
+    spec = zoo_spec(modality, size, seed)
+    return build_zoo(spec, cache_dir=cache_dir, progress=progress)
 
 
 # --------------------------------------------------------------------------------------
@@ -216,33 +222,23 @@ class _Scorer(NamedTuple):
     """Scores merged updates on a fixed subset of every task's examples (paired)."""
 
     zoo: Any
-    test_examples: int | None
-    val_examples: int | None
+    examples: int | None  # per task and split (None: all)
     batch_size: int
 
     def score(self, merged: Any, split: str, peft: bool) -> np.ndarray:
         """``[S, T]`` metrics of ``S`` merged updates (leading axis)."""
-        from mergetheory.models.zoo_eval import evaluate_deltas, kernel_deltas
-
         deltas = kernel_deltas(self.zoo, merged) if peft else merged
-        k = self.test_examples if split == "test" else self.val_examples
         return evaluate_deltas(
-            self.zoo, deltas, split=split, max_examples=k, batch_size=self.batch_size
+            self.zoo, deltas, split=split, max_examples=self.examples, batch_size=self.batch_size
         )
 
     def base(self, split: str) -> np.ndarray:
-        from mergetheory.models.zoo_eval import evaluate
-
-        k = self.test_examples if split == "test" else self.val_examples
-        return evaluate(self.zoo, self.zoo.base_params, split=split, max_examples=k)
+        return evaluate(self.zoo, self.zoo.base_params, split=split, max_examples=self.examples)
 
     def experts(self, es: _ExpertSet, split: str) -> np.ndarray:
         """Each expert's metric on its own task: ``[T]``."""
-        from mergetheory.models.zoo_eval import evaluate_experts, kernel_deltas
-
         deltas = kernel_deltas(self.zoo, es.dense) if es.peft else es.dense
-        k = self.test_examples if split == "test" else self.val_examples
-        return evaluate_experts(self.zoo, deltas, split=split, max_examples=k)
+        return evaluate_experts(self.zoo, deltas, split=split, max_examples=self.examples)
 
 
 def _expert_sets(zoo: Any) -> dict[str, _ExpertSet]:
@@ -386,7 +382,7 @@ def _modality(mod: str, mi: int, config: RealMergingConfig, out_dir: Path, progr
     n_max = min(config.language_max_experts if lang else config.max_experts, num_tasks)
     num_paths = config.language_num_paths if lang else config.num_paths
     examples = config.language_eval_examples if lang else config.eval_examples
-    scorer = _Scorer(zoo, examples, examples, config.eval_batch)
+    scorer = _Scorer(zoo, examples, config.eval_batch)
     hib = bool(zoo.higher_is_better)
     kmod = jr.fold_in(jr.key(config.seed), mi)
     paths = nested_subsets(jr.fold_in(kmod, 0), num_tasks=num_tasks, num_paths=num_paths)
@@ -421,8 +417,6 @@ def _modality(mod: str, mi: int, config: RealMergingConfig, out_dir: Path, progr
     arrays.update(a)
     nstar = a.get(f"{mod}_full_average_nstar")
     observed = None if nstar is None else float(nstar[0, 4])  # gain ratio, observed n*
-    from mergetheory.models.zoo_eval import base_loss_fn
-
     t0 = time.perf_counter()
     a, s = hessian_summary(
         mod, zoo, base_loss_fn(zoo), widths, config, jr.fold_in(kmod, 30), observed
