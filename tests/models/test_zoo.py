@@ -25,6 +25,7 @@ from mergetheory.models.zoo_eval import (
     evaluate_experts,
     evaluate_stack,
     example_index,
+    kernel_deltas,
     lora_dense_updates,
     params_from_delta,
 )
@@ -163,6 +164,18 @@ def test_lora_dense_updates_against_numpy(zoos, modality):
         for t in range(num):
             want = (f.scaling * b[t] @ a[t]).T  # PEFT [d_out, d_in] -> flax kernel
             np.testing.assert_allclose(np.asarray(leaf[t]), want, rtol=1e-5, atol=1e-7)
+    # kernel_deltas reads the same updates in PEFT's layout (stacked) back onto the kernels
+    peft = {
+        p: jnp.swapaxes(v, -1, -2)
+        for p, v in _leaves_with_paths(lora_dense_updates(zoo)).items()
+        if p in zoo.lora_factors
+    }
+    back = _leaves_with_paths(kernel_deltas(zoo, peft))
+    assert set(back) == set(dense)
+    for path, leaf in back.items():
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(dense[path]))
+    with pytest.raises(ValueError, match="no parameter named"):
+        kernel_deltas(zoo, {"nope": jnp.zeros((2, 3))})
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
