@@ -56,7 +56,10 @@ def configure_jax(
         path = Path(setting) if setting not in ("", "1") else cache_dir
         if path is not None:
             jax.config.update("jax_compilation_cache_dir", str(path))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+            # every program, however quick to compile: a threshold in seconds makes the
+            # cache depend on the machine's load (the bridge experiment compiles hundreds of
+            # programs of ~0.3-3 s; with a 0.5 s threshold a rerun recompiled the quick ones)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def make_parser(
