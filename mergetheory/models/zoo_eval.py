@@ -137,6 +137,23 @@ def _stack_size(stacked: Any, name: str) -> int:
     return sizes.pop()
 
 
+def _evaluate_many(
+    zoo: ExpertZoo,
+    base: Any,
+    stacked: Any,
+    name: str,
+    split: str,
+    tasks: Sequence[int] | None,
+    batch_size: int,
+    max_examples: int | None,
+) -> np.ndarray:
+    # ``[M, T]`` metrics of ``stacked`` (full parameters, or updates of ``base``)
+    _stack_size(stacked, name)
+    data = _split_data(zoo, split, tasks, max_examples)
+    out = _eval_stack(train_config(zoo.spec), base, stacked, data, batch_size)
+    return np.asarray(out, np.float64)
+
+
 def evaluate_stack(
     zoo: ExpertZoo,
     stacked_params: Any,
@@ -151,11 +168,9 @@ def evaluate_stack(
     Models are evaluated ``batch_size`` at a time (``jax.lax.map``); the program is
     compiled once per (spec, split size, ``M``, batch size), not once per call.
     """
-    _stack_size(stacked_params, "evaluate_stack")
-    data = _split_data(zoo, split, tasks, max_examples)
-    cfg = train_config(zoo.spec)
-    out = _eval_stack(cfg, None, stacked_params, data, batch_size)
-    return np.asarray(out, np.float64)
+    return _evaluate_many(
+        zoo, None, stacked_params, "evaluate_stack", split, tasks, batch_size, max_examples
+    )
 
 
 def evaluate_deltas(
@@ -181,11 +196,9 @@ def evaluate_deltas(
       ``[M, T]`` (or ``[M, len(tasks)]``) float64 metrics; row ``m`` equals
       ``evaluate(zoo, params_from_delta(zoo, delta_m))`` up to float32 round-off.
     """
-    _stack_size(deltas, "evaluate_deltas")
-    data = _split_data(zoo, split, tasks, max_examples)
-    cfg = train_config(zoo.spec)
-    out = _eval_stack(cfg, zoo.base_params, deltas, data, batch_size)
-    return np.asarray(out, np.float64)
+    return _evaluate_many(
+        zoo, zoo.base_params, deltas, "evaluate_deltas", split, tasks, batch_size, max_examples
+    )
 
 
 def evaluate_experts(
@@ -268,17 +281,14 @@ def params_from_delta(zoo: ExpertZoo, delta: Any) -> Any:
     Returns:
       The parameter pytree (float32).
     """
-    flat = _flat(zoo.base_params)
     if isinstance(delta, dict) and delta and set(delta) <= set(zoo.lora_factors):
-        out = dict(flat)
+        flat = _flat(zoo.base_params)
         for p, upd in delta.items():
-            upd = jnp.asarray(upd)
             want = flat[p].shape[::-1]
-            if upd.shape != want:
-                raise ValueError(f"params_from_delta: update of {p!r} has shape {upd.shape}, "
+            if jnp.shape(upd) != want:
+                raise ValueError(f"params_from_delta: update of {p!r} has shape {jnp.shape(upd)}, "
                                  f"expected [d_out, d_in] = {want}")  # fmt: skip
-            out[p] = flat[p] + upd.T.astype(flat[p].dtype)
-        return _nest(out)
+        delta = kernel_deltas(zoo, delta)  # transposed onto the kernels, zero elsewhere
     return jax.tree.map(lambda b, d: b + jnp.asarray(d).astype(b.dtype), zoo.base_params, delta)
 
 
