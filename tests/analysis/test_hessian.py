@@ -37,7 +37,7 @@ def _tiny_problem(key):
 
 def _dense_hessian(loss, params):
     flat, unravel = ravel_pytree(params)
-    return np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat))
+    return np.asarray(jax.jit(jax.hessian(lambda f: loss(unravel(f))))(flat))
 
 
 def test_hvp_matches_dense_hessian(key):

@@ -362,14 +362,16 @@ def test_fast_equals_naive_random_sets(key, kind):
     rng = np.random.default_rng(13)
     x = rng.standard_normal((10, 30)) @ np.diag(np.linspace(0.2, 2.0, 30)) + 0.3
     s = geometry.make_set(kind, x)
-    fast = gaussian_width(jr.key(1), s, num_samples=40_000)
-    naive = gaussian_width(jr.key(2), s, num_samples=40_000, method="naive")
+    # the tolerance is 5 combined stderrs at any M; the cone's NNLS per sample is what costs
+    num = 10_000 if kind == "cone" else 40_000
+    fast = gaussian_width(jr.key(1), s, num_samples=num)
+    naive = gaussian_width(jr.key(2), s, num_samples=num, method="naive")
     assert abs(float(fast.mean) - float(naive.mean)) < 5 * math.hypot(
         float(fast.stderr), float(naive.stderr)
     )
     if s.is_cone:
-        fast = statistical_dimension(jr.key(1), s, num_samples=40_000)
-        naive = statistical_dimension(jr.key(2), s, num_samples=40_000, method="naive")
+        fast = statistical_dimension(jr.key(1), s, num_samples=num)
+        naive = statistical_dimension(jr.key(2), s, num_samples=num, method="naive")
         assert abs(float(fast.mean) - float(naive.mean)) < 5 * math.hypot(
             float(fast.stderr), float(naive.stderr)
         )
