@@ -140,7 +140,7 @@ def _avg_curve(means: np.ndarray) -> WidthCurve:
         return x.mean(axis=0), x.std(axis=0, ddof=1) / np.sqrt(r)
 
     (m, s), (g, gs), (h, hs) = ms(means), ms(d1), ms(d2)
-    return WidthCurve(np.arange(1, means.shape[1] + 1), m, s, g, gs, h, hs)
+    return WidthCurve.from_arrays(np.arange(1, means.shape[1] + 1), m, s, g, gs, h, hs, r)
 
 
 def run(config: ThresholdConfig, *, progress: bool = True) -> tuple[dict, dict]:

@@ -193,7 +193,7 @@ def paired_curve(paths: Any, *, ns: Any | None = None) -> WidthCurve:
     d2 = np.diff(d1, axis=1)
     (m, se), (g, gse), (h, hse) = mean_se(p), mean_se(d1), mean_se(d2)
     ns_arr = np.arange(1, p.shape[1] + 1) if ns is None else np.asarray(ns, np.int64)
-    return WidthCurve(ns_arr, m, se, g, gse, h, hse)
+    return WidthCurve.from_arrays(ns_arr, m, se, g, gse, h, hse, s)
 
 
 def holm(pvalues: Any) -> np.ndarray:

@@ -68,6 +68,7 @@ import numpy as np
 from .._types import Key
 from ..geometry.closed_forms import kinematic_a_eta
 from ..verdict import FAILS, HOLDS, HOLDS_UNDER_ASSUMPTIONS, Verdict
+from ..width import NestedWidthEstimate
 
 __all__ = [
     "KinematicThresholdOutput",
@@ -86,26 +87,52 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
+def _estimate_field(name: str) -> property:
+    return property(lambda self: getattr(self.estimate, name), doc=f"``estimate.{name}``.")
+
+
 class WidthCurve(NamedTuple):
     r"""A width curve :math:`n \mapsto w_n` with its Monte Carlo uncertainty (host arrays).
 
+    The fields of the estimate read as the curve's own: ``curve.mean`` is
+    ``curve.estimate.mean`` (likewise ``stderr``, ``diff1``, ``diff1_stderr``, ``diff2``,
+    ``diff2_stderr``, ``num_samples``).
+
     Attributes:
       ns: ``[N]`` numbers of experts (``1..N`` unless stated).
-      mean: ``[N]`` :math:`w_n`.
-      stderr: ``[N]`` standard errors of ``mean``.
-      diff1: ``[N-1]`` marginal gains :math:`g_n = w_{n+1} - w_n` (for consecutive ``ns``).
-      diff1_stderr: ``[N-1]`` their standard errors (paired, from common random numbers).
-      diff2: ``[N-2]`` second differences :math:`g_{n+1} - g_n`.
-      diff2_stderr: ``[N-2]`` their standard errors.
+      estimate: a :class:`~mergetheory.width.NestedWidthEstimate` of float64 host arrays:
+        ``mean`` :math:`w_n` ``[N]`` and its ``stderr``; ``diff1`` the marginal gains
+        :math:`g_n = w_{n+1} - w_n` ``[N-1]`` (for consecutive ``ns``) with their paired
+        stderrs (common random numbers); ``diff2`` the second differences
+        :math:`g_{n+1} - g_n` ``[N-2]`` with their stderrs; ``num_samples`` the sample
+        paths (or replicates) the stderrs come from, 0 for an exact curve.
+
+    Example:
+      >>> c = WidthCurve.from_arrays([1, 2, 3], w, se, np.diff(w), se1, np.diff(w, 2), se2)
+      >>> c.diff1 is c.estimate.diff1
+      True
     """
 
     ns: np.ndarray
-    mean: np.ndarray
-    stderr: np.ndarray
-    diff1: np.ndarray
-    diff1_stderr: np.ndarray
-    diff2: np.ndarray
-    diff2_stderr: np.ndarray
+    estimate: NestedWidthEstimate
+
+    mean = _estimate_field("mean")
+    stderr = _estimate_field("stderr")
+    diff1 = _estimate_field("diff1")
+    diff1_stderr = _estimate_field("diff1_stderr")
+    diff2 = _estimate_field("diff2")
+    diff2_stderr = _estimate_field("diff2_stderr")
+    num_samples = _estimate_field("num_samples")
+
+    @classmethod
+    def from_arrays(
+        cls, ns, mean, stderr, diff1, diff1_stderr, diff2, diff2_stderr, num_samples=0
+    ) -> WidthCurve:
+        """The curve from its arrays, in the order of the estimate's fields (taken as given)."""
+        estimate = NestedWidthEstimate(
+            mean, stderr, diff1, diff1_stderr, diff2, diff2_stderr, num_samples=int(num_samples)
+        )
+        return cls(ns, estimate)
 
 
 def _is_record(x: Any) -> bool:
@@ -140,11 +167,13 @@ def width_curve(curve: Any, *, ns: Any | None = None) -> WidthCurve:
         stderr = get("stderr", None)
         diff1, diff1_se = get("diff1", None), get("diff1_stderr", None)
         diff2, diff2_se = get("diff2", None), get("diff2_stderr", None)
+        num_samples = get("num_samples", 0)
         if ns is None:
             ns = get("ns", None)
     else:
         mean = np.asarray(curve, dtype=float).reshape(-1)
         stderr = diff1 = diff1_se = diff2 = diff2_se = None
+        num_samples = 0
     num = mean.size
     if num < 2:
         raise ValueError(f"a width curve needs at least 2 points, got {num}")
@@ -166,7 +195,7 @@ def width_curve(curve: Any, *, ns: Any | None = None) -> WidthCurve:
         raise ValueError(
             f"diff1 / diff2 have {d1.size} / {d2.size} entries; expected {num - 1} / {num - 2}"
         )
-    return WidthCurve(ns_arr, mean, se, d1, d1_se, d2, d2_se)
+    return WidthCurve.from_arrays(ns_arr, mean, se, d1, d1_se, d2, d2_se, num_samples)
 
 
 # --------------------------------------------------------------------------------------
@@ -342,7 +371,7 @@ def threshold_gain_ratio_bootstrap(
     d1_se = np.asarray(jnp.std(d, axis=0, ddof=1)) / math.sqrt(num_s)
     se = np.asarray(jnp.std(p, axis=0, ddof=1)) / math.sqrt(num_s)
     base = threshold_gain_ratio(
-        WidthCurve(
+        WidthCurve.from_arrays(
             np.arange(1, num_n + 1),
             mean,
             se,
@@ -350,6 +379,7 @@ def threshold_gain_ratio_bootstrap(
             d1_se,
             np.diff(np.diff(mean)),
             np.sqrt(d1_se[1:] ** 2 + d1_se[:-1] ** 2),
+            num_s,
         ),
         kappa=kappa,
     )

@@ -98,7 +98,7 @@ def test_gain_ratio_detects_non_uniqueness():
 
 def test_noise_level_re_crossing_is_not_a_failure():
     w = _bumpy()
-    curve = th.WidthCurve(
+    curve = th.WidthCurve.from_arrays(
         np.arange(1, w.size + 1),
         w,
         np.full(w.size, 0.2),
@@ -116,7 +116,7 @@ def test_noise_level_re_crossing_is_not_a_failure():
 def test_confidence_set_from_stderr_brackets_truth():
     g = np.diff(E0)
     se = np.full(g.size, 0.01)
-    curve = th.WidthCurve(np.arange(1, 13), E0, np.zeros(12), g, se, np.diff(g), se[1:])
+    curve = th.WidthCurve.from_arrays(np.arange(1, 13), E0, np.zeros(12), g, se, np.diff(g), se[1:])
     out = th.threshold_gain_ratio(curve, kappa=0.5)
     assert out.n_star == 4
     assert out.ci_low <= 4 <= out.ci_high
