@@ -452,7 +452,9 @@ def test_nnls_non_convergence_raises_instead_of_a_low_estimate(key):
     assert np.isfinite(float(ok.mean))
     with pytest.raises(FloatingPointError, match="did not converge within max_iter=1"):
         statistical_dimension(key, cone, num_samples=500, max_iter=1)
-    value, _ = linalg.cone_projection_sq_norm(cone.gram, jnp.ones(12), max_iter=1)
+    # jitted: one compile instead of op-by-op dispatch of the code around the loop
+    project = jax.jit(linalg.cone_projection_sq_norm, static_argnames=("max_iter",))
+    value, _ = project(cone.gram, jnp.ones(12), max_iter=1)
     assert np.isnan(float(value))
 
 
