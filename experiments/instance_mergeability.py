@@ -53,7 +53,11 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import run_experiment
-from mergetheory.instance_mergeability import bin_partner_survival, partition_mergeability
+from mergetheory.instance_mergeability import (
+    LoraSurvivalProblem,
+    bin_partner_survival,
+    partition_mergeability,
+)
 from mergetheory.mergeability import binomial_null_test
 from mergetheory.models.corpus import stdlib_root
 from mergetheory.models.instance_lora import (
@@ -373,7 +377,10 @@ def run(
     # 3. S-hat at the reference setting, binomial null, stability sweep ---------------------
     surv = functools.partial(probe_survival, num_heads=heads)
     sargs = (params, feats[keep], jnp.asarray(probe.targets[keep]), jnp.asarray(lab))
-    est_kw = dict(survive_args=sargs)
+
+    def problem(name: str) -> LoraSurvivalProblem:
+        return LoraSurvivalProblem(b, a, out.scaling, name, surv, sargs, _hparams(config, name))
+
     ops = config.operators
     s_ref = np.zeros((len(ops), keep.size))
     s_err = np.zeros_like(s_ref)
@@ -382,9 +389,8 @@ def run(
     num_merges = 0
     for k, name in enumerate(ops):
         est = partition_mergeability(
-            k_est, b, a, out.scaling, name, surv, num_partners=config.num_partners,
-            num_trials=config.num_trials, hparams=_hparams(config, name), **est_kw,
-        )  # fmt: skip
+            k_est, problem(name), num_partners=config.num_partners, num_trials=config.num_trials
+        )
         s_ref[k], s_err[k] = est.mean, est.stderr
         num_merges += est.num_merges
         null.append(binomial_null_test(np.round(est.mean * config.num_trials), config.num_trials))
@@ -397,9 +403,8 @@ def run(
     for k, name in enumerate(ops):
         for j, (m, n) in enumerate(settings):
             est = partition_mergeability(
-                jr.fold_in(k_sweep, j), b, a, out.scaling, name, surv, num_partners=m,
-                num_trials=n, hparams=_hparams(config, name), **est_kw,
-            )  # fmt: skip
+                jr.fold_in(k_sweep, j), problem(name), num_partners=m, num_trials=n
+            )
             sweep[k, j] = est.mean
     timings["sweep_s"] = time.perf_counter() - t0
     stages.update()
@@ -442,9 +447,8 @@ def run(
         if focal.size < 2 or min(sizes) <= config.locality_partners:
             continue
         rates = bin_partner_survival(
-            jr.fold_in(k_loc, k), b, a, out.scaling, name, surv, focal, bins,
+            jr.fold_in(k_loc, k), problem(name), focal, bins,
             num_partners=config.locality_partners, num_trials=config.locality_trials,
-            hparams=_hparams(config, name), **est_kw,
         )  # fmt: skip
         locality[k] = rates.mean(1)
         locality_se[k] = rates.std(1, ddof=1) / np.sqrt(focal.size)

@@ -35,8 +35,8 @@ factors) or densified (:math:`s B_i A_i`: mean, TIES), and any survival function
 chosen updates merged with partners drawn from one bin of the pool.
 
 Example:
-  >>> est = partition_mergeability(key, B, A, 2.0, "knots", survive,
-  ...                              num_partners=50, num_trials=5)
+  >>> problem = LoraSurvivalProblem(B, A, 2.0, "knots", survive)
+  >>> est = partition_mergeability(key, problem, num_partners=50, num_trials=5)
   >>> est.mean.shape  # [K]
 
 Reference: Rahamim et al. (``rahamim2026mergeability`` in ``paper/refs.bib``).
@@ -58,6 +58,7 @@ from .merge import MERGE_OPERATORS
 
 __all__ = [
     "FACTORED_OPERATORS",
+    "LoraSurvivalProblem",
     "PartitionEstimate",
     "bin_partner_survival",
     "merge_lora_tree",
@@ -212,17 +213,47 @@ def _groups_bits(
     return jax.vmap(one)(groups, keys)
 
 
-def _bits(
-    key: Key, b: Any, a: Any, scaling: float, name: str, survive: Callable[..., jax.Array],
-    survive_args: Any, groups: np.ndarray, hparams: Mapping[str, Any] | None,
-) -> np.ndarray:  # fmt: skip
-    hp = MERGE_OPERATORS[name].default_hparams if hparams is None else hparams
-    keys = jr.split(key, groups.shape[0])
-    out = _groups_bits(
-        jnp.asarray(b), jnp.asarray(a), scaling, jnp.asarray(groups), keys, survive_args,
-        name=name, survive=survive, hp_items=tuple(sorted(dict(hp).items())),
-    )  # fmt: skip
-    return np.asarray(out, bool)
+class LoraSurvivalProblem(NamedTuple):
+    r"""A pool of single-kernel LoRA updates, a merge operator and a survival function.
+
+    What :func:`partition_mergeability` and :func:`bin_partner_survival` merge and score.
+
+    Attributes:
+      b: ``[K, d, r]`` LoRA ``B`` factors.
+      a: ``[K, r, k]`` LoRA ``A`` factors.
+      scaling: ``alpha / r``.
+      name: merge operator (registry key).
+      survive: ``survive(delta [k, d], members [M + 1] int, survive_args) -> [M + 1]``
+        bool, whether each member's own instance survives ``theta_0 + delta``; traceable
+        and static (pass the same function object to reuse the compiled program).
+      survive_args: traced pytree handed to ``survive`` (e.g. features and labels).
+      hparams: operator hyperparameters (default: the registry's).
+
+    Example:
+      >>> problem = LoraSurvivalProblem(B, A, 2.0, "knots", survive)
+      >>> problem.bits(groups, key)  # [G, M + 1] survival of every member
+    """
+
+    b: Any
+    a: Any
+    scaling: float
+    name: str
+    survive: Callable[..., jax.Array]
+    survive_args: Any = None
+    hparams: Mapping[str, Any] | None = None
+
+    def bits(self, groups: np.ndarray, key: Key) -> np.ndarray:
+        """Merge every row of ``groups`` (``[G, M + 1]`` int, key ``split(key, G)[g]``)
+        and return the ``[G, M + 1]`` survival bits of its members (a ``score_groups`` of
+        :func:`partition_estimate`)."""
+        hp = MERGE_OPERATORS[self.name].default_hparams if self.hparams is None else self.hparams
+        keys = jr.split(key, groups.shape[0])
+        out = _groups_bits(
+            jnp.asarray(self.b), jnp.asarray(self.a), self.scaling, jnp.asarray(groups), keys,
+            self.survive_args, name=self.name, survive=self.survive,
+            hp_items=tuple(sorted(dict(hp).items())),
+        )  # fmt: skip
+        return np.asarray(out, bool)
 
 
 def partition_estimate(
@@ -274,17 +305,7 @@ def partition_estimate(
 
 
 def partition_mergeability(
-    key: Key,
-    b: Any,
-    a: Any,
-    scaling: float,
-    name: str,
-    survive: Callable[..., jax.Array],
-    *,
-    num_partners: int,
-    num_trials: int,
-    survive_args: Any = None,
-    hparams: Mapping[str, Any] | None = None,
+    key: Key, problem: LoraSurvivalProblem, *, num_partners: int, num_trials: int
 ) -> PartitionEstimate:
     r""":math:`\hat S` of every single-kernel LoRA update with the partition design.
 
@@ -293,44 +314,30 @@ def partition_mergeability(
 
     Args:
       key: PRNG key (the same key gives the same partitions for every operator).
-      b: ``[K, d, r]`` LoRA ``B`` factors.
-      a: ``[K, r, k]`` LoRA ``A`` factors.
-      scaling: ``alpha / r``.
-      name: merge operator (registry key).
-      survive: ``survive(delta [k, d], members [M + 1] int, survive_args) -> [M + 1]``
-        bool, whether each member's own instance survives ``theta_0 + delta``; traceable
-        and static (pass the same function object to reuse the compiled program).
+      problem: the pool, operator and survival function (:class:`LoraSurvivalProblem`).
       num_partners: ``M``.
       num_trials: ``N``.
-      survive_args: traced pytree handed to ``survive`` (e.g. features and labels).
-      hparams: operator hyperparameters (default: the registry's).
 
     Returns:
       :class:`PartitionEstimate`.
     """
-
-    def score(groups: np.ndarray, k: Key) -> np.ndarray:
-        return _bits(k, b, a, scaling, name, survive, survive_args, groups, hparams)
-
     return partition_estimate(
-        key, int(np.shape(b)[0]), score, num_partners=num_partners, num_trials=num_trials
+        key,
+        int(np.shape(problem.b)[0]),
+        problem.bits,
+        num_partners=num_partners,
+        num_trials=num_trials,
     )
 
 
 def bin_partner_survival(
     key: Key,
-    b: Any,
-    a: Any,
-    scaling: float,
-    name: str,
-    survive: Callable[..., jax.Array],
+    problem: LoraSurvivalProblem,
     focal: Any,
     bins: Any,
     *,
     num_partners: int,
     num_trials: int,
-    survive_args: Any = None,
-    hparams: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     r"""Locality: survival of ``focal`` updates merged with partners from each bin.
 
@@ -341,15 +348,11 @@ def bin_partner_survival(
 
     Args:
       key: PRNG key.
-      b, a, scaling: the pool's LoRA factors.
-      name: merge operator.
-      survive: as in :func:`partition_mergeability`.
+      problem: the pool, operator and survival function (:class:`LoraSurvivalProblem`).
       focal: ``[F]`` indices of the focal updates.
       bins: list of index arrays, one per bin (each with more than ``M`` members).
       num_partners: ``M``.
       num_trials: ``N``.
-      survive_args: handed to ``survive``.
-      hparams: operator hyperparameters.
 
     Returns:
       ``[num_bins, F]`` survival rate over the ``N`` trials.
@@ -369,7 +372,7 @@ def bin_partner_survival(
                 u = np.asarray(jr.permutation(jr.fold_in(kb, f), pool.size))[:num_partners]
                 groups.append(np.concatenate([[i], pool[u]]))
             groups = np.stack(groups)
-            g_bits = _bits(kb, b, a, scaling, name, survive, survive_args, groups, hparams)
+            g_bits = problem.bits(groups, kb)
             rows.append(g_bits[:, 0])
         out[j] = np.mean(rows, axis=0)
     return out
