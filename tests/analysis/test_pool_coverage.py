@@ -13,7 +13,8 @@ from mergetheory.cli import main
 from mergetheory.merge import register_operator, unregister_operator
 from mergetheory.theory.rht import coverage_gain
 
-FAST = ["--num-samples", "512", "--num-orders", "2", "--quiet"]
+# the sizes of the module fixture below: the CLI run reuses its compiled programs (same n, M)
+FAST = ["--num-samples", "2000", "--num-orders", "2", "--quiet"]
 NUM = 5
 
 
