@@ -8,8 +8,14 @@ r"""A pool of experts on disk, read one tensor at a time, and the streaming Gram
   files, read lazily tensor by tensor;
 * a PEFT adapter folder (``adapter_config.json``): a :class:`LoraExpert` (factors stay
   factored; adapters are small and are read whole);
-* anything else :func:`~mergetheory.io.checkpoints.load_checkpoint` reads (orbax,
-  msgpack, npz): loaded whole, then served tensor by tensor.
+* an orbax checkpoint (item, ``CheckpointManager`` root or step folder): a
+  :class:`DenseExpert` over an :class:`~mergetheory.io.orbax.OrbaxReader` (one leaf
+  restored at a time, orbax partial restore);
+* a flax ``.msgpack`` file: a :class:`DenseExpert` over a
+  :class:`~mergetheory.io.msgpack.MsgpackReader` (the file indexed once, one array's bytes
+  read at a time);
+* anything else :func:`~mergetheory.io.checkpoints.load_checkpoint` reads (npz, npy):
+  loaded whole, then served tensor by tensor.
 
 :class:`TaskVectorTensors` serves the pool's task vectors one stacked tensor at a time;
 :func:`stream_pool_statistics` makes one pass over them, holding the ``n`` experts' (and
@@ -27,7 +33,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax.tree_util as jtu
 import numpy as np
@@ -36,6 +42,8 @@ from .._types import is_lora_factors
 from .checkpoints import load_checkpoint
 from .common import CheckpointError, PathLike, require_exists
 from .flat import flatten_tree
+from .msgpack import MsgpackReader
+from .orbax import OrbaxReader
 from .peft import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, load_peft_adapter, stack_peft_adapters
 from .safetensors import SafetensorsReader
 
@@ -47,6 +55,7 @@ __all__ = [
     "LoraExpert",
     "PoolStatistics",
     "TaskVectorTensors",
+    "TensorReader",
     "check_same_tensors",
     "file_fingerprint",
     "open_expert",
@@ -66,6 +75,18 @@ def file_fingerprint(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class TensorReader(Protocol):
+    """What a lazy checkpoint reader offers (:class:`~mergetheory.io.safetensors.SafetensorsReader`,
+    :class:`~mergetheory.io.orbax.OrbaxReader`, :class:`~mergetheory.io.msgpack.MsgpackReader`)."""
+
+    path: Path
+    names: list[str]
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def dtype(self, name: str) -> np.dtype: ...
+    def get(self, name: str) -> np.ndarray: ...
+
+
 class DenseExpert:
     """A dense model (or task vector) served one named tensor at a time.
 
@@ -75,15 +96,14 @@ class DenseExpert:
       names: tensor names, sorted.
     """
 
-    def __init__(self, path: Path, readers: dict[str, SafetensorsReader] | None, arrays=None):
+    def __init__(self, path: Path, readers: dict[str, TensorReader] | None, arrays=None):
         self.path = path
         self._readers = readers or {}
         self._arrays = arrays or {}
         self.names = sorted(self._readers or self._arrays)
-        files = {r.path for r in self._readers.values()} or ({path} if path.is_file() else set())
-        if not files and path.is_dir():
-            files = {p for p in path.rglob("*") if p.is_file()}
-        self.files = sorted(files)
+        where = {r.path for r in self._readers.values()} or {path}
+        files = {f for p in where for f in (p.rglob("*") if p.is_dir() else [p])}
+        self.files = sorted(f for f in files if f.is_file())
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of tensor ``name`` without reading it (safetensors)."""
@@ -165,6 +185,12 @@ def open_expert(
             raise CheckpointError(
                 f"{path}: format {fmt} expects a folder with {HF_WEIGHTS_NAME} or {HF_INDEX_NAME}"
             )
+    if fmt in (None, "orbax") and folder:
+        orbax = OrbaxReader(path, step=step)
+        return DenseExpert(path, dict.fromkeys(orbax.names, orbax))
+    if (fmt == "msgpack" or (fmt is None and path.suffix == ".msgpack")) and not folder:
+        packed = MsgpackReader(path)
+        return DenseExpert(path, dict.fromkeys(packed.names, packed))
     arrays = flatten_tree(load_checkpoint(path, check_finite=False, step=step, fmt=fmt))
     return DenseExpert(path, None, arrays)
 
