@@ -299,6 +299,7 @@ def stream_pool_statistics(
     base: DenseExpert | None = None,
     *,
     progress: Callable[[str, int, int], None] | None = None,
+    visit: Callable[[int, str, np.ndarray], None] | None = None,
 ) -> PoolStatistics:
     r"""One pass over the pool: Gram, opposite-sign counts and ``D`` of :math:`\tau_t`.
 
@@ -310,6 +311,9 @@ def stream_pool_statistics(
       experts: from :func:`open_expert`, all dense or all LoRA.
       base: the base model (dense pools only).
       progress: ``fn(stage, done, total)`` called after each tensor / module.
+      visit: ``fn(t, name, x)`` called with every tensor (module) ``t`` of the pass and
+        its ``[n, ...]`` task vectors ``x`` (float64), so that other per-tensor statistics
+        share this one read of the inputs (``analyze``'s coverage comparison does).
 
     Raises:
       CheckpointError: mixed kinds, names / shapes that differ, non-floating tensors.
@@ -322,10 +326,12 @@ def stream_pool_statistics(
     opp = np.zeros((n, n))
     stage = "modules" if tensors.factored else "tensors"
     size = 0
-    for i, (_, x) in enumerate(tensors):
+    for i, (name, x) in enumerate(tensors):
         # LoRA: sign counts only (the Gram comes from the factors below)
         _accumulate(x, np.zeros((n, n)) if tensors.factored else gram, opp)
         size += x[0].size
+        if visit:
+            visit(i, name, x)
         if progress:
             progress(stage, i + 1, len(tensors))
     if tensors.factored:
