@@ -120,14 +120,14 @@ class OperatorGrams:
 
         for k, (name, (op, hp)) in enumerate(self._ops.items()):
             key_t = jr.fold_in(jr.fold_in(self._key, k), t)
-            rows = []
+            y = np.empty((self._n, x[0].size))
             for i in range(self._n):
                 try:
                     out = op.fn({"t": jnp.asarray(x[i : i + 1])}, jr.fold_in(key_t, i), **hp)
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"operator {name!r} on tensor {tname}: {exc}") from None
-                rows.append(np.asarray(out["t"], np.float64).reshape(-1))
-            y = np.stack(rows)
+                y[i] = np.asarray(out["t"], np.float64).reshape(-1)
+                del out
             if not np.all(np.isfinite(y)):
                 raise ValueError(f"operator {name!r} on tensor {tname}: NaN / Inf output")
             self.grams[name] += y @ y.T

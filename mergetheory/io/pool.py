@@ -211,12 +211,19 @@ class PoolStatistics(NamedTuple):
     factored: bool
 
 
+SIGN_BLOCK = 1 << 22
+"""Columns per block of the sign counts (float32 signs: 16 MB per expert and block)."""
+
+
 def _accumulate(x: np.ndarray, gram: np.ndarray, opp: np.ndarray) -> None:
-    x = x.reshape(x.shape[0], -1).astype(np.float64)
+    x = x.reshape(x.shape[0], -1).astype(np.float64, copy=False)
     gram += x @ x.T
-    s = np.sign(x)
-    a = np.abs(s)
-    opp += (a @ a.T - s @ s.T) / 2
+    # counts of opposite signs, by column blocks of float32 signs: each block's products
+    # are integers below 2**24, exact in float32, so the float64 sum is exact (any order)
+    for lo in range(0, x.shape[1], SIGN_BLOCK):
+        s = np.sign(x[:, lo : lo + SIGN_BLOCK]).astype(np.float32)
+        a = np.abs(s)
+        opp += (a @ a.T - s @ s.T).astype(np.float64) / 2
 
 
 def check_same_tensors(ref: DenseExpert, ex: DenseExpert) -> None:
@@ -240,7 +247,8 @@ class TaskVectorTensors:
     r"""The pool's task vectors, one stacked tensor ``[n, ...]`` (float64) at a time.
 
     Iterating yields ``(name, x)``: for dense experts ``x`` is :math:`\theta_t - \theta_0`
-    of one tensor name (``n`` + 1 copies of that tensor in memory); for PEFT adapters it is
+    of one tensor name (``x`` float64 ``[n, ...]``, the base's and one expert's copy of
+    that tensor besides it in memory); for PEFT adapters it is
     one module's dense update :math:`s B A` per adapter (adapters are small: their factors
     are loaded whole and stacked, :attr:`factors`).
 
@@ -288,9 +296,11 @@ class TaskVectorTensors:
             return
         for name in self.names:
             theta0 = self.base.get(name).astype(np.float64) if self.base is not None else 0.0
-            x = np.stack([e.get(name).astype(np.float64) - theta0 for e in self.experts])
-            if not np.all(np.isfinite(x)):
-                raise CheckpointError(f"tensor {name!r}: NaN / Inf in the pool's task vectors")
+            x = np.empty((len(self.experts), *self.experts[0].shape(name)))
+            for i, e in enumerate(self.experts):  # one expert's copy at a time
+                np.subtract(e.get(name), theta0, out=x[i, ...], dtype=np.float64)
+                if not np.isfinite(x[i]).all():
+                    raise CheckpointError(f"tensor {name!r}: NaN / Inf in the pool's task vectors")
             yield name, x
 
 
