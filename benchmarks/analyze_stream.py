@@ -105,6 +105,16 @@ def _baseline_experts(requested: str, num: int, expert_bytes: int, largest: int)
     return 1
 
 
+def _write(out: Path, results: dict[str, Any]) -> None:
+    from mergetheory.io.atomic import atomic_write
+
+    results["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Generate the inputs, run the three methods, write the results, delete the inputs."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.analyze_stream")
@@ -124,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    from mergetheory.io.atomic import atomic_write
-
     layers, shapes = full_layout() if args.full else (12, gpt2_shapes(1.0 / 3.0))
     params = sum(int(np.prod(s)) for s in shapes.values())
     largest = max(int(np.prod(s)) for s in shapes.values())
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["peak_over_input"] = res["peak_rss_bytes"] / results["input_bytes"]
             _log(f"{method}: {json.dumps(res)}")
             results["runs"][method] = res
+            _write(out, results)  # after every run: a long run killed keeps what it measured
         grams = {}
         for m in ("gram_stream", "load_all"):
             if (tmp / f"{m}.json").is_file():
@@ -178,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             a, b = grams["gram_stream"][:k, :k], grams["load_all"]
             results["gram_max_rel_diff"] = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
     _log("inputs deleted")
-    results["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+    _write(out, results)
     gib = 2.0**30
     print(
         f"input {results['input_bytes'] / gib:.2f} GiB (base + {num} x "

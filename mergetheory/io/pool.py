@@ -211,8 +211,8 @@ class PoolStatistics(NamedTuple):
     factored: bool
 
 
-SIGN_BLOCK = 1 << 22
-"""Columns per block of the sign counts (float32 signs: 16 MB per expert and block)."""
+SIGN_BLOCK = 1 << 20
+"""Columns per block of the sign counts (float32 signs: 4 MB per expert and block)."""
 
 
 def _accumulate(x: np.ndarray, gram: np.ndarray, opp: np.ndarray) -> None:
