@@ -88,7 +88,7 @@ class MsgpackReader:
         require_exists(self.path, kind="msgpack checkpoint", is_dir=False)
         try:
             tree = index_msgpack(self.path)
-        except (MsgpackFormatError, UnicodeDecodeError, ValueError) as e:
+        except (MsgpackFormatError, UnicodeDecodeError, TypeError, ValueError) as e:
             raise CheckpointError(
                 f"corrupt or truncated msgpack checkpoint {self.path}: {type(e).__name__}: {e}"
             ) from e

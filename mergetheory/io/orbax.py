@@ -187,12 +187,14 @@ class OrbaxReader:
         ) from e
 
     def shape(self, name: str) -> tuple[int, ...]:
-        """Shape of leaf ``name`` (from the metadata)."""
-        return tuple(self._meta[self._leaf[name]].shape)
+        """Shape of leaf ``name`` (from the metadata; a leaf without one, a string, is read)."""
+        shape = getattr(self._meta[self._leaf[name]], "shape", None)
+        return tuple(shape) if shape is not None else self.get(name).shape
 
     def dtype(self, name: str) -> np.dtype:
-        """NumPy dtype of leaf ``name`` (from the metadata)."""
-        return np.dtype(self._meta[self._leaf[name]].dtype)
+        """NumPy dtype of leaf ``name`` (from the metadata; a leaf without one is read)."""
+        dtype = getattr(self._meta[self._leaf[name]], "dtype", None)
+        return np.dtype(dtype) if dtype is not None else self.get(name).dtype
 
     def get(self, name: str) -> np.ndarray:
         """Leaf ``name`` as a NumPy array (only its data is read)."""
@@ -204,7 +206,8 @@ class OrbaxReader:
         one = [None] * len(self._meta)
         args = list(one)
         one[k] = self._meta[k]
-        args[k] = ocp.RestoreArgs(restore_type=np.ndarray)
+        array = getattr(self._meta[k], "dtype", None) is not None
+        args[k] = ocp.RestoreArgs(restore_type=np.ndarray) if array else ocp.RestoreArgs()
         try:
             out = self._ckptr.restore(
                 self.path,
