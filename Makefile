@@ -39,6 +39,7 @@ benchmarks: $(STAMP)
 	$(PY) -m benchmarks.stream_gram --out $(BENCH_OUT)/stream_gram.json
 	$(PY) -m benchmarks.merge_memory --out $(BENCH_OUT)/merge_memory.json
 	$(PY) -m benchmarks.tree_compile --out $(BENCH_OUT)/tree_compile.json
+	$(PY) -m benchmarks.analyze_stream --out $(BENCH_OUT)/analyze_stream.json --overwrite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mergetheory tests experiments figures benchmarks

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,17 +37,19 @@ from typing import Any
 
 import numpy as np
 
+from .timing import run_child
+
 RESULTS = Path(__file__).resolve().parent / "results" / "merge_memory.json"
-ROOT = Path(__file__).resolve().parents[1]
 GPT2 = {"d_model": 768, "vocab": 50257, "n_ctx": 1024, "n_layer": 12}
 
 
-def gpt2_shapes(scale: float = 1.0) -> dict[str, tuple[int, ...]]:
-    """GPT-2-small's tensor names and shapes (HF ``GPT2Model``), widths times ``scale``."""
+def gpt2_shapes(scale: float = 1.0, num_layers: int | None = None) -> dict[str, tuple[int, ...]]:
+    """GPT-2-small's tensor names and shapes (HF ``GPT2Model``), widths times ``scale``
+    (``num_layers`` blocks, default GPT-2 small's 12)."""
     d = max(32, round(GPT2["d_model"] * scale / 32) * 32)
     vocab, ctx = round(GPT2["vocab"] * scale), round(GPT2["n_ctx"] * scale)
     shapes: dict[str, tuple[int, ...]] = {"wte.weight": (vocab, d), "wpe.weight": (ctx, d)}
-    for i in range(GPT2["n_layer"]):
+    for i in range(GPT2["n_layer"] if num_layers is None else num_layers):
         p = f"h.{i}."
         shapes.update(
             {
@@ -95,37 +96,6 @@ def write_inputs(folder: Path, shapes: dict[str, tuple[int, ...]], num_experts: 
     return paths
 
 
-def _run(cmd: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``cmd`` in a fresh interpreter; its own peak RSS (``os.wait4``) and wall time."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = t0 + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            return {"error": f"timed out after {timeout:.0f} s"}
-        time.sleep(0.05)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    out = {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux: kilobytes
-        "exit_code": code,
-    }
-    if code != 0:
-        out["error"] = err.strip().splitlines()[-1:] or ["failed"]
-    return out
-
-
 _BASELINE = (
     "import jax, jax.numpy as jnp; jnp.zeros(8).block_until_ready(); "
     "import mergetheory.cli.merge, mergetheory.io"
@@ -155,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_experts": args.num_experts,
         "expert_bytes": expert_bytes,
         "input_bytes": args.num_experts * expert_bytes,
-        "baseline_import_jax_and_cli": _run([sys.executable, "-c", _BASELINE], 300),
+        "baseline_import_jax_and_cli": run_child([sys.executable, "-c", _BASELINE], 300),
         "merges": {},
     }
     with tempfile.TemporaryDirectory(prefix="merge_memory_") as tmp:
@@ -172,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--base", str(base / sub), "--out", str(out)]
                 cmd += [str(p / sub) for p in experts]
                 print(f"[benchmarks.merge_memory] {layout} {op} ...", file=sys.stderr, flush=True)
-                res = _run(cmd, args.timeout)
+                res = run_child(cmd, args.timeout)
                 if "peak_rss_bytes" in res:
                     res["peak_over_input"] = res["peak_rss_bytes"] / results["input_bytes"]
                 results["merges"][f"{layout}/{op}"] = res

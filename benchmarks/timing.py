@@ -1,15 +1,20 @@
-"""Timing and memory helpers shared by the benchmarks (minimum over repeats, RSS)."""
+"""Timing and memory helpers shared by the benchmarks (minimum over repeats, RSS, children)."""
 
 from __future__ import annotations
 
 import os
 import resource
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["maxrss_bytes", "rss_bytes", "timeit"]
+__all__ = ["maxrss_bytes", "rss_bytes", "run_child", "timeit"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timeit(fn: Callable[[], Any], *, repeat: int, warmup: int = 1) -> dict[str, float]:
@@ -42,3 +47,51 @@ def rss_bytes() -> int:
     """Resident set size of this process now."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_child(cmd: list[str], timeout: float, *, show_stderr: bool = False) -> dict[str, Any]:
+    """Run ``cmd`` in a fresh interpreter; its own peak RSS (``os.wait4``) and wall time.
+
+    The child runs in the repository root with it on ``PYTHONPATH`` and
+    ``OPENBLAS_NUM_THREADS=1`` unless set. ``show_stderr`` passes its stderr (progress
+    bars) through; otherwise the last line is kept as ``error`` when it fails.
+
+    Returns:
+      ``{"wall_s", "cpu_s", "peak_rss_bytes", "exit_code"}`` (+ ``"error"``), or
+      ``{"error": "timed out ..."}``.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    with tempfile.TemporaryFile() as err_file:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=None if show_stderr else err_file,
+        )
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                return {"error": f"timed out after {timeout:.0f} s"}
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        err_file.seek(0)
+        err = err_file.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    out = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux: kilobytes
+        "exit_code": code,
+    }
+    if code != 0:
+        out["error"] = err.strip().splitlines()[-1:] or ["failed (see the output above)"]
+    return out

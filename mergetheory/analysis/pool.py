@@ -1,9 +1,10 @@
 r"""Analyze a pool of experts on disk: geometry, width curves, concavity and :math:`n^\star`.
 
 :func:`analyze_pool` opens every expert lazily (:func:`mergetheory.io.pool.open_expert`),
-makes ONE streaming pass for the Gram matrix and the sign conflicts
-(:func:`mergetheory.io.pool.stream_pool_statistics`), and then works on the ``[n, n]``
-Gram alone:
+makes ONE streaming pass for the Gram matrix, the sign conflicts and the per-operator
+Grams of the coverage comparison (:func:`mergetheory.io.pool.stream_pool_statistics`
+feeding :class:`~mergetheory.analysis.pool_coverage.OperatorGrams`), and then works on
+``[n, n]`` Grams alone:
 
 * norms :math:`\|\tau_i\| = \sqrt{G_{ii}}`, cosines :math:`G_{ij}/(\|\tau_i\|\|\tau_j\|)`
   and sign conflicts (fraction of coordinates where :math:`\tau_i, \tau_j` disagree in sign);
@@ -45,10 +46,10 @@ import numpy as np
 from ..verdict import Verdict
 from .pool_coverage import (
     COVERAGE_OPERATORS,
+    OperatorGrams,
     coverage_comparison,
     gram_factor,
     operator_hparams,
-    per_expert_grams,
 )
 
 __all__ = [
@@ -260,7 +261,7 @@ def analyze_pool(
     import jax
 
     from .. import Span, nested_width
-    from ..io.pool import TaskVectorTensors, file_fingerprint, open_expert, stream_pool_statistics
+    from ..io.pool import file_fingerprint, open_expert, stream_pool_statistics
     from ..theory import concavity_verdict
 
     if order not in ("given", "greedy"):
@@ -279,7 +280,13 @@ def analyze_pool(
     op_hparams = {name: operator_hparams(name, density)[1] for name in compared}  # fail fast
     opened = [open_expert(p, step=step, fmt=fmt) for p in experts]
     base_opened = open_expert(base, step=step, fmt=fmt) if base is not None else None
-    stats = stream_pool_statistics(opened, base_opened, progress=progress)
+    root = jax.random.key(seed)
+    # one read of the inputs: the coverage comparison's per-operator Grams are fed by the
+    # same per-tensor pass as the experts' Gram and sign counts
+    op_acc = OperatorGrams(
+        compared, jax.random.fold_in(root, 4), num_experts=len(opened), density=density
+    )
+    stats = stream_pool_statistics(opened, base_opened, progress=progress, visit=op_acc.update)
     gram = stats.gram
     n = gram.shape[0]
     norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
@@ -291,7 +298,6 @@ def analyze_pool(
         if order == "greedy"
         else np.arange(n)
     )
-    root = jax.random.key(seed)
     key_order, key_random, key_perm = jax.random.split(root, 3)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key_perm)).tolist())
     perms = [rng.permutation(n) for _ in range(num_orders)]
@@ -341,10 +347,7 @@ def analyze_pool(
         kinematic_m=kinematic_m,
         eta=eta,
     )
-    tensors = TaskVectorTensors(opened, base_opened)
-    op_grams = per_expert_grams(
-        tensors, compared, jax.random.fold_in(root, 4), density=density, progress=progress
-    )
+    op_grams = op_acc.grams
     coverage = {
         "kind": coverage_kind,
         "density": density,

@@ -16,7 +16,8 @@ its coverage :math:`c = w/R`, :math:`R = \max_i\|\tilde\tau_i\|`, is compared wi
 Streaming: the operators run per tensor (per module for PEFT adapters, on its dense update
 :math:`sBA`), as ``mergetheory merge`` applies them, over
 :class:`~mergetheory.io.pool.TaskVectorTensors`; only the ``[n, n]`` Gram of each map is
-kept. A width depends on a set only through its Gram, so
+kept (:class:`OperatorGrams`, fed by the same pass that accumulates the experts' Gram).
+A width depends on a set only through its Gram, so
 :func:`~mergetheory.theory.rht.coverage_gain` then runs on ``n``-dimensional factors
 :math:`F F^\top = G` of the two Grams: the same estimator, the same decomposition and
 verdict as on synthetic vectors.
@@ -35,6 +36,7 @@ import numpy as np
 
 __all__ = [
     "COVERAGE_OPERATORS",
+    "OperatorGrams",
     "coverage_comparison",
     "gram_factor",
     "operator_hparams",
@@ -77,6 +79,60 @@ def operator_hparams(name: str, density: float | None) -> tuple[Any, dict[str, A
     return op, hparams
 
 
+class OperatorGrams:
+    r"""Accumulates the ``[n, n]`` Gram of :math:`\tilde\tau_i = M(\{\tau_i\})` per operator.
+
+    Feed it every tensor of the pool, ``update(t, name, x)`` with ``x`` the ``[n, ...]``
+    task vectors of tensor number ``t``, e.g. as the ``visit`` callback of
+    :func:`mergetheory.io.pool.stream_pool_statistics`, so that the coverage comparison
+    shares the Gram pass's one read of the inputs.
+
+    Args:
+      operators: registered operator names.
+      key: PRNG key; operator ``k`` on tensor ``t`` of expert ``i`` uses
+        ``fold_in(fold_in(fold_in(key, k), t), i)``.
+      num_experts: ``n``.
+      density: passed to every operator that takes a ``density``.
+
+    Attributes:
+      grams: ``{name: gram}`` (float64), the sums so far.
+
+    Raises:
+      ValueError: (from ``update``) an operator fails on a tensor or gives NaN / Inf.
+
+    Example:
+      >>> acc = OperatorGrams(["ties"], jax.random.key(0), num_experts=3)
+      >>> for t, (name, x) in enumerate(tensors):
+      ...     acc.update(t, name, x)
+    """
+
+    def __init__(
+        self, operators: Sequence[str], key: Any, *, num_experts: int, density: float | None = None
+    ) -> None:
+        self._ops = {name: operator_hparams(name, density) for name in operators}
+        self._key, self._n = key, num_experts
+        self.grams = {name: np.zeros((num_experts, num_experts)) for name in operators}
+
+    def update(self, t: int, tname: str, x: np.ndarray) -> None:
+        """Add tensor number ``t`` (``x``: ``[n, ...]``, named ``tname``) to every Gram."""
+        import jax.numpy as jnp
+        import jax.random as jr
+
+        for k, (name, (op, hp)) in enumerate(self._ops.items()):
+            key_t = jr.fold_in(jr.fold_in(self._key, k), t)
+            y = np.empty((self._n, x[0].size))
+            for i in range(self._n):
+                try:
+                    out = op.fn({"t": jnp.asarray(x[i : i + 1])}, jr.fold_in(key_t, i), **hp)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"operator {name!r} on tensor {tname}: {exc}") from None
+                y[i] = np.asarray(out["t"], np.float64).reshape(-1)
+                del out
+            if not np.all(np.isfinite(y)):
+                raise ValueError(f"operator {name!r} on tensor {tname}: NaN / Inf output")
+            self.grams[name] += y @ y.T
+
+
 def per_expert_grams(
     tensors: Any,
     operators: Sequence[str],
@@ -87,40 +143,25 @@ def per_expert_grams(
 ) -> dict[str, np.ndarray]:
     r"""``[n, n]`` Gram of :math:`\tilde\tau_i = M(\{\tau_i\})` for each operator, in one pass.
 
+    :class:`OperatorGrams` over its own pass of ``tensors`` (``analyze`` shares the Gram
+    pass instead).
+
     Args:
       tensors: a :class:`~mergetheory.io.pool.TaskVectorTensors`.
       operators: registered operator names.
-      key: PRNG key; operator ``k`` on tensor ``t`` of expert ``i`` uses
-        ``fold_in(fold_in(fold_in(key, k), t), i)``.
+      key: PRNG key (as in :class:`OperatorGrams`).
       density: passed to every operator that takes a ``density``.
       progress: ``fn(stage, done, total)`` after each tensor.
 
     Returns:
       ``{name: gram}`` (float64).
     """
-    import jax.numpy as jnp
-    import jax.random as jr
-
-    ops = {name: operator_hparams(name, density) for name in operators}
-    n = len(tensors.experts)
-    grams = {name: np.zeros((n, n)) for name in operators}
+    acc = OperatorGrams(operators, key, num_experts=len(tensors.experts), density=density)
     for t, (tname, x) in enumerate(tensors):
-        for k, (name, (op, hp)) in enumerate(ops.items()):
-            key_t = jr.fold_in(jr.fold_in(key, k), t)
-            rows = []
-            for i in range(n):
-                try:
-                    out = op.fn({"t": jnp.asarray(x[i : i + 1])}, jr.fold_in(key_t, i), **hp)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"operator {name!r} on tensor {tname}: {exc}") from None
-                rows.append(np.asarray(out["t"], np.float64).reshape(-1))
-            y = np.stack(rows)
-            if not np.all(np.isfinite(y)):
-                raise ValueError(f"operator {name!r} on tensor {tname}: NaN / Inf output")
-            grams[name] += y @ y.T
+        acc.update(t, tname, x)
         if progress:
             progress("coverage", t + 1, len(tensors))
-    return grams
+    return acc.grams
 
 
 def coverage_comparison(

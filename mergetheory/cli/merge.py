@@ -7,7 +7,10 @@ an orbax directory (a ``CheckpointManager`` root or step folder too: ``--step``)
 :math:`\theta_t - \theta_0`. The output is the merged task vector (or, with ``--base``,
 the merged model :math:`\theta_0 + \tau`) in the format its suffix names (``.npz``,
 ``.safetensors``, ``.msgpack``; for orbax inputs a folder name without one of these
-suffixes is written as an orbax checkpoint, the inputs' format), atomically::
+suffixes is written as an orbax checkpoint, the inputs' format), atomically. The operator
+sees the whole stacked tree, so this path holds every expert; ``--per-tensor`` (and model
+folders, ``--config``) streams instead, one tensor of every expert at a time
+(:mod:`.merge_models`), whatever the input format::
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
@@ -192,6 +195,13 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
         metavar="MERGE.yml",
         help="mergekit YAML (models, base_model, merge_method, parameters, dtype); "
         "--out is then a model folder",
+    )
+    p.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="stream any inputs (.safetensors, .msgpack, orbax, ...; --base needed): the "
+        "operator acts on one tensor at a time and --out is a model folder, as for model "
+        "folders; memory ~ n tensors, not n models",
     )
     p.add_argument("--dtype", help="output dtype of a model-folder merge (default: the base's)")
     p.add_argument(
@@ -403,7 +413,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     from ..merge import PluginError, get_operator
     from .merge_models import merge_models
 
-    folders = args.format in ("hf", "peft")
+    folders = args.format in ("hf", "peft") or args.per_tensor
     if args.config or folders or any(_is_model_folder(p) for p in [*args.inputs, args.base or ""]):
         return merge_models(args, _check_hparams)
     if args.operator is None or not args.inputs:
@@ -415,7 +425,7 @@ def _run_merge(args: argparse.Namespace) -> int:
         op = get_operator(args.operator)
     except PluginError as exc:  # a broken installed plugin
         raise CliError(one_line(exc)) from None
-    stacked = _stack_experts(args.inputs, fmt=args.format)
+    _stack_experts(args.inputs, fmt=args.format)  # input errors first (dropped: one copy)
     num = len(args.inputs)
     hparams: dict[str, Any] = dict(op.default_hparams)
     for name in ("density", "scale", "temperature"):

@@ -3,8 +3,9 @@
 * :mod:`.results`: experiment results, ``<stem>.npz`` + ``<stem>.json`` provenance sidecar
   (:func:`save_results`, :func:`load_results`).
 * :mod:`.atomic`: the one atomic-write helper (temporary sibling + rename).
-* checkpoints, one module a format: :mod:`.orbax`, :mod:`.msgpack`, :mod:`.safetensors`,
-  :mod:`.peft` (PEFT LoRA adapters); :mod:`.flat` (flat names <-> nested trees);
+* checkpoints, one module a format: :mod:`.orbax`, :mod:`.msgpack` (+ :mod:`.msgpack_index`),
+  :mod:`.safetensors`, :mod:`.peft` (PEFT LoRA adapters), each with a whole-file loader and,
+  PEFT aside, a reader of one tensor at a time; :mod:`.flat` (flat names <-> nested trees);
   :mod:`.checkpoints` (any format, the lineage check, task vectors); :mod:`.common`
   (:class:`CheckpointError`).
 

@@ -15,7 +15,13 @@ import numpy as np
 
 from .common import CheckpointError
 
-__all__ = ["VARIABLE_WRAPPER_KEYS", "flatten_tree", "strip_variable_wrappers", "unflatten_tree"]
+__all__ = [
+    "VARIABLE_WRAPPER_KEYS",
+    "flat_leaf_names",
+    "flatten_tree",
+    "strip_variable_wrappers",
+    "unflatten_tree",
+]
 
 VARIABLE_WRAPPER_KEYS = ("value", "raw_value")
 """The one key under which a saved ``nnx.State`` (or ``nnx.Variable``) holds its array."""
@@ -105,3 +111,19 @@ def strip_variable_wrappers(tree: Any) -> Any:
                 return val
         return {k: strip_variable_wrappers(v) for k, v in tree.items()}
     return tree
+
+
+def flat_leaf_names(placeholders: Any) -> dict[str, int]:
+    """The flat names a tree will load under, from a tree of leaf numbers (no weights read).
+
+    A lazy reader (orbax metadata, a msgpack index) builds the checkpoint's tree with each
+    array replaced by its number ``k`` (``None`` where the checkpoint holds nothing);
+    :func:`strip_variable_wrappers` and :func:`flatten_tree` then give exactly the names
+    that loading the whole checkpoint gives, each mapped to its leaf number.
+
+    Example:
+      >>> flat_leaf_names({"dense": {"kernel": {"value": 0}}, "b": [1, None]})
+      {'dense.kernel': 0, 'b.0': 1}
+    """
+    flat = flatten_tree(strip_variable_wrappers(placeholders))
+    return {name: int(k) for name, k in flat.items()}

@@ -1,4 +1,10 @@
-"""Flax msgpack files <-> pytrees (``flax.serialization.to_bytes`` / ``msgpack_restore``)."""
+"""Flax msgpack files <-> pytrees (``flax.serialization.to_bytes`` / ``msgpack_restore``).
+
+:func:`load_msgpack` reads a whole file through the library; :class:`MsgpackReader` reads
+one array at a time, from the byte ranges found by
+:func:`mergetheory.io.msgpack_index.index_msgpack` (for the streaming pool readers of
+:mod:`mergetheory.io.pool`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .common import CheckpointError, PathLike, check_finite_checkpoint, require_exists
 
-__all__ = ["load_msgpack", "save_msgpack"]
+__all__ = ["MsgpackReader", "load_msgpack", "save_msgpack"]
 
 
 def save_msgpack(path: PathLike, tree: Any) -> Path:
@@ -53,3 +59,77 @@ def load_msgpack(path: PathLike, *, check_finite: bool = True) -> Any:
     if check_finite:
         check_finite_checkpoint(tree, path)
     return tree
+
+
+class MsgpackReader:
+    """A flax msgpack file read one array at a time.
+
+    The file is indexed once (:func:`~mergetheory.io.msgpack_index.index_msgpack`: a walk
+    of its structure through a memory map, the array bytes untouched); :meth:`get` then
+    reads one array's bytes with a positioned read (no mapping whose pages would stay in
+    the RSS). Names are those of :func:`~mergetheory.io.checkpoints.load_checkpoint`
+    (``.``-joined, Flax ``value`` wrappers removed), and :meth:`get` returns what
+    ``flax.serialization.msgpack_restore`` gives for that leaf (chunked arrays joined).
+
+    Raises:
+      CheckpointError: missing, empty, truncated or malformed file, or one whose top
+        level is not a map (naming the file).
+
+    Example:
+      >>> r = MsgpackReader("expert.msgpack")
+      >>> {n: r.shape(n) for n in r.names}
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        from .flat import flat_leaf_names
+        from .msgpack_index import MsgpackArray, MsgpackFormatError, index_msgpack
+
+        self.path = Path(path).absolute()
+        require_exists(self.path, kind="msgpack checkpoint", is_dir=False)
+        try:
+            tree = index_msgpack(self.path)
+        except (MsgpackFormatError, UnicodeDecodeError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"corrupt or truncated msgpack checkpoint {self.path}: {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(tree, dict):
+            raise CheckpointError(
+                f"msgpack checkpoint {self.path} holds a {type(tree).__name__}, "
+                "not a pytree of arrays"
+            )
+        leaves, treedef = jtu.tree_flatten(tree, is_leaf=lambda x: isinstance(x, MsgpackArray))
+        self._leaves = leaves
+        self._leaf = flat_leaf_names(jtu.tree_unflatten(treedef, list(range(len(leaves)))))
+        self.names = list(self._leaf)
+
+    def _entry(self, name: str) -> Any:
+        from .msgpack_index import MsgpackArray
+
+        if name not in self._leaf:
+            raise CheckpointError(f"msgpack checkpoint {self.path} has no array {name!r}")
+        entry = self._leaves[self._leaf[name]]
+        return entry if isinstance(entry, MsgpackArray) else np.asarray(entry)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of array ``name`` (from the index)."""
+        return tuple(self._entry(name).shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        """NumPy dtype of array ``name`` (from the index)."""
+        return np.dtype(self._entry(name).dtype)
+
+    def get(self, name: str) -> np.ndarray:
+        """Array ``name`` as a fresh in-memory array (only its bytes are read)."""
+        entry = self._entry(name)
+        if isinstance(entry, np.ndarray):
+            return entry
+        out = np.empty(sum(n for _, n in entry.segments) // entry.dtype.itemsize, entry.dtype)
+        done = 0
+        with open(self.path, "rb") as f:
+            for offset, nbytes in entry.segments:
+                f.seek(offset)
+                view = memoryview(out[done : done + nbytes // entry.dtype.itemsize].view(np.uint8))
+                if f.readinto(view) != nbytes:
+                    raise CheckpointError(f"truncated msgpack checkpoint {self.path} ({name!r})")
+                done += nbytes // entry.dtype.itemsize
+        return out.reshape(entry.shape)

@@ -3,6 +3,8 @@
 ``StandardCheckpointer`` is the pytree checkpointer that the orbax docs recommend for a
 single pytree; it saves asynchronously, so :func:`save_orbax` waits before renaming the
 temporary directory onto the target (:func:`mergetheory.io.atomic.atomic_write_dir`).
+:class:`OrbaxReader` reads a checkpoint one array at a time (partial restore of one leaf),
+for the streaming pool readers of :mod:`mergetheory.io.pool`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import jax.tree_util as jtu
+import numpy as np
 
 from .atomic import atomic_write_dir
 from .common import CheckpointError, PathLike, check_finite_checkpoint, require_exists
 
-__all__ = ["load_orbax", "resolve_orbax_dir", "save_orbax"]
+__all__ = ["OrbaxReader", "load_orbax", "resolve_orbax_dir", "save_orbax"]
 
 _ITEM_MARKER = "_METADATA"
 
@@ -129,3 +132,92 @@ def load_orbax(
     if check_finite:
         check_finite_checkpoint(tree, path)
     return tree
+
+
+class OrbaxReader:
+    """An orbax checkpoint read one array at a time (orbax partial restore).
+
+    The checkpoint's metadata gives every leaf's name, shape and dtype without reading
+    data; :meth:`get` restores ONE leaf as a NumPy array with
+    ``ocp.args.PyTreeRestore(item, restore_args, partial_restore=True)``, where ``item``
+    and ``restore_args`` hold that leaf alone (``None`` everywhere else), so only its
+    bytes are read. Names are those of :func:`~mergetheory.io.checkpoints.load_checkpoint`
+    (``.``-joined, ``nnx.State`` ``value`` wrappers removed:
+    :func:`~mergetheory.io.flat.flat_leaf_names`).
+
+    Args:
+      path: an orbax checkpoint item, ``CheckpointManager`` root or step folder
+        (:func:`resolve_orbax_dir`).
+      step: the manager step (default the latest).
+
+    Attributes:
+      path: the item directory.  names: the flat tensor names.
+
+    Raises:
+      CheckpointError: a directory that is not an orbax checkpoint, unreadable metadata or
+        data (naming the directory).
+
+    Example:
+      >>> r = OrbaxReader("ckpt/expert_00")
+      >>> {n: r.shape(n) for n in r.names}
+    """
+
+    def __init__(self, path: PathLike, *, step: int | None = None) -> None:
+        import orbax.checkpoint as ocp
+
+        from .flat import flat_leaf_names
+
+        self.path = resolve_orbax_dir(path, step=step)
+        self._ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+        try:
+            tree = self._ckptr.metadata(self.path).item_metadata.tree
+            leaves, self._treedef = jtu.tree_flatten(tree)
+            numbered = jtu.tree_unflatten(self._treedef, list(range(len(leaves))))
+            self._leaf = flat_leaf_names(numbered)
+        except CheckpointError:
+            raise
+        except Exception as e:  # orbax raises many types
+            self._corrupt(e)
+        self._meta = leaves
+        self.names = list(self._leaf)
+
+    def _corrupt(self, e: Exception):
+        raise CheckpointError(
+            f"corrupt or unreadable orbax checkpoint {self.path}: {type(e).__name__}: {e}"
+        ) from e
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of leaf ``name`` (from the metadata; a leaf without one, a string, is read)."""
+        shape = getattr(self._meta[self._leaf[name]], "shape", None)
+        return tuple(shape) if shape is not None else self.get(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        """NumPy dtype of leaf ``name`` (from the metadata; a leaf without one is read)."""
+        dtype = getattr(self._meta[self._leaf[name]], "dtype", None)
+        return np.dtype(dtype) if dtype is not None else self.get(name).dtype
+
+    def get(self, name: str) -> np.ndarray:
+        """Leaf ``name`` as a NumPy array (only its data is read)."""
+        import orbax.checkpoint as ocp
+
+        if name not in self._leaf:
+            raise CheckpointError(f"orbax checkpoint {self.path} has no array {name!r}")
+        k = self._leaf[name]
+        one = [None] * len(self._meta)
+        args = list(one)
+        one[k] = self._meta[k]
+        array = getattr(self._meta[k], "dtype", None) is not None
+        args[k] = ocp.RestoreArgs(restore_type=np.ndarray) if array else ocp.RestoreArgs()
+        try:
+            out = self._ckptr.restore(
+                self.path,
+                args=ocp.args.PyTreeRestore(
+                    item=jtu.tree_unflatten(self._treedef, one),
+                    restore_args=jtu.tree_unflatten(self._treedef, args),
+                    partial_restore=True,
+                ),
+            )
+        except Exception as e:  # orbax raises many types
+            self._corrupt(e)
+        (leaf,) = [x for x in jtu.tree_leaves(out) if x is not None]
+        return np.asarray(leaf)

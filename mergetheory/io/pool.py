@@ -8,8 +8,14 @@ r"""A pool of experts on disk, read one tensor at a time, and the streaming Gram
   files, read lazily tensor by tensor;
 * a PEFT adapter folder (``adapter_config.json``): a :class:`LoraExpert` (factors stay
   factored; adapters are small and are read whole);
-* anything else :func:`~mergetheory.io.checkpoints.load_checkpoint` reads (orbax,
-  msgpack, npz): loaded whole, then served tensor by tensor.
+* an orbax checkpoint (item, ``CheckpointManager`` root or step folder): a
+  :class:`DenseExpert` over an :class:`~mergetheory.io.orbax.OrbaxReader` (one leaf
+  restored at a time, orbax partial restore);
+* a flax ``.msgpack`` file: a :class:`DenseExpert` over a
+  :class:`~mergetheory.io.msgpack.MsgpackReader` (the file indexed once, one array's bytes
+  read at a time);
+* anything else :func:`~mergetheory.io.checkpoints.load_checkpoint` reads (npz, npy):
+  loaded whole, then served tensor by tensor.
 
 :class:`TaskVectorTensors` serves the pool's task vectors one stacked tensor at a time;
 :func:`stream_pool_statistics` makes one pass over them, holding the ``n`` experts' (and
@@ -27,7 +33,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax.tree_util as jtu
 import numpy as np
@@ -36,6 +42,8 @@ from .._types import is_lora_factors
 from .checkpoints import load_checkpoint
 from .common import CheckpointError, PathLike, require_exists
 from .flat import flatten_tree
+from .msgpack import MsgpackReader
+from .orbax import OrbaxReader
 from .peft import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, load_peft_adapter, stack_peft_adapters
 from .safetensors import SafetensorsReader
 
@@ -47,6 +55,7 @@ __all__ = [
     "LoraExpert",
     "PoolStatistics",
     "TaskVectorTensors",
+    "TensorReader",
     "check_same_tensors",
     "file_fingerprint",
     "open_expert",
@@ -66,6 +75,18 @@ def file_fingerprint(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class TensorReader(Protocol):
+    """What a lazy checkpoint reader offers (:class:`~mergetheory.io.safetensors.SafetensorsReader`,
+    :class:`~mergetheory.io.orbax.OrbaxReader`, :class:`~mergetheory.io.msgpack.MsgpackReader`)."""
+
+    path: Path
+    names: list[str]
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def dtype(self, name: str) -> np.dtype: ...
+    def get(self, name: str) -> np.ndarray: ...
+
+
 class DenseExpert:
     """A dense model (or task vector) served one named tensor at a time.
 
@@ -75,15 +96,14 @@ class DenseExpert:
       names: tensor names, sorted.
     """
 
-    def __init__(self, path: Path, readers: dict[str, SafetensorsReader] | None, arrays=None):
+    def __init__(self, path: Path, readers: dict[str, TensorReader] | None, arrays=None):
         self.path = path
         self._readers = readers or {}
         self._arrays = arrays or {}
         self.names = sorted(self._readers or self._arrays)
-        files = {r.path for r in self._readers.values()} or ({path} if path.is_file() else set())
-        if not files and path.is_dir():
-            files = {p for p in path.rglob("*") if p.is_file()}
-        self.files = sorted(files)
+        where = {r.path for r in self._readers.values()} or {path}
+        files = {f for p in where for f in (p.rglob("*") if p.is_dir() else [p])}
+        self.files = sorted(f for f in files if f.is_file())
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of tensor ``name`` without reading it (safetensors)."""
@@ -165,6 +185,12 @@ def open_expert(
             raise CheckpointError(
                 f"{path}: format {fmt} expects a folder with {HF_WEIGHTS_NAME} or {HF_INDEX_NAME}"
             )
+    if fmt in (None, "orbax") and folder:
+        orbax = OrbaxReader(path, step=step)
+        return DenseExpert(path, dict.fromkeys(orbax.names, orbax))
+    if (fmt == "msgpack" or (fmt is None and path.suffix == ".msgpack")) and not folder:
+        packed = MsgpackReader(path)
+        return DenseExpert(path, dict.fromkeys(packed.names, packed))
     arrays = flatten_tree(load_checkpoint(path, check_finite=False, step=step, fmt=fmt))
     return DenseExpert(path, None, arrays)
 
@@ -185,12 +211,19 @@ class PoolStatistics(NamedTuple):
     factored: bool
 
 
+SIGN_BLOCK = 1 << 20
+"""Columns per block of the sign counts (float32 signs: 4 MB per expert and block)."""
+
+
 def _accumulate(x: np.ndarray, gram: np.ndarray, opp: np.ndarray) -> None:
-    x = x.reshape(x.shape[0], -1).astype(np.float64)
+    x = x.reshape(x.shape[0], -1).astype(np.float64, copy=False)
     gram += x @ x.T
-    s = np.sign(x)
-    a = np.abs(s)
-    opp += (a @ a.T - s @ s.T) / 2
+    # counts of opposite signs, by column blocks of float32 signs: each block's products
+    # are integers below 2**24, exact in float32, so the float64 sum is exact (any order)
+    for lo in range(0, x.shape[1], SIGN_BLOCK):
+        s = np.sign(x[:, lo : lo + SIGN_BLOCK]).astype(np.float32)
+        a = np.abs(s)
+        opp += (a @ a.T - s @ s.T).astype(np.float64) / 2
 
 
 def check_same_tensors(ref: DenseExpert, ex: DenseExpert) -> None:
@@ -214,7 +247,8 @@ class TaskVectorTensors:
     r"""The pool's task vectors, one stacked tensor ``[n, ...]`` (float64) at a time.
 
     Iterating yields ``(name, x)``: for dense experts ``x`` is :math:`\theta_t - \theta_0`
-    of one tensor name (``n`` + 1 copies of that tensor in memory); for PEFT adapters it is
+    of one tensor name (``x`` float64 ``[n, ...]``, the base's and one expert's copy of
+    that tensor besides it in memory); for PEFT adapters it is
     one module's dense update :math:`s B A` per adapter (adapters are small: their factors
     are loaded whole and stacked, :attr:`factors`).
 
@@ -262,9 +296,11 @@ class TaskVectorTensors:
             return
         for name in self.names:
             theta0 = self.base.get(name).astype(np.float64) if self.base is not None else 0.0
-            x = np.stack([e.get(name).astype(np.float64) - theta0 for e in self.experts])
-            if not np.all(np.isfinite(x)):
-                raise CheckpointError(f"tensor {name!r}: NaN / Inf in the pool's task vectors")
+            x = np.empty((len(self.experts), *self.experts[0].shape(name)))
+            for i, e in enumerate(self.experts):  # one expert's copy at a time
+                np.subtract(e.get(name), theta0, out=x[i, ...], dtype=np.float64)
+                if not np.isfinite(x[i]).all():
+                    raise CheckpointError(f"tensor {name!r}: NaN / Inf in the pool's task vectors")
             yield name, x
 
 
@@ -273,6 +309,7 @@ def stream_pool_statistics(
     base: DenseExpert | None = None,
     *,
     progress: Callable[[str, int, int], None] | None = None,
+    visit: Callable[[int, str, np.ndarray], None] | None = None,
 ) -> PoolStatistics:
     r"""One pass over the pool: Gram, opposite-sign counts and ``D`` of :math:`\tau_t`.
 
@@ -284,6 +321,9 @@ def stream_pool_statistics(
       experts: from :func:`open_expert`, all dense or all LoRA.
       base: the base model (dense pools only).
       progress: ``fn(stage, done, total)`` called after each tensor / module.
+      visit: ``fn(t, name, x)`` called with every tensor (module) ``t`` of the pass and
+        its ``[n, ...]`` task vectors ``x`` (float64), so that other per-tensor statistics
+        share this one read of the inputs (``analyze``'s coverage comparison does).
 
     Raises:
       CheckpointError: mixed kinds, names / shapes that differ, non-floating tensors.
@@ -296,10 +336,12 @@ def stream_pool_statistics(
     opp = np.zeros((n, n))
     stage = "modules" if tensors.factored else "tensors"
     size = 0
-    for i, (_, x) in enumerate(tensors):
+    for i, (name, x) in enumerate(tensors):
         # LoRA: sign counts only (the Gram comes from the factors below)
         _accumulate(x, np.zeros((n, n)) if tensors.factored else gram, opp)
         size += x[0].size
+        if visit:
+            visit(i, name, x)
         if progress:
             progress(stage, i + 1, len(tensors))
     if tensors.factored:

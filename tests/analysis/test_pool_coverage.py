@@ -140,3 +140,44 @@ def test_cli_bad_coverage_settings(tmp_path, capsys, extra, problem):
     assert main(["analyze", *paths, "--out", str(tmp_path / "r"), *FAST, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and problem in err, err
+
+
+def test_coverage_shares_the_one_read_of_the_inputs(tmp_path, monkeypatch):
+    from mergetheory.analysis.pool_coverage import (
+        COVERAGE_OPERATORS,
+        coverage_comparison,
+        per_expert_grams,
+    )
+    from mergetheory.io import save_safetensors
+    from mergetheory.io.pool import TaskVectorTensors, open_expert
+    from mergetheory.io.safetensors import SafetensorsReader
+
+    rng = np.random.default_rng(3)
+    base = {"w": rng.normal(size=(16, 12)), "b": rng.normal(size=12)}  # the fixture's shapes
+    save_safetensors(tmp_path / "base.safetensors", base)
+    paths = []
+    for i in range(NUM):
+        paths.append(tmp_path / f"e{i}.safetensors")
+        save_safetensors(paths[-1], {k: v + rng.normal(size=v.shape) for k, v in base.items()})
+    reads = []
+    get = SafetensorsReader.get
+
+    def counted(self, name):
+        reads.append((self.path.name, name))
+        return get(self, name)
+
+    monkeypatch.setattr(SafetensorsReader, "get", counted)
+    res = analyze_pool(paths, tmp_path / "base.safetensors", seed=1, num_samples=2000, num_orders=2)
+    # every tensor of every file read exactly once: the coverage comparison made no 2nd pass
+    assert sorted(reads) == sorted(
+        {(f"{p.stem}.safetensors", k) for p in [*paths, tmp_path / "base"] for k in base}
+    )
+    # ... and gives the numbers of a separate pass (the two-pass computation), exactly
+    opened = [open_expert(p) for p in paths]
+    tensors = TaskVectorTensors(opened, open_expert(tmp_path / "base.safetensors"))
+    grams = per_expert_grams(tensors, COVERAGE_OPERATORS, jr.fold_in(jr.key(1), 4), density=0.7)
+    hparams = {k: v["hparams"] for k, v in res.coverage["operators"].items()}
+    two_pass = coverage_comparison(
+        jr.fold_in(jr.key(1), 3), res.gram, grams, num_samples=2000, hparams=hparams
+    )
+    assert res.coverage["operators"] == two_pass

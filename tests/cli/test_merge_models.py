@@ -89,3 +89,44 @@ def test_unsupported_mergekit_config_refused(tmp_path, hf_pool, capsys, method, 
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and problem in err and "merge.yml" in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "orbax"])
+def test_per_tensor_merge_streams_msgpack_and_orbax(tmp_path, capsys, monkeypatch, fmt):
+    from mergetheory.io import save_msgpack, save_orbax
+    from mergetheory.io.msgpack import MsgpackReader
+    from mergetheory.io.orbax import OrbaxReader
+
+    rng = np.random.default_rng(5)
+    theta0 = {"dense": {"kernel": rng.normal(size=(6, 4)), "bias": rng.normal(size=4)}}
+    save = save_msgpack if fmt == "msgpack" else save_orbax
+    suffix = ".msgpack" if fmt == "msgpack" else ""
+    paths = []
+    for i, name in enumerate(["base", "e0", "e1", "e2"]):
+        tree = jax.tree.map(lambda a, i=i: a + (i > 0) * rng.normal(size=a.shape), theta0)
+        paths.append(str(save(tmp_path / f"{name}{suffix}", tree)))
+    # whole-tree path (every expert loaded) as the reference
+    assert (
+        main(
+            ["merge", "--operator", "ties", "--out", str(tmp_path / "whole.npz"), "--base", *paths]
+        )
+        == 0
+    )
+    reads = []
+    reader = MsgpackReader if fmt == "msgpack" else OrbaxReader
+    get = reader.get
+
+    def counted(self, name):
+        reads.append(name)
+        return get(self, name)
+
+    monkeypatch.setattr(reader, "get", counted)
+    out = tmp_path / "streamed"
+    rc = main(["merge", "--operator", "ties", "--per-tensor", "--out", str(out), "--base", *paths])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(reads) == sorted(["dense.bias", "dense.kernel"] * 4)  # each tensor once
+    whole = np.load(tmp_path / "whole.npz")
+    got = load_safetensors(out / "model.safetensors")
+    assert sorted(got) == sorted(whole.files)
+    for k in whole.files:  # ties trims per tensor: the same numbers either way
+        np.testing.assert_allclose(got[k], whole[k], rtol=1e-12, err_msg=k)
