@@ -164,7 +164,13 @@ def _random_tree(shapes: dict[str, tuple[int, ...]], num: int, seed: int) -> dic
     }
 
 
-def part_tree(full: bool, num: int | None, layers: int | None, repeat: int) -> dict[str, Any]:
+def part_tree(
+    full: bool,
+    num: int | None,
+    layers: int | None,
+    repeat: int,
+    ops: tuple[str, ...] = TREE_OPS,
+) -> dict[str, Any]:
     """Compile and warm times of the operators on a GPT-2-shaped tree, and TIES flat."""
     import jax
     import numpy as np
@@ -192,7 +198,7 @@ def part_tree(full: bool, num: int | None, layers: int | None, repeat: int) -> d
         return [x.sum(0) for x in leaves_np]
 
     key = jax.random.key(0)
-    for name in TREE_OPS:
+    for name in ops:
         op = MERGE_OPERATORS[name]
         hp = dict(op.default_hparams)
         _log(f"tree: {name} ({len(shapes)} leaves, n = {num})")
@@ -212,6 +218,8 @@ def part_tree(full: bool, num: int | None, layers: int | None, repeat: int) -> d
         res["operators"][name] = entry
     tree.clear()  # free the leaves (and their views) before the flat array is built
     leaves_np.clear()
+    if "ties" not in ops:
+        return res
 
     _log(f"tree: ties on one flat [{num}, {total}] leaf")
     x_np = np.random.default_rng(1).standard_normal((num, total), dtype=np.float32)
@@ -278,6 +286,7 @@ def _run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         ("--layers", args.layers),
         ("--repeat", args.repeat),
         ("--dims", args.dims),
+        ("--ops", args.ops),
     ]:
         if val not in (None, ""):
             cmd += [flag, str(val)]
@@ -302,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=None, help="transformer blocks")
     parser.add_argument("--dims", default="", help="comma-separated D for the flat part")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds")
+    parser.add_argument("--ops", default="", help=f"tree part: a subset of {','.join(TREE_OPS)}")
     parser.add_argument("--part", choices=PARTS, help="run one part in this process")
     parser.add_argument("--only", choices=PARTS, help="run only this part (subprocess)")
     parser.add_argument("--label", default="", help="free text stored with the results")
@@ -312,10 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     dims = [int(float(d)) for d in args.dims.split(",") if d] or None
     if dims is not None and min(dims) < 1:
         parser.error(f"--dims: every D must be >= 1, got {args.dims}")
+    unknown = sorted(set(o for o in args.ops.split(",") if o) - set(TREE_OPS))
+    if unknown:
+        parser.error(f"--ops: unknown operator(s) {unknown}; choose from {TREE_OPS}")
 
     if args.part:
         if args.part == "tree":
-            res = part_tree(args.full, args.num_experts, args.layers, args.repeat)
+            ops = tuple(o for o in args.ops.split(",") if o) or TREE_OPS
+            res = part_tree(args.full, args.num_experts, args.layers, args.repeat, ops)
         else:
             res = part_flat(args.full, args.num_experts, dims, args.repeat)
         res["loadavg_end"] = _loadavg()
