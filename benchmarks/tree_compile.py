@@ -11,9 +11,11 @@ in the same process, timed round-robin with the probe).
     ``mlp.c_fc``, ``mlp.c_proj`` weights and biases, ``ln_f``; 9 distinct shapes). The
     default is scaled down, ``n = 4`` experts and 4 blocks (52 leaves, 67.7M entries per
     expert, 1.1 GB); ``--full`` is ``n = 8`` and 12 blocks (148 leaves, 124M per expert, 4 GB).
-    For TIES, DARE-TIES, DARE-linear and Task Arithmetic: the first call of the eager
-    entry (compile included), the first call of a user's ``jax.jit`` wrapper, the number
-    and seconds of XLA compiles each caused, then warm times, eager and jitted, against
+    For TIES, DARE-TIES, DARE-linear and Task Arithmetic (``--ops`` picks some): the first
+    call of the eager entry (compile included), the first call of a user's ``jax.jit``
+    wrapper, the number of XLA compiles each caused and the seconds spent tracing,
+    lowering and XLA-compiling, the first call's time over a warm call's (``over_warm_s``),
+    then warm times, eager and jitted, against
     the probe (NumPy ``x.sum(0)`` over every leaf). TIES on one flat ``[n, D]`` leaf of
     the same total size is timed too (target: tree ratio within 1.5x of it).
 (b) ``flat``: TIES on one flat ``[n, D]`` float32 leaf for ``D`` from ``1e6`` to ``3.2e7``
@@ -43,6 +45,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "tree_compile.json"
 PARTS = ("tree", "flat")
 TREE_OPS = ("ties", "dare_ties", "dare_linear", "task_arithmetic")
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+_LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 
 def _log(msg: str) -> None:
@@ -95,30 +99,34 @@ def gpt2_shapes(num_layers: int = 12) -> dict[str, tuple[int, ...]]:
 
 
 class _Compiles:
-    """Counts XLA compiles and their seconds (``jax.monitoring`` events)."""
+    """Counts XLA compiles and the seconds of tracing, lowering and XLA compiling them."""
 
     def __init__(self) -> None:
         import jax
 
         self.count = 0
-        self.seconds = 0.0
+        self.seconds = {_COMPILE_EVENT: 0.0, _TRACE_EVENT: 0.0, _LOWER_EVENT: 0.0}
         jax.monitoring.register_event_duration_secs_listener(self._on)
 
     def _on(self, name: str, duration: float, **_kw: Any) -> None:
+        if name in self.seconds:
+            self.seconds[name] += duration
         if name == _COMPILE_EVENT:
             self.count += 1
-            self.seconds += duration
 
     def measure(self, fn: Callable[[], Any]) -> dict[str, Any]:
+        """First call of ``fn``: wall time, XLA compiles and where the compile time went."""
         import jax
 
-        c0, s0 = self.count, self.seconds
+        c0, s0 = self.count, dict(self.seconds)
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         return {
             "first_call_s": time.perf_counter() - t0,
             "xla_compiles": self.count - c0,
-            "xla_compile_s": self.seconds - s0,
+            "xla_compile_s": self.seconds[_COMPILE_EVENT] - s0[_COMPILE_EVENT],
+            "trace_s": self.seconds[_TRACE_EVENT] - s0[_TRACE_EVENT],
+            "lower_s": self.seconds[_LOWER_EVENT] - s0[_LOWER_EVENT],
         }
 
 
@@ -215,6 +223,11 @@ def part_tree(
         entry["eager_first"] = compiles.measure(eager)
         entry["jit_wrapper_first"] = compiles.measure(jitted)
         entry["warm"] = _round_robin(probe, {"eager": eager, "jit": jitted}, repeat)
+        for first, kind in [("eager_first", "eager"), ("jit_wrapper_first", "jit")]:
+            # the first call's overhead over a warm call: tracing, compiling, dispatch
+            entry[first]["over_warm_s"] = (
+                entry[first]["first_call_s"] - entry["warm"][kind]["min_s"]
+            )
         res["operators"][name] = entry
     tree.clear()  # free the leaves (and their views) before the flat array is built
     leaves_np.clear()
