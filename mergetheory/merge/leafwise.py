@@ -48,8 +48,8 @@ def propagate_nonfinite(out: jax.Array, x: jax.Array) -> jax.Array:
 
     Example:
       >>> x = jnp.array([[1.0, jnp.inf], [2.0, 3.0]])
-      >>> propagate_nonfinite(x[0] * 0 - 0.0, x)
-      Array([ 0., nan], dtype=float32)
+      >>> propagate_nonfinite(jnp.array([-0.0, 5.0]), x)
+      Array([-0., nan], dtype=float32)
     """
     zero = mtree.sum_tasks(jnp.abs(x) * jnp.zeros((), x.dtype))
     return out - zero.astype(out.dtype)
