@@ -11,9 +11,11 @@ in the same process, timed round-robin with the probe).
     ``mlp.c_fc``, ``mlp.c_proj`` weights and biases, ``ln_f``; 9 distinct shapes). The
     default is scaled down, ``n = 4`` experts and 4 blocks (52 leaves, 67.7M entries per
     expert, 1.1 GB); ``--full`` is ``n = 8`` and 12 blocks (148 leaves, 124M per expert, 4 GB).
-    For TIES, DARE-TIES, DARE-linear and Task Arithmetic: the first call of the eager
-    entry (compile included), the first call of a user's ``jax.jit`` wrapper, the number
-    and seconds of XLA compiles each caused, then warm times, eager and jitted, against
+    For TIES, DARE-TIES, DARE-linear and Task Arithmetic (``--ops`` picks some): the first
+    call of the eager entry (compile included), the first call of a user's ``jax.jit``
+    wrapper, the number of XLA compiles each caused and the seconds spent tracing,
+    lowering and XLA-compiling, the first call's time over a warm call's (``over_warm_s``),
+    then warm times, eager and jitted, against
     the probe (NumPy ``x.sum(0)`` over every leaf). TIES on one flat ``[n, D]`` leaf of
     the same total size is timed too (target: tree ratio within 1.5x of it).
 (b) ``flat``: TIES on one flat ``[n, D]`` float32 leaf for ``D`` from ``1e6`` to ``3.2e7``
@@ -43,6 +45,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "tree_compile.json"
 PARTS = ("tree", "flat")
 TREE_OPS = ("ties", "dare_ties", "dare_linear", "task_arithmetic")
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+_LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 
 def _log(msg: str) -> None:
@@ -95,30 +99,34 @@ def gpt2_shapes(num_layers: int = 12) -> dict[str, tuple[int, ...]]:
 
 
 class _Compiles:
-    """Counts XLA compiles and their seconds (``jax.monitoring`` events)."""
+    """Counts XLA compiles and the seconds of tracing, lowering and XLA compiling them."""
 
     def __init__(self) -> None:
         import jax
 
         self.count = 0
-        self.seconds = 0.0
+        self.seconds = {_COMPILE_EVENT: 0.0, _TRACE_EVENT: 0.0, _LOWER_EVENT: 0.0}
         jax.monitoring.register_event_duration_secs_listener(self._on)
 
     def _on(self, name: str, duration: float, **_kw: Any) -> None:
+        if name in self.seconds:
+            self.seconds[name] += duration
         if name == _COMPILE_EVENT:
             self.count += 1
-            self.seconds += duration
 
     def measure(self, fn: Callable[[], Any]) -> dict[str, Any]:
+        """First call of ``fn``: wall time, XLA compiles and where the compile time went."""
         import jax
 
-        c0, s0 = self.count, self.seconds
+        c0, s0 = self.count, dict(self.seconds)
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         return {
             "first_call_s": time.perf_counter() - t0,
             "xla_compiles": self.count - c0,
-            "xla_compile_s": self.seconds - s0,
+            "xla_compile_s": self.seconds[_COMPILE_EVENT] - s0[_COMPILE_EVENT],
+            "trace_s": self.seconds[_TRACE_EVENT] - s0[_TRACE_EVENT],
+            "lower_s": self.seconds[_LOWER_EVENT] - s0[_LOWER_EVENT],
         }
 
 
@@ -164,7 +172,13 @@ def _random_tree(shapes: dict[str, tuple[int, ...]], num: int, seed: int) -> dic
     }
 
 
-def part_tree(full: bool, num: int | None, layers: int | None, repeat: int) -> dict[str, Any]:
+def part_tree(
+    full: bool,
+    num: int | None,
+    layers: int | None,
+    repeat: int,
+    ops: tuple[str, ...] = TREE_OPS,
+) -> dict[str, Any]:
     """Compile and warm times of the operators on a GPT-2-shaped tree, and TIES flat."""
     import jax
     import numpy as np
@@ -192,7 +206,7 @@ def part_tree(full: bool, num: int | None, layers: int | None, repeat: int) -> d
         return [x.sum(0) for x in leaves_np]
 
     key = jax.random.key(0)
-    for name in TREE_OPS:
+    for name in ops:
         op = MERGE_OPERATORS[name]
         hp = dict(op.default_hparams)
         _log(f"tree: {name} ({len(shapes)} leaves, n = {num})")
@@ -209,9 +223,16 @@ def part_tree(full: bool, num: int | None, layers: int | None, repeat: int) -> d
         entry["eager_first"] = compiles.measure(eager)
         entry["jit_wrapper_first"] = compiles.measure(jitted)
         entry["warm"] = _round_robin(probe, {"eager": eager, "jit": jitted}, repeat)
+        for first, kind in [("eager_first", "eager"), ("jit_wrapper_first", "jit")]:
+            # the first call's overhead over a warm call: tracing, compiling, dispatch
+            entry[first]["over_warm_s"] = (
+                entry[first]["first_call_s"] - entry["warm"][kind]["min_s"]
+            )
         res["operators"][name] = entry
     tree.clear()  # free the leaves (and their views) before the flat array is built
     leaves_np.clear()
+    if "ties" not in ops:
+        return res
 
     _log(f"tree: ties on one flat [{num}, {total}] leaf")
     x_np = np.random.default_rng(1).standard_normal((num, total), dtype=np.float32)
@@ -278,6 +299,7 @@ def _run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         ("--layers", args.layers),
         ("--repeat", args.repeat),
         ("--dims", args.dims),
+        ("--ops", args.ops),
     ]:
         if val not in (None, ""):
             cmd += [flag, str(val)]
@@ -302,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=None, help="transformer blocks")
     parser.add_argument("--dims", default="", help="comma-separated D for the flat part")
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds")
+    parser.add_argument("--ops", default="", help=f"tree part: a subset of {','.join(TREE_OPS)}")
     parser.add_argument("--part", choices=PARTS, help="run one part in this process")
     parser.add_argument("--only", choices=PARTS, help="run only this part (subprocess)")
     parser.add_argument("--label", default="", help="free text stored with the results")
@@ -312,10 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     dims = [int(float(d)) for d in args.dims.split(",") if d] or None
     if dims is not None and min(dims) < 1:
         parser.error(f"--dims: every D must be >= 1, got {args.dims}")
+    unknown = sorted(set(o for o in args.ops.split(",") if o) - set(TREE_OPS))
+    if unknown:
+        parser.error(f"--ops: unknown operator(s) {unknown}; choose from {TREE_OPS}")
 
     if args.part:
         if args.part == "tree":
-            res = part_tree(args.full, args.num_experts, args.layers, args.repeat)
+            ops = tuple(o for o in args.ops.split(",") if o) or TREE_OPS
+            res = part_tree(args.full, args.num_experts, args.layers, args.repeat, ops)
         else:
             res = part_flat(args.full, args.num_experts, dims, args.repeat)
         res["loadavg_end"] = _loadavg()

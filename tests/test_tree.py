@@ -174,3 +174,14 @@ def test_validate_rejects_nan_in_half_precision(dtype):
     x = jnp.asarray(np.array([[1.0, np.nan], [np.inf, 2.0]]), dtype)
     with pytest.raises(tree.TaskVectorError, match=r"\['w'\]: 1 NaN and 1 Inf"):
         tree.validate_task_vectors({"w": x})
+
+
+def test_check_finite_via_screens_the_result_and_names_the_input_leaf():
+    tv = {"a": jnp.ones((3, 2)), "n": jnp.array([[1.0, jnp.inf], [2.0, 0.0], [3.0, 0.0]])}
+    clean = {"a": jnp.ones(2), "n": jnp.ones(2)}
+    tree.check_finite_via(clean, tv, name="tv")  # a finite result: the input is not read
+    with pytest.raises(tree.TaskVectorError, match=r"tv\['n'\]: 0 NaN and 1 Inf"):
+        tree.check_finite_via({"a": jnp.ones(2), "n": jnp.array([1.0, jnp.nan])}, tv, name="tv")
+    # a non-finite result of finite inputs (an overflow) raises nothing
+    finite = {"w": jnp.full((2, 3), 3e38, jnp.float32)}
+    tree.check_finite_via({"w": finite["w"].sum(0)}, finite)

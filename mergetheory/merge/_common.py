@@ -49,16 +49,18 @@ def is_concrete(x: Any) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(x))
 
 
-def check_task_vectors(task_vectors: TaskVectors, *, name: str = "task_vectors") -> int:
+def check_task_vectors(
+    task_vectors: TaskVectors, *, name: str = "task_vectors", finite: bool = True
+) -> int:
     """Validate a task-vector set (see :func:`mergetheory.tree.validate_task_vectors`).
 
-    Structure, shape and dtype checks always run; the NaN / Inf check runs on concrete
-    leaves only (tracers are skipped).
+    Structure, shape and dtype checks always run; the NaN / Inf check (if ``finite``)
+    runs on concrete leaves only (tracers are skipped).
 
     Returns:
       ``T``, the number of tasks.
     """
-    return mtree.validate_task_vectors(task_vectors, name=name)
+    return mtree.validate_task_vectors(task_vectors, name=name, finite=finite)
 
 
 def check_weights(weights: Any, num_tasks: int, *, name: str = "weights") -> None:
@@ -133,7 +135,8 @@ def checked(
     *,
     densities: tuple[str, ...] = (),
     choices: Mapping[str, tuple[str, ...]] | None = None,
-    validate: Callable[[Any], int] = check_task_vectors,
+    validate: Callable[..., int] = check_task_vectors,
+    screen_output: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: the eager input checks of a public operator ``fn(task_vectors, key, ...)``.
 
@@ -142,6 +145,13 @@ def checked(
     :func:`check_density` for each name in ``densities`` and :func:`check_choice` for each
     static option in ``choices``, all with the call's values (defaults included). The body
     then calls the operator's jitted core (``jax.jit`` with the static options).
+
+    With ``screen_output=True`` (for an operator whose output is NaN / Inf wherever an
+    input entry is: task arithmetic, the kernels that add
+    :func:`mergetheory.merge.leafwise.propagate_nonfinite`), ``validate`` is called with
+    ``finite=False`` and the NaN / Inf check runs after the body, on the merged output
+    (:func:`mergetheory.tree.check_finite_via`: the same error, naming the input leaf, but
+    one pass over the output instead of a separate pass over the ``T`` times larger input).
 
     Example:
       >>> @checked(densities=("density",), choices={"trim": ("tensor", "global")})
@@ -159,14 +169,21 @@ def checked(
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()
             values = bound.arguments
-            num = validate(values["task_vectors"])
+            task_vectors = values["task_vectors"]
+            if screen_output:
+                num = validate(task_vectors, finite=False)
+            else:
+                num = validate(task_vectors)
             if has_weights:
                 check_weights(values["weights"], num)
             for name in densities:
                 check_density(values[name], name=name)
             for name, options in allowed.items():
                 check_choice(values[name], options, name=name)
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+            if screen_output:
+                mtree.check_finite_via(out, task_vectors, name="task_vectors")
+            return out
 
         return wrapper
 

@@ -50,7 +50,7 @@ import jax.tree_util as jtu
 from .._types import Key, Merged, TaskVectors
 from ._common import as_weights, checked
 from .kernels import sum_parts
-from .leafwise import map_leaves
+from .leafwise import map_leaves, propagate_nonfinite
 from .primitives import AGGREGATES, ELECTIONS, ZERO_SIGNS, dare_drop_parts, elect_and_merge_array
 from .primitives import dare_rescale as dare_rescale  # re-exported (home: .primitives)
 
@@ -125,11 +125,16 @@ def _dare_leaf(
     aggregate: str = "mean",
     zero_sign: str = "positive",
 ) -> jax.Array:
-    """DARE of leaf number ``index`` (its key: ``fold_in(key, index)``); compiled per shape."""
+    """DARE of leaf number ``index`` (its key: ``fold_in(key, index)``); compiled per shape.
+
+    NaN wherever an input entry is NaN or Inf (:func:`propagate_nonfinite`, for the eager
+    check on the output).
+    """
     k = jr.fold_in(key, index)
     if not use_ties:
-        return dare_linear_array(x, k, weights=weights, density=density, scale=scale)
-    return dare_ties_array(
+        out = dare_linear_array(x, k, weights=weights, density=density, scale=scale)
+        return propagate_nonfinite(out, x)
+    out = dare_ties_array(
         x,
         k,
         weights=weights,
@@ -140,6 +145,7 @@ def _dare_leaf(
         aggregate=aggregate,
         zero_sign=zero_sign,
     )
+    return propagate_nonfinite(out, x)
 
 
 def _dare_map(
@@ -159,7 +165,7 @@ def _dare_map(
     )
 
 
-@checked(densities=("density",))
+@checked(densities=("density",), screen_output=True)
 def dare_linear(
     task_vectors: TaskVectors,
     key: Key,
@@ -189,6 +195,7 @@ def dare_linear(
 @checked(
     densities=("density",),
     choices={"election": ELECTIONS, "aggregate": AGGREGATES, "zero_sign": ZERO_SIGNS},
+    screen_output=True,
 )
 def dare_ties(
     task_vectors: TaskVectors,

@@ -26,11 +26,33 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from .. import tree as mtree
 from .._types import Merged, TaskVectors
 
-__all__ = ["map_leaves"]
+__all__ = ["map_leaves", "propagate_nonfinite"]
+
+
+def propagate_nonfinite(out: jax.Array, x: jax.Array) -> jax.Array:
+    r"""``out`` with NaN wherever an entry of ``x`` ``[T, ...]`` is NaN or Inf in any task.
+
+    :math:`\mathrm{out} - \sum_t |x_t| \cdot 0`: the subtracted term is :math:`+0` where
+    every :math:`x_t` is finite (and ``a - (+0)`` is ``a`` bit for bit, signed zeros
+    included), NaN otherwise. A kernel that drops entries (DARE's masks, TIES' election)
+    adds it so that its output can stand in for its input in the eager NaN / Inf check
+    (:func:`mergetheory.tree.check_finite_via`, one pass over the output instead of the
+    ``T`` times larger input); XLA fuses it into the kernel's pass over ``x``.
+
+    Example:
+      >>> x = jnp.array([[1.0, jnp.inf], [2.0, 3.0]])
+      >>> propagate_nonfinite(jnp.array([-0.0, 5.0]), x)
+      Array([-0., nan], dtype=float32)
+    """
+    zero = mtree.sum_tasks(jnp.abs(x) * jnp.zeros((), x.dtype))
+    return out - zero.astype(out.dtype)
 
 
 def map_leaves(

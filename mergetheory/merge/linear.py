@@ -51,7 +51,7 @@ def _average_leaf(x: jax.Array, *, weights: jax.Array | None) -> jax.Array:
     return mtree.sum_tasks(x, w) / jnp.sum(w)
 
 
-@checked()
+@checked(screen_output=True)  # a NaN / Inf entry of any task reaches the mean
 def average(task_vectors: TaskVectors, key: Key, *, weights: Any = None) -> Merged:
     r"""Weight averaging: :math:`\Delta = \sum_t w_t \tau_t / \sum_t w_t` (the mean by default).
 
@@ -92,7 +92,7 @@ def _task_arithmetic_leaf(
     return scale.astype(x.dtype) * mtree.sum_tasks(x, as_weights(weights, x.shape[0], x.dtype))
 
 
-@checked()
+@checked(screen_output=True)  # a NaN / Inf entry reaches the sum (0 * Inf is NaN)
 def task_arithmetic(
     task_vectors: TaskVectors, key: Key, *, weights: Any = None, scale: Any = 1.0
 ) -> Merged:

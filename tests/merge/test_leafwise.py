@@ -152,3 +152,31 @@ def test_map_leaves_rejects_wrong_per_leaf_length():
     tv = {"a": jnp.ones((2, 3)), "b": jnp.ones((2, 4))}
     with pytest.raises(ValueError, match="2 leaves"):
         map_leaves(jax.jit(lambda x, k: x.sum(0) * k), tv, [1.0])
+
+
+def test_propagate_nonfinite_keeps_bits_and_marks_bad_entries():
+    from mergetheory.merge.leafwise import propagate_nonfinite
+
+    out = jnp.asarray([0.0, -0.0, -1.5, 2.0, 3.0], jnp.float32)
+    x = jnp.asarray([[1.0, -2.0, 0.0, -0.0, 5.0], [-3.0, 0.0, 1e30, 7.0, 1.0]], jnp.float32)
+    got = np.asarray(jax.jit(propagate_nonfinite)(out, x))
+    np.testing.assert_array_equal(got.view(np.uint32), np.asarray(out).view(np.uint32))
+    for bad in [np.nan, np.inf, -np.inf]:
+        y = x.at[1, 2].set(bad)
+        got = np.asarray(propagate_nonfinite(out, y))
+        assert np.isnan(got[2]) and np.isfinite(np.delete(got, 2)).all()
+
+
+@pytest.mark.parametrize("op", [task_arithmetic, average, dare_linear, dare_ties])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_input_raises_after_the_fused_screen(op, bad):
+    """The NaN / Inf check runs on the output; a bad entry that DARE drops still raises."""
+    x = np.ones((3, 2000), np.float32)
+    x[2, 1234] = bad
+    tv = {"a": jnp.ones((3, 5)), "b": jnp.asarray(x)}
+    kwargs = {"weights": jnp.asarray([1.0, 1.0, 0.0])} if op is task_arithmetic else {}
+    if op in (dare_linear, dare_ties):
+        kwargs["density"] = 1e-3  # entry 1234 of task 2 is almost surely dropped
+    nan, inf = (1, 0) if np.isnan(bad) else (0, 1)
+    with pytest.raises(ValueError, match=rf"task_vectors\['b'\]: {nan} NaN and {inf} Inf"):
+        op(tv, jr.key(0), **kwargs)
