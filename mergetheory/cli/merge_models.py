@@ -19,6 +19,7 @@ into an adapter folder (:mod:`.merge_peft`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -30,6 +31,7 @@ import numpy as np
 
 from .common import CliError, one_line
 from .merge_peft import merge_peft_adapters
+from .merge_stream import DEFAULT_BLOCK_BYTES, ROW_BLOCK_OPERATORS, merged_tensors
 
 __all__ = ["MERGEKIT_METHODS", "MERGEKIT_OPTIONS", "merge_models"]
 
@@ -177,17 +179,24 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
     key = jax.random.key(args.seed)
     order = {n: i for i, n in enumerate(names)}
 
-    def merged(name: str) -> np.ndarray:
-        t0 = theta0.get(name).astype(np.float64)
-        x = np.stack([e.get(name).astype(np.float64) - t0 for e in opened])
+    def merge_one(name: str, x: np.ndarray) -> Any:
         try:
             tau = op.fn({"t": jnp.asarray(x)}, jax.random.fold_in(key, order[name]), **hparams)
         except (ValueError, TypeError) as exc:
             raise CliError(one_line(str(exc))) from None
-        res = t0 + np.asarray(tau["t"], np.float64)
-        if not np.all(np.isfinite(res)):
-            raise CliError(f"the merged tensor {name!r} is not finite; {args.out} not written")
-        return res.astype(out_dtypes[name])
+        return tau["t"]
+
+    merged = merged_tensors(
+        names,
+        opened,
+        theta0,
+        merge_one,
+        out_dtypes=out_dtypes,
+        labels=experts,
+        wide=True,
+        block_bytes=DEFAULT_BLOCK_BYTES if op_name in ROW_BLOCK_OPERATORS else None,
+        what=str(args.out),
+    )
 
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
@@ -202,8 +211,8 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         weight_map = {}
         for fname, part in zip(files, shards, strict=True):
             with SafetensorsWriter(tmp / fname, {n: spec[n] for n in part}) as w:
-                for n in part:
-                    w.write(n, merged(n))
+                for name, arr in itertools.islice(merged, len(part)):
+                    w.write(name, arr)
             weight_map.update(dict.fromkeys(part, fname))
         if len(shards) > 1:
             index = {
