@@ -70,6 +70,23 @@ def gpt2_shapes(scale: float = 1.0) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def gpt2_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A Hugging Face GPT-2 ``config.json`` for a model of these shapes (mergekit reads the
+    architecture and layer count from it)."""
+    vocab, d = shapes["wte.weight"]
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "n_layer": GPT2["n_layer"],
+        "n_embd": d,
+        "n_head": max(1, d // 64),
+        "vocab_size": vocab,
+        "n_positions": shapes["wpe.weight"][0],
+        "n_ctx": shapes["wpe.weight"][0],
+        "tie_word_embeddings": True,
+    }
+
+
 def write_inputs(folder: Path, shapes: dict[str, tuple[int, ...]], num_experts: int) -> list[Path]:
     """Write ``base`` and ``expert{i}``, each a model folder (``config.json`` +
     ``model.safetensors``); return the folders ``[base, experts...]``."""
@@ -80,7 +97,7 @@ def write_inputs(folder: Path, shapes: dict[str, tuple[int, ...]], num_experts: 
 
     def save(name: str, tensors: dict[str, np.ndarray]) -> Path:
         (folder / name).mkdir()
-        (folder / name / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+        (folder / name / "config.json").write_text(json.dumps(gpt2_config(shapes)))
         save_safetensors(folder / name / "model.safetensors", tensors)
         return folder / name
 
