@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,21 @@ def write_inputs(folder: Path, shapes: dict[str, tuple[int, ...]], num_experts: 
     return paths
 
 
+MERGEKIT_CASES = {
+    "task_arithmetic": ("task_arithmetic", ""),
+    "ties": ("ties", "parameters: {density: 0.2}\n"),
+}
+"""Operator -> (mergekit method, top-level parameters) for the config / mergekit layouts
+(every expert weighted 1)."""
+
+
+def mergekit_yaml(op: str, base: Path, experts: list[Path]) -> str:
+    """A mergekit config merging ``experts`` onto ``base`` with the method of ``op``."""
+    method, params = MERGEKIT_CASES[op]
+    models = "".join(f"  - model: {e}\n    parameters: {{weight: 1.0}}\n" for e in experts)
+    return f"models:\n{models}base_model: {base}\nmerge_method: {method}\n{params}"
+
+
 def _run(cmd: list[str], timeout: float) -> dict[str, Any]:
     """Run ``cmd`` in a fresh interpreter; its own peak RSS (``os.wait4``) and wall time."""
     env = dict(os.environ)
@@ -156,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-experts", type=int, default=8)
     parser.add_argument("--ops", default="task_arithmetic", help="comma-separated operators")
     parser.add_argument(
-        "--layouts", default="files,folders", help="files (.safetensors) and/or folders"
+        "--layouts",
+        default="files,folders",
+        help="comma-separated: files (.safetensors), folders (model folders), config "
+        "(mergetheory merge --config merge.yml), mergekit (mergekit-yaml, same YAML)",
     )
+    parser.add_argument("--mergekit-yaml", help="mergekit's CLI, for the mergekit layout")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per merge")
     parser.add_argument("--out", default=str(RESULTS), help="results file")
     args = parser.parse_args(argv)
@@ -188,8 +208,22 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, "-m", "mergetheory.cli", "merge", "--operator", op]
                 cmd += ["--base", str(base / sub), "--out", str(out)]
                 cmd += [str(p / sub) for p in experts]
+                if layout in ("config", "mergekit"):
+                    yml = Path(tmp) / f"{op}.yml"
+                    yml.write_text(mergekit_yaml(op, base, experts))
+                    cmd = [sys.executable, "-m", "mergetheory.cli", "merge", "--config", str(yml)]
+                    cmd += ["--out", str(out)]
+                if layout == "mergekit":
+                    if not args.mergekit_yaml:
+                        print("mergekit layout skipped: give --mergekit-yaml", file=sys.stderr)
+                        continue
+                    cmd = [args.mergekit_yaml, str(yml), str(out), "--quiet"]
+                    cmd += ["--no-copy-tokenizer", "--no-write-model-card"]
                 print(f"[benchmarks.merge_memory] {layout} {op} ...", file=sys.stderr, flush=True)
+                load = os.getloadavg()
                 res = _run(cmd, args.timeout)
+                res["loadavg_before"] = load
+                shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(True)
                 if "peak_rss_bytes" in res:
                     res["peak_over_input"] = res["peak_rss_bytes"] / results["input_bytes"]
                 results["merges"][f"{layout}/{op}"] = res

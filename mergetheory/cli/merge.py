@@ -436,7 +436,7 @@ def _merge_streamed(
     import jax.numpy as jnp
 
     from ..io.safetensors import SafetensorsWriter
-    from .merge_stream import DEFAULT_BLOCK_BYTES, ROW_BLOCK_OPERATORS, merged_tensors
+    from .merge_stream import block_options, merged_tensors
 
     num = len(args.inputs)
     experts, base = opened[:num], (opened[num] if args.base else None)
@@ -463,7 +463,7 @@ def _merge_streamed(
         merge_one,
         out_dtypes={n: d for n, (_, d) in spec.items()},
         labels=args.inputs,
-        block_bytes=DEFAULT_BLOCK_BYTES if args.operator in ROW_BLOCK_OPERATORS else None,
+        **block_options(args.operator, hparams),
         what=args.out,
     )
     try:

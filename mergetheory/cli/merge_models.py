@@ -31,7 +31,7 @@ import numpy as np
 
 from .common import CliError, one_line
 from .merge_peft import merge_peft_adapters
-from .merge_stream import DEFAULT_BLOCK_BYTES, ROW_BLOCK_OPERATORS, merged_tensors
+from .merge_stream import block_options, merged_tensors
 
 __all__ = ["MERGEKIT_METHODS", "MERGEKIT_OPTIONS", "MERGEKIT_SWITCHES", "merge_models"]
 
@@ -248,7 +248,7 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         out_dtypes=out_dtypes,
         labels=experts,
         wide=True,
-        block_bytes=DEFAULT_BLOCK_BYTES if op_name in ROW_BLOCK_OPERATORS else None,
+        **block_options(op_name, hparams),
         what=str(args.out),
     )
 

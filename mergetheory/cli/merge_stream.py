@@ -36,6 +36,8 @@ __all__ = [
     "DEFAULT_BLOCK_BYTES",
     "ROW_BLOCK_OPERATORS",
     "STREAMED_OPERATORS",
+    "block_options",
+    "blocked_ties",
     "is_streamable",
     "merged_tensors",
     "row_blocks",
@@ -54,7 +56,7 @@ the hyperparameter values this needs (e.g. a per-tensor trim)."""
 ROW_BLOCK_OPERATORS = ("average", "task_arithmetic")
 """Operators elementwise over coordinates: a tensor may be merged in blocks of rows."""
 
-DEFAULT_BLOCK_BYTES = 256 * 2**20
+DEFAULT_BLOCK_BYTES = 64 * 2**20
 """Largest stack ``[n, rows, ...]`` of a row-blocked merge (bytes)."""
 
 
@@ -79,6 +81,75 @@ def _finite(a: np.ndarray) -> np.ndarray:
     return np.isfinite(a.astype(np.float32) if a.dtype.itemsize < 4 else a)
 
 
+def _checked(a: np.ndarray, label: str, name: str) -> np.ndarray:
+    ok = _finite(a)
+    if not np.all(ok):
+        raise CliError(f"{label}: key {name!r} has {int(ok.size - ok.sum())} NaN/Inf value(s)")
+    return a
+
+
+def _task_vector(name: str, ex: Any, base: Any | None, work: np.dtype, label: str) -> np.ndarray:
+    tau = _checked(ex.get(name), label, name).astype(work, copy=False)
+    return tau if base is None else tau - base.get(name).astype(work, copy=False)
+
+
+def blocked_ties(op_name: str, hparams: Mapping[str, Any]):
+    """``(statistic, merge_block)`` for :func:`merged_tensors` merging TIES in blocks of
+    rows, or ``None`` where that would not equal :func:`mergetheory.merge.ties` bit for bit.
+
+    The statistic is task ``t``'s trim threshold (the ``k``-th largest magnitude of its
+    whole tensor); each block is then merged by
+    :func:`mergetheory.merge.ties.ties_merge_thresholded`, elementwise given the
+    thresholds when ``zero_sign="positive"`` and ``trim="tensor"``.
+    """
+    if op_name != "ties":
+        return None
+    import functools
+    import inspect
+
+    import jax
+    import jax.numpy as jnp
+
+    from ..merge import magnitude_threshold
+    from ..merge.ties import ties, ties_kept, ties_merge_thresholded
+
+    params = inspect.signature(ties).parameters.values()
+    hparams = {**{p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY}, **hparams}
+    if hparams["trim"] != "tensor" or hparams["zero_sign"] != "positive":
+        return None
+
+    static = {
+        "weights_before_election": bool(hparams["weights_before_election"]),
+        "election": hparams["election"],
+        "aggregate": hparams["aggregate"],
+        "zero_sign": hparams["zero_sign"],
+    }
+    kernel = jax.jit(functools.partial(ties_merge_thresholded, **static))
+
+    def statistic(tau: np.ndarray) -> Any:
+        k = ties_kept(hparams["density"], tau.size, hparams["keep_rule"])
+        return magnitude_threshold(jnp.asarray(tau)[None], k)[0]
+
+    def merge_block(x: np.ndarray, thresholds: list) -> Any:
+        return kernel(
+            jnp.asarray(x),
+            jnp.stack(thresholds),
+            weights=hparams.get("weights"),
+            scale=jnp.asarray(hparams["scale"]),
+        )
+
+    return statistic, merge_block
+
+
+def block_options(op_name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``block_bytes`` / ``blocked`` arguments of :func:`merged_tensors` for an operator:
+    row blocks for the elementwise ones and for TIES (:func:`blocked_ties`), else none."""
+    ties = blocked_ties(op_name, hparams)
+    rows = op_name in ROW_BLOCK_OPERATORS or ties is not None
+    # looked up at call time, so that tests can shrink the blocks
+    return {"block_bytes": DEFAULT_BLOCK_BYTES if rows else None, "blocked": ties}
+
+
 def merged_tensors(
     names: Sequence[str],
     experts: Sequence[Any],
@@ -90,6 +161,7 @@ def merged_tensors(
     wide: bool = False,
     block_bytes: int | None = None,
     what: str = "the output",
+    blocked: tuple[Callable[[np.ndarray], Any], Callable[[np.ndarray, list], Any]] | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
     r"""Yield ``(name, merged tensor)`` for each name, reading one tensor at a time.
 
@@ -104,6 +176,10 @@ def merged_tensors(
       block_bytes: merge in blocks of rows of at most this many stacked bytes (only for
         operators elementwise over coordinates, :data:`ROW_BLOCK_OPERATORS`).
       what: the output's name in the non-finite error.
+      blocked: ``(statistic, merge_block)`` to merge a tensor in blocks of rows although
+        the operator needs whole tensors: ``statistic(tau_t)`` of each task's whole task
+        vector (one at a time), then ``merge_block(x_block, stats)`` (e.g. TIES given each
+        task's trim threshold, :func:`blocked_ties`).
 
     Raises:
       CliError: a NaN / Inf in an input tensor (naming the file and tensor) or in a merged
@@ -115,23 +191,24 @@ def merged_tensors(
         work = np.dtype(np.float64) if wide else dtype
         out = None
         blocks = row_blocks(shape, n, work.itemsize, block_bytes)
+        stats = None
+        if blocked is not None and len(blocks) > 1:  # one task's whole tensor at a time
+            stats = [
+                blocked[0](_task_vector(name, ex, base, work, labels[i]))
+                for i, ex in enumerate(experts)
+            ]
         for rows in blocks:
             theta0 = None if base is None else base.get(name, rows).astype(work, copy=False)
             x = None
             for i, ex in enumerate(experts):
-                xi = ex.get(name, rows)
-                ok = _finite(xi)
-                if not np.all(ok):
-                    raise CliError(
-                        f"{labels[i]}: key {name!r} has {int(ok.size - ok.sum())} NaN/Inf value(s)"
-                    )
+                xi = _checked(ex.get(name, rows), labels[i], name)
                 if x is None:
                     x = np.empty((n, *xi.shape), work)
                 x[i] = xi
                 if theta0 is not None:
                     x[i] -= theta0
-                del xi, ok
-            tau = np.asarray(merge(name, x))
+                del xi
+            tau = np.asarray(merge(name, x) if stats is None else blocked[1](x, stats))
             del x
             if wide:
                 tau = tau.astype(np.float64, copy=False)

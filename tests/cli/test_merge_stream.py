@@ -88,15 +88,39 @@ def test_streamed_merge_equals_the_whole_tree_merge(tmp_path, op, flags, with_ba
     assert list(got) == sorted(SHAPES)
 
 
-@pytest.mark.parametrize("op", ["task_arithmetic", "average"])
-def test_row_blocks_change_nothing(tmp_path, monkeypatch, op):
+def _count_blocked_ties(monkeypatch):
+    """Record whether each merge used the blocked TIES (``None``: not TIES)."""
+    used = []
+    orig = merge_stream.blocked_ties
+
+    def wrapped(op_name, hparams):
+        res = orig(op_name, hparams)
+        used.append(None if op_name != "ties" else res is not None)
+        return res
+
+    monkeypatch.setattr(merge_stream, "blocked_ties", wrapped)
+    return used
+
+
+@pytest.mark.parametrize(
+    "op, flags",
+    [
+        ("task_arithmetic", []),
+        ("average", []),
+        ("ties", ["--density", "0.3"]),
+        ("ties", ["--hparam", "weights_before_election=true", "--hparam", "aggregate=sum"]),
+    ],
+)
+def test_row_blocks_change_nothing(tmp_path, monkeypatch, op, flags):
     _, _, base_path, paths = _write(tmp_path)
-    extra = ["--operator", op, "--weights", WEIGHTS]
+    extra = ["--operator", op, "--weights", WEIGHTS, *flags]
     whole = _merge(tmp_path, "a.safetensors", paths, base_path, extra)
     # stacks of 3 x 4 rows x 6 float32 = 288 bytes: wte (40 rows) merges in 10 blocks
     monkeypatch.setattr(merge_stream, "DEFAULT_BLOCK_BYTES", 3 * 4 * 6 * 4)
     assert len(merge_stream.row_blocks((40, 6), 3, 4, 3 * 4 * 6 * 4)) == 10
+    used = _count_blocked_ties(monkeypatch)
     blocked = _merge(tmp_path, "b.safetensors", paths, base_path, extra)
+    assert used == ([True] if op == "ties" else [None])
     for n in SHAPES:
         np.testing.assert_array_equal(blocked[n], whole[n], err_msg=n)
 
@@ -146,3 +170,18 @@ def test_a_nan_in_an_expert_names_the_file_and_tensor(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{paths[1]}: key 'h.0.b' has 1 NaN/Inf" in err, err
     assert not out.exists()
+
+
+def test_ties_row_blocks_of_model_folders_change_nothing(tmp_path, hf_pool, monkeypatch):
+    hf_pool(tmp_path)
+    paths = [str(tmp_path / f"expert{i}") for i in range(4)]
+    argv = ["merge", "--operator", "ties", "--density", "0.4", "--base", str(tmp_path / "base")]
+    assert main([*argv, "--out", str(tmp_path / "whole"), *paths]) == 0
+    monkeypatch.setattr(merge_stream, "DEFAULT_BLOCK_BYTES", 4 * 2 * 4 * 8)  # 2 rows, float64
+    used = _count_blocked_ties(monkeypatch)
+    assert main([*argv, "--out", str(tmp_path / "blocked"), *paths]) == 0
+    assert used == [True]
+    whole = load_safetensors(tmp_path / "whole" / "model.safetensors")
+    blocked = load_safetensors(tmp_path / "blocked" / "model.safetensors")
+    for n, w in whole.items():
+        np.testing.assert_array_equal(blocked[n], w, err_msg=n)
