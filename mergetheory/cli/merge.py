@@ -231,6 +231,18 @@ def _is_float(dtype: np.dtype) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
+def _check_float(path: str, arrays: dict[str, Any]) -> None:
+    """Some arrays, all floating (``arrays`` may hold anything with a ``dtype``)."""
+    if not arrays:
+        raise CliError(f"{path}: contains no arrays")
+    for k, a in arrays.items():
+        if not _is_float(a.dtype):
+            raise CliError(
+                f"{path}: key {k!r} has dtype {a.dtype}, expected a float array "
+                "(integer checkpoints are refused, not widened)"
+            )
+
+
 def _load_expert(
     path: str, step: int | None = None, fmt: str | None = None
 ) -> dict[str, np.ndarray]:
@@ -252,14 +264,8 @@ def _load_expert(
             arrays = flatten_tree(load_checkpoint(file, check_finite=False, step=step, fmt=fmt))
     except CheckpointError as exc:
         raise CliError(one_line(str(exc))) from None
-    if not arrays:
-        raise CliError(f"{path}: contains no arrays")
+    _check_float(path, arrays)
     for k, a in arrays.items():
-        if not _is_float(a.dtype):
-            raise CliError(
-                f"{path}: key {k!r} has dtype {a.dtype}, expected a float array "
-                "(integer checkpoints are refused, not widened)"
-            )
         finite = np.isfinite(a.astype(np.float32) if a.dtype.itemsize < 4 else a)
         if not np.all(finite):
             raise CliError(
@@ -414,14 +420,7 @@ def _open_safetensors(inputs: Sequence[str], base: str | None, fmt: str | None) 
         {n: argparse.Namespace(shape=e.shape(n), dtype=e.dtype(n)) for n in e.names} for e in opened
     ]
     for path, head in zip(paths, heads, strict=True):
-        if not head:
-            raise CliError(f"{path}: contains no arrays")
-        for k, a in head.items():
-            if not _is_float(a.dtype):
-                raise CliError(
-                    f"{path}: key {k!r} has dtype {a.dtype}, expected a float array "
-                    "(integer checkpoints are refused, not widened)"
-                )
+        _check_float(path, head)
     ref, ref_path = (heads[-1], base) if base else (heads[0], paths[0])
     for path, head in zip(inputs, heads, strict=False):
         _check_same(ref, head, path, ref_path)
@@ -435,7 +434,6 @@ def _merge_streamed(
     import jax
     import jax.numpy as jnp
 
-    from ..io.safetensors import SafetensorsWriter
     from .merge_stream import block_options, merged_tensors
 
     num = len(args.inputs)
@@ -466,13 +464,20 @@ def _merge_streamed(
         **block_options(args.operator, hparams),
         what=args.out,
     )
+    return _save(args, out_path, num, merged, spec)
+
+
+def _save(args: argparse.Namespace, out_path: Path, num: int, tensors: Any, spec: dict) -> int:
+    """Write ``(name, array)`` pairs (a .safetensors file tensor by tensor) and report."""
+    from ..io.safetensors import SafetensorsWriter
+
     try:
-        if out_path.suffix == ".safetensors":  # written tensor by tensor
+        if out_path.suffix == ".safetensors":  # temp file + rename: never half-written
             with SafetensorsWriter(out_path, spec) as w:
-                for name, arr in merged:
+                for name, arr in tensors:
                     w.write(name, arr)
         else:
-            _write_out(out_path, dict(merged))
+            _write_out(out_path, dict(tensors))
     except OSError as exc:
         raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
     sys.stdout.write(
@@ -546,15 +551,7 @@ def _run_merge(args: argparse.Namespace) -> int:
                 f"the merged output has {int(finite.size - finite.sum())} NaN/Inf value(s) in "
                 f"{k!r} (overflow: are the hyperparameters too large?); {args.out} not written"
             )
-    try:
-        _write_out(out_path, out)  # temp file + rename: never a half-written result
-    except OSError as exc:
-        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
-    sys.stdout.write(
-        f"merged {num} experts with {args.operator} -> {args.out} "
-        f"({len(out)} arrays, {sum(v.size for v in out.values())} parameters)\n"
-    )
-    return 0
+    return _save(args, out_path, num, out.items(), {k: (v.shape, v.dtype) for k, v in out.items()})
 
 
 add_arguments = _add_merge_arguments
