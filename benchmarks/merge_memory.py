@@ -8,10 +8,14 @@ model and the experts (``base + 0.001 N(0, 1)`` per entry) as model folders
 interpreter per layout and operator, both input paths of the CLI:
 
 * ``files``: ``mergetheory merge --operator OP --base base/model.safetensors --out
-  merged.safetensors e0/model.safetensors ...`` (loads every expert whole, merges the
-  stacked tree);
+  merged.safetensors e0/model.safetensors ...`` (the per-tensor streaming merge of
+  safetensors files, in the inputs' dtype);
 * ``folders``: ``mergetheory merge --operator OP --base base --out merged e0 ...`` (the
-  per-tensor streaming merge of model folders);
+  per-tensor streaming merge of model folders, in float64);
+* ``config``: ``mergetheory merge --config OP.yml --out merged`` (a mergekit YAML, every
+  expert weighted 1; ``ties`` with ``density: 0.2``);
+* ``mergekit``: ``mergekit-yaml OP.yml merged`` on the same YAML (``--mergekit-yaml PATH``;
+  mergekit is installed outside this project);
 
 then reads each process's peak resident set size
 (``ru_maxrss`` of ``os.wait4``) and wall time, and deletes the folder. A baseline process
@@ -19,9 +23,8 @@ that only imports JAX and the CLI's merge module gives the fixed footprint. Resu
 atomically to ``benchmarks/results/merge_memory.json`` (``--out``), with the load average.
 
 Target (issue 13): for ``--full``, peak RSS below 2 GB (half the input), and time at most
-mergekit's on the same inputs (mergekit is not installed here: not measured). The scaled
-default reports the same ratios; its 2 GB check is scaled to the input (peak below half
-the input plus the baseline footprint).
+mergekit's on the same inputs. The scaled default reports the same ratios; its 2 GB check
+is scaled to the input (peak below half the input plus the baseline footprint).
 """
 
 from __future__ import annotations

@@ -88,9 +88,12 @@ def _checked(a: np.ndarray, label: str, name: str) -> np.ndarray:
     return a
 
 
-def _task_vector(name: str, ex: Any, base: Any | None, work: np.dtype, label: str) -> np.ndarray:
+def _task_vector(name: str, ex: Any, theta0: Any, work: np.dtype, label: str) -> np.ndarray:
+    """One task's whole task vector (in place when the read array is a fresh copy)."""
     tau = _checked(ex.get(name), label, name).astype(work, copy=False)
-    return tau if base is None else tau - base.get(name).astype(work, copy=False)
+    if theta0 is None:
+        return tau
+    return np.subtract(tau, theta0, out=tau if getattr(ex, "lazy", False) else None)
 
 
 def blocked_ties(op_name: str, hparams: Mapping[str, Any]):
@@ -193,10 +196,12 @@ def merged_tensors(
         blocks = row_blocks(shape, n, work.itemsize, block_bytes)
         stats = None
         if blocked is not None and len(blocks) > 1:  # one task's whole tensor at a time
+            theta0 = None if base is None else base.get(name).astype(work, copy=False)
             stats = [
-                blocked[0](_task_vector(name, ex, base, work, labels[i]))
+                blocked[0](_task_vector(name, ex, theta0, work, labels[i]))
                 for i, ex in enumerate(experts)
             ]
+            del theta0
         for rows in blocks:
             theta0 = None if base is None else base.get(name, rows).astype(work, copy=False)
             x = None
