@@ -11,6 +11,11 @@ suffixes is written as an orbax checkpoint, the inputs' format), atomically::
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
+``.safetensors`` inputs are merged tensor by tensor, one tensor name's copies in memory at
+a time (:mod:`.merge_stream`), for the operators whose tree merge is the merge of each
+tensor alone (:data:`~.merge_stream.STREAMED_OPERATORS`); other inputs and operators load
+the stacked tree.
+
 Rules, one for the CLI and the library (:func:`mergetheory.io.validate_lineage`): all
 inputs share names, shapes and dtypes (no silent promotion); leaves must be floating
 (integer checkpoints are refused, not widened); hyperparameters must be finite and known

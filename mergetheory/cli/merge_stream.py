@@ -88,11 +88,13 @@ def _checked(a: np.ndarray, label: str, name: str) -> np.ndarray:
     return a
 
 
-def _task_vector(name: str, ex: Any, theta0: Any, work: np.dtype, label: str) -> np.ndarray:
-    """One task's whole task vector (in place when the read array is a fresh copy)."""
+def _task_vector(name: str, ex: Any, base: Any, work: np.dtype, label: str) -> np.ndarray:
+    """One task's whole task vector (in place when the read array is a fresh copy; the
+    base is read again for each task rather than held beside the threshold search)."""
     tau = _checked(ex.get(name), label, name).astype(work, copy=False)
-    if theta0 is None:
+    if base is None:
         return tau
+    theta0 = base.get(name).astype(work, copy=False)
     return np.subtract(tau, theta0, out=tau if getattr(ex, "lazy", False) else None)
 
 
@@ -131,7 +133,7 @@ def blocked_ties(op_name: str, hparams: Mapping[str, Any]):
 
     def statistic(tau: np.ndarray) -> Any:
         k = ties_kept(hparams["density"], tau.size, hparams["keep_rule"])
-        return magnitude_threshold(jnp.asarray(tau)[None], k)[0]
+        return magnitude_threshold(jnp.asarray(tau.reshape(1, -1)), k)[0]  # one copy
 
     def merge_block(x: np.ndarray, thresholds: list) -> Any:
         return kernel(
@@ -196,12 +198,10 @@ def merged_tensors(
         blocks = row_blocks(shape, n, work.itemsize, block_bytes)
         stats = None
         if blocked is not None and len(blocks) > 1:  # one task's whole tensor at a time
-            theta0 = None if base is None else base.get(name).astype(work, copy=False)
             stats = [
-                blocked[0](_task_vector(name, ex, theta0, work, labels[i]))
+                blocked[0](_task_vector(name, ex, base, work, labels[i]))
                 for i, ex in enumerate(experts)
             ]
-            del theta0
         for rows in blocks:
             theta0 = None if base is None else base.get(name, rows).astype(work, copy=False)
             x = None
