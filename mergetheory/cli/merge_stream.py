@@ -20,7 +20,7 @@ Example:
   >>> for name, merged in merged_tensors(experts[0].names, experts, None, merge_fn):
   ...     writer.write(name, merged)
 
-Reference: ``docs/mergekit.md`` (memory and time measured against mergekit).
+Reference: ``docs/streaming.md`` (memory and time measured against mergekit).
 """
 
 from __future__ import annotations
