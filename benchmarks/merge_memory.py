@@ -8,10 +8,14 @@ model and the experts (``base + 0.001 N(0, 1)`` per entry) as model folders
 interpreter per layout and operator, both input paths of the CLI:
 
 * ``files``: ``mergetheory merge --operator OP --base base/model.safetensors --out
-  merged.safetensors e0/model.safetensors ...`` (loads every expert whole, merges the
-  stacked tree);
+  merged.safetensors e0/model.safetensors ...`` (the per-tensor streaming merge of
+  safetensors files, in the inputs' dtype);
 * ``folders``: ``mergetheory merge --operator OP --base base --out merged e0 ...`` (the
-  per-tensor streaming merge of model folders);
+  per-tensor streaming merge of model folders, in float64);
+* ``config``: ``mergetheory merge --config OP.yml --out merged`` (a mergekit YAML, every
+  expert weighted 1; ``ties`` with ``density: 0.2``);
+* ``mergekit``: ``mergekit-yaml OP.yml merged`` on the same YAML (``--mergekit-yaml PATH``;
+  mergekit is installed outside this project);
 
 then reads each process's peak resident set size
 (``ru_maxrss`` of ``os.wait4``) and wall time, and deletes the folder. A baseline process
@@ -19,9 +23,8 @@ that only imports JAX and the CLI's merge module gives the fixed footprint. Resu
 atomically to ``benchmarks/results/merge_memory.json`` (``--out``), with the load average.
 
 Target (issue 13): for ``--full``, peak RSS below 2 GB (half the input), and time at most
-mergekit's on the same inputs (mergekit is not installed here: not measured). The scaled
-default reports the same ratios; its 2 GB check is scaled to the input (peak below half
-the input plus the baseline footprint).
+mergekit's on the same inputs. The scaled default reports the same ratios; its 2 GB check
+is scaled to the input (peak below half the input plus the baseline footprint).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -71,6 +75,23 @@ def gpt2_shapes(scale: float = 1.0, num_layers: int | None = None) -> dict[str, 
     return shapes
 
 
+def gpt2_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A Hugging Face GPT-2 ``config.json`` for a model of these shapes (mergekit reads the
+    architecture and layer count from it)."""
+    vocab, d = shapes["wte.weight"]
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "n_layer": GPT2["n_layer"],
+        "n_embd": d,
+        "n_head": max(1, d // 64),
+        "vocab_size": vocab,
+        "n_positions": shapes["wpe.weight"][0],
+        "n_ctx": shapes["wpe.weight"][0],
+        "tie_word_embeddings": True,
+    }
+
+
 def write_inputs(folder: Path, shapes: dict[str, tuple[int, ...]], num_experts: int) -> list[Path]:
     """Write ``base`` and ``expert{i}``, each a model folder (``config.json`` +
     ``model.safetensors``); return the folders ``[base, experts...]``."""
@@ -81,7 +102,7 @@ def write_inputs(folder: Path, shapes: dict[str, tuple[int, ...]], num_experts: 
 
     def save(name: str, tensors: dict[str, np.ndarray]) -> Path:
         (folder / name).mkdir()
-        (folder / name / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+        (folder / name / "config.json").write_text(json.dumps(gpt2_config(shapes)))
         save_safetensors(folder / name / "model.safetensors", tensors)
         return folder / name
 
@@ -94,6 +115,21 @@ def write_inputs(folder: Path, shapes: dict[str, tuple[int, ...]], num_experts: 
         paths.append(save(f"expert{i}", expert))
         del expert
     return paths
+
+
+MERGEKIT_CASES = {
+    "task_arithmetic": ("task_arithmetic", ""),
+    "ties": ("ties", "parameters: {density: 0.2}\n"),
+}
+"""Operator -> (mergekit method, top-level parameters) for the config / mergekit layouts
+(every expert weighted 1)."""
+
+
+def mergekit_yaml(op: str, base: Path, experts: list[Path]) -> str:
+    """A mergekit config merging ``experts`` onto ``base`` with the method of ``op``."""
+    method, params = MERGEKIT_CASES[op]
+    models = "".join(f"  - model: {e}\n    parameters: {{weight: 1.0}}\n" for e in experts)
+    return f"models:\n{models}base_model: {base}\nmerge_method: {method}\n{params}"
 
 
 _BASELINE = (
@@ -109,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-experts", type=int, default=8)
     parser.add_argument("--ops", default="task_arithmetic", help="comma-separated operators")
     parser.add_argument(
-        "--layouts", default="files,folders", help="files (.safetensors) and/or folders"
+        "--layouts",
+        default="files,folders",
+        help="comma-separated: files (.safetensors), folders (model folders), config "
+        "(mergetheory merge --config merge.yml), mergekit (mergekit-yaml, same YAML)",
     )
+    parser.add_argument("--mergekit-yaml", help="mergekit's CLI, for the mergekit layout")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per merge")
     parser.add_argument("--out", default=str(RESULTS), help="results file")
     args = parser.parse_args(argv)
@@ -141,8 +181,22 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, "-m", "mergetheory.cli", "merge", "--operator", op]
                 cmd += ["--base", str(base / sub), "--out", str(out)]
                 cmd += [str(p / sub) for p in experts]
+                if layout in ("config", "mergekit"):
+                    yml = Path(tmp) / f"{op}.yml"
+                    yml.write_text(mergekit_yaml(op, base, experts))
+                    cmd = [sys.executable, "-m", "mergetheory.cli", "merge", "--config", str(yml)]
+                    cmd += ["--out", str(out)]
+                if layout == "mergekit":
+                    if not args.mergekit_yaml:
+                        print("mergekit layout skipped: give --mergekit-yaml", file=sys.stderr)
+                        continue
+                    cmd = [args.mergekit_yaml, str(yml), str(out), "--quiet"]
+                    cmd += ["--no-copy-tokenizer", "--no-write-model-card"]
                 print(f"[benchmarks.merge_memory] {layout} {op} ...", file=sys.stderr, flush=True)
+                load = os.getloadavg()
                 res = run_child(cmd, args.timeout)
+                res["loadavg_before"] = load
+                shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(True)
                 if "peak_rss_bytes" in res:
                     res["peak_over_input"] = res["peak_rss_bytes"] / results["input_bytes"]
                 results["merges"][f"{layout}/{op}"] = res

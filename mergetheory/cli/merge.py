@@ -14,6 +14,11 @@ folders, ``--config``) streams instead, one tensor of every expert at a time
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
+``.safetensors`` inputs are merged tensor by tensor, one tensor name's copies in memory at
+a time (:mod:`.merge_stream`), for the operators whose tree merge is the merge of each
+tensor alone (:data:`~.merge_stream.STREAMED_OPERATORS`); other inputs and operators load
+the stacked tree.
+
 Rules, one for the CLI and the library (:func:`mergetheory.io.validate_lineage`): all
 inputs share names, shapes and dtypes (no silent promotion); leaves must be floating
 (integer checkpoints are refused, not widened); hyperparameters must be finite and known
@@ -40,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .common import CliError, add_format_argument, one_line
+from .merge_stream import is_streamable
 
 __all__ = ["BUILTIN_OPERATOR_NAMES", "HELP", "add_arguments", "run"]
 
@@ -240,6 +246,18 @@ def _is_float(dtype: np.dtype) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
+def _check_float(path: str, arrays: dict[str, Any]) -> None:
+    """Some arrays, all floating (``arrays`` may hold anything with a ``dtype``)."""
+    if not arrays:
+        raise CliError(f"{path}: contains no arrays")
+    for k, a in arrays.items():
+        if not _is_float(a.dtype):
+            raise CliError(
+                f"{path}: key {k!r} has dtype {a.dtype}, expected a float array "
+                "(integer checkpoints are refused, not widened)"
+            )
+
+
 def _load_expert(
     path: str, step: int | None = None, fmt: str | None = None
 ) -> dict[str, np.ndarray]:
@@ -261,14 +279,8 @@ def _load_expert(
             arrays = flatten_tree(load_checkpoint(file, check_finite=False, step=step, fmt=fmt))
     except CheckpointError as exc:
         raise CliError(one_line(str(exc))) from None
-    if not arrays:
-        raise CliError(f"{path}: contains no arrays")
+    _check_float(path, arrays)
     for k, a in arrays.items():
-        if not _is_float(a.dtype):
-            raise CliError(
-                f"{path}: key {k!r} has dtype {a.dtype}, expected a float array "
-                "(integer checkpoints are refused, not widened)"
-            )
         finite = np.isfinite(a.astype(np.float32) if a.dtype.itemsize < 4 else a)
         if not np.all(finite):
             raise CliError(
@@ -404,6 +416,92 @@ def _write_out(path: Path, arrays: dict[str, np.ndarray]) -> None:
         save_npz(path, arrays)
 
 
+def _open_safetensors(inputs: Sequence[str], base: str | None, fmt: str | None) -> list | None:
+    """Safetensors file inputs (and base) opened lazily with their headers checked, or
+    ``None`` when some input is another format (then it is loaded whole)."""
+    from ..io import CheckpointError
+    from ..io.pool import open_expert
+
+    paths = [*inputs, *([base] if base else [])]
+    if fmt not in (None, "safetensors") or not all(
+        Path(p).is_file() and (fmt or Path(p).suffix == ".safetensors") for p in paths
+    ):
+        return None
+    try:
+        opened = [open_expert(p, fmt=fmt) for p in paths]
+    except CheckpointError as exc:
+        raise CliError(one_line(str(exc))) from None
+    heads = [
+        {n: argparse.Namespace(shape=e.shape(n), dtype=e.dtype(n)) for n in e.names} for e in opened
+    ]
+    for path, head in zip(paths, heads, strict=True):
+        _check_float(path, head)
+    ref, ref_path = (heads[-1], base) if base else (heads[0], paths[0])
+    for path, head in zip(inputs, heads, strict=False):
+        _check_same(ref, head, path, ref_path)
+    return opened
+
+
+def _merge_streamed(
+    args: argparse.Namespace, op: Any, hparams: dict[str, Any], opened: list, out_path: Path
+) -> int:
+    """The merge of safetensors files tensor by tensor (:mod:`.merge_stream`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from .merge_stream import block_options, merged_tensors
+
+    num = len(args.inputs)
+    experts, base = opened[:num], (opened[num] if args.base else None)
+    ref = base if base is not None else experts[0]
+    key = jax.random.key(args.seed)
+
+    def merge_one(name: str, x: np.ndarray) -> Any:
+        try:
+            return op.fn({name: jnp.asarray(x)}, key, **hparams)[name]
+        except (ValueError, TypeError) as exc:  # library validation: bad hyperparameters
+            raise CliError(one_line(exc)) from None
+
+    def out_dtype(dtype: np.dtype) -> np.dtype:
+        if base is not None:
+            return dtype  # (base + tau) in the base's dtype
+        return np.dtype(merge_one("t", np.ones((num, 2), dtype)).dtype)  # a probe merge
+
+    dtypes = {d: out_dtype(d) for d in {ref.dtype(n) for n in ref.names}}
+    spec = {n: (ref.shape(n), dtypes[ref.dtype(n)]) for n in ref.names}
+    merged = merged_tensors(
+        ref.names,
+        experts,
+        base,
+        merge_one,
+        out_dtypes={n: d for n, (_, d) in spec.items()},
+        labels=args.inputs,
+        **block_options(args.operator, hparams),
+        what=args.out,
+    )
+    return _save(args, out_path, num, merged, spec)
+
+
+def _save(args: argparse.Namespace, out_path: Path, num: int, tensors: Any, spec: dict) -> int:
+    """Write ``(name, array)`` pairs (a .safetensors file tensor by tensor) and report."""
+    from ..io.safetensors import SafetensorsWriter
+
+    try:
+        if out_path.suffix == ".safetensors":  # temp file + rename: never half-written
+            with SafetensorsWriter(out_path, spec) as w:
+                for name, arr in tensors:
+                    w.write(name, arr)
+        else:
+            _write_out(out_path, dict(tensors))
+    except OSError as exc:
+        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
+    sys.stdout.write(
+        f"merged {num} experts with {args.operator} -> {args.out} "
+        f"({len(spec)} arrays, {sum(int(np.prod(s)) for s, _ in spec.values())} parameters)\n"
+    )
+    return 0
+
+
 def _run_merge(args: argparse.Namespace) -> int:
     import jax
 
@@ -425,7 +523,9 @@ def _run_merge(args: argparse.Namespace) -> int:
         op = get_operator(args.operator)
     except PluginError as exc:  # a broken installed plugin
         raise CliError(one_line(exc)) from None
-    _stack_experts(args.inputs, fmt=args.format)  # input errors first (dropped: one copy)
+    lazy = _open_safetensors(args.inputs, args.base, args.format)
+    if lazy is None:
+        _stack_experts(args.inputs, fmt=args.format)  # input errors first (result not kept)
     num = len(args.inputs)
     hparams: dict[str, Any] = dict(op.default_hparams)
     for name in ("density", "scale", "temperature"):
@@ -447,6 +547,8 @@ def _run_merge(args: argparse.Namespace) -> int:
             raise CliError(f"operator {args.operator!r} needs --{need.replace('_', '-')}")
     if "weights" in hparams and not op.has_weights:
         raise CliError(f"operator {args.operator!r} takes no weights")
+    if lazy is not None and is_streamable(args.operator, hparams):
+        return _merge_streamed(args, op, hparams, lazy, out_path)
     base = _load_expert(args.base, args.step, args.format) if args.base else None
     stacked = _stack_experts(args.inputs, base, args.base or "", args.step, args.format)
     tv = {k: jnp.asarray(v) for k, v in stacked.items()}
@@ -464,15 +566,7 @@ def _run_merge(args: argparse.Namespace) -> int:
                 f"the merged output has {int(finite.size - finite.sum())} NaN/Inf value(s) in "
                 f"{k!r} (overflow: are the hyperparameters too large?); {args.out} not written"
             )
-    try:
-        _write_out(out_path, out)  # temp file + rename: never a half-written result
-    except OSError as exc:
-        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
-    sys.stdout.write(
-        f"merged {num} experts with {args.operator} -> {args.out} "
-        f"({len(out)} arrays, {sum(v.size for v in out.values())} parameters)\n"
-    )
-    return 0
+    return _save(args, out_path, num, out.items(), {k: (v.shape, v.dtype) for k, v in out.items()})
 
 
 add_arguments = _add_merge_arguments

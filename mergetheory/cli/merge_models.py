@@ -19,6 +19,7 @@ into an adapter folder (:mod:`.merge_peft`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -30,30 +31,80 @@ import numpy as np
 
 from .common import CliError, one_line
 from .merge_peft import merge_peft_adapters
+from .merge_stream import block_options, merged_tensors
 
-__all__ = ["MERGEKIT_METHODS", "MERGEKIT_OPTIONS", "merge_models"]
+__all__ = ["MERGEKIT_METHODS", "MERGEKIT_OPTIONS", "MERGEKIT_SWITCHES", "merge_models"]
 
 MERGEKIT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "linear": ("average", {}),
     "task_arithmetic": ("task_arithmetic", {"scale": 1.0}),
     "ties": (
         "ties",
-        {"weights_before_election": True, "aggregate": "weighted_mean", "scale": 1.0},
+        {
+            "weights_before_election": True,
+            "aggregate": "weighted_mean",
+            "scale": 1.0,
+            "density": 1.0,
+        },
     ),
     "dare_ties": (
         "dare_ties",
-        {"weights_before_election": True, "aggregate": "weighted_mean", "scale": 1.0},
+        {"weights_before_election": True, "aggregate": "sum", "scale": 1.0, "density": 1.0},
     ),
-    "breadcrumbs": ("breadcrumbs", {"scope": "tensor", "scale": 1.0}),
+    "breadcrumbs": (
+        "breadcrumbs",
+        {"scope": "tensor", "scale": 1.0, "beta": 1.0, "gamma": 0.01},
+    ),
     "model_stock": ("model_stock", {}),
 }
-"""mergekit ``merge_method`` -> (registry operator, fixed hyperparameters)."""
+"""mergekit ``merge_method`` -> (registry operator, hyperparameters at mergekit's defaults)."""
 
 MERGEKIT_OPTIONS: dict[str, str] = {"density": "density", "lambda": "scale", "gamma": "gamma"}
 """mergekit parameters -> registry hyperparameter names (``weight`` becomes ``weights``;
-for ``breadcrumbs`` mergekit's ``density``, the fraction kept, is the registry's ``beta``)."""
+for ``breadcrumbs`` mergekit's ``density``, the fraction kept, is the registry's ``beta``).
+mergekit's ``density`` defaults to 1 (keep everything), not to the registry's default."""
 
-_ACCEPTED_DEFAULTS = {"normalize": True, "int8_mask": False, "rescale": True}
+MERGEKIT_SWITCHES: dict[str, dict[str, dict[Any, dict[str, Any]]]] = {
+    "linear": {"normalize": {True: {}}},
+    "task_arithmetic": {"normalize": {False: {}}},
+    "ties": {
+        "normalize": {True: {}, False: {"aggregate": "sum"}},
+        "rescale": {False: {}},
+    },
+    "dare_ties": {
+        "normalize": {False: {}, True: {"aggregate": "weighted_mean"}},
+        "rescale": {True: {}},
+    },
+    "breadcrumbs": {"normalize": {False: {}}, "rescale": {False: {}}},
+    "model_stock": {"filter_wise": {False: {}, True: {"granularity": "row"}}},
+}
+"""mergekit's boolean switches per method: each supported value -> the registry
+hyperparameters it sets (the first value listed is mergekit's default). ``int8_mask``
+(the dtype of mergekit's sign mask, not its values) is accepted either way for the
+sign-electing methods."""
+
+_INT8_MASK = ("ties", "dare_ties", "task_arithmetic", "breadcrumbs")
+
+
+def _mergekit_models(cfg: Any) -> tuple[list[Any], list[dict[str, Any]], Any]:
+    r"""The experts, their parameters and the origin of the task vectors.
+
+    mergekit's ``linear`` averages every input, ``base_model`` included (with its own
+    ``weight``, so it must be listed in ``models``); its origin is then the first model
+    (:math:`\sum_t w_t\theta_t / \sum_t w_t = \theta_1 + \sum_t w_t(\theta_t -
+    \theta_1) / \sum_t w_t`). The other methods merge task vectors from ``base_model``.
+    """
+    models, params = list(cfg.models), list(cfg.model_parameters)
+    if cfg.merge_method != "linear":
+        return models, params, cfg.base_model
+    if cfg.base_model is not None:
+        if cfg.base_parameters is None:
+            raise CliError(
+                f"{cfg.path}: linear averages base_model too: list it in models with its "
+                "weight (as mergekit requires)"
+            )
+        models, params = [cfg.base_model, *models], [cfg.base_parameters, *params]
+    return models, params, models[0]
 
 
 def _mergekit_hparams(cfg: Any) -> tuple[str, dict[str, Any], list[float] | None, str | None]:
@@ -67,26 +118,30 @@ def _mergekit_hparams(cfg: Any) -> tuple[str, dict[str, Any], list[float] | None
     hparams: dict[str, Any] = dict(fixed)
     weights = None
     per_model: dict[str, list[Any]] = {}
-    for p in cfg.model_parameters:
+    models, model_params, _ = _mergekit_models(cfg)
+    for p in model_params:
         for k, v in p.items():
             per_model.setdefault(k, []).append(v)
     if "weight" in per_model:
-        if len(per_model["weight"]) != len(cfg.models):
+        if len(per_model["weight"]) != len(models):
             raise CliError(f"{cfg.path}: 'weight' must be given for every model or none")
         weights = [float(w) for w in per_model.pop("weight")]
     params = dict(cfg.parameters)
     for k, vals in per_model.items():
-        if len(set(map(repr, vals))) != 1 or len(vals) != len(cfg.models):
+        if len(set(map(repr, vals))) != 1 or len(vals) != len(models):
             raise CliError(f"{cfg.path}: per-model {k!r} must be the same for every model")
         params.setdefault(k, vals[0])
+    switches = MERGEKIT_SWITCHES[method]
     for k, v in params.items():
-        if k in _ACCEPTED_DEFAULTS:
-            if v != _ACCEPTED_DEFAULTS[k]:
-                raise CliError(
-                    f"{cfg.path}: {k}: {v} is not supported (only {k}: {_ACCEPTED_DEFAULTS[k]})"
-                )
+        if k == "int8_mask" and method in _INT8_MASK and isinstance(v, bool):
             continue
-        if k not in MERGEKIT_OPTIONS:
+        if k in switches:
+            if v not in switches[k] or not isinstance(v, bool):
+                ok = " or ".join(f"{k}: {x}" for x in switches[k])
+                raise CliError(f"{cfg.path}: {k}: {v} is not supported for {method} (only {ok})")
+            hparams.update(switches[k][v])
+            continue
+        if k not in MERGEKIT_OPTIONS or k in ("normalize", "rescale", "int8_mask"):
             raise CliError(f"{cfg.path}: parameter {k!r} of {method} is not supported")
         name = "beta" if (op, k) == ("breadcrumbs", "density") else MERGEKIT_OPTIONS[k]
         hparams[name] = v
@@ -126,8 +181,9 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         if args.config:
             cfg = load_mergekit_config(args.config)
             op_name, hparams, cfg_weights, cfg_dtype = _mergekit_hparams(cfg)
-            experts = [str(p) for p in cfg.models]
-            base = base or (str(cfg.base_model) if cfg.base_model else None)
+            models, _, origin = _mergekit_models(cfg)
+            experts = [str(p) for p in models]
+            base = base or (str(origin) if origin else None)
             weights = weights or cfg_weights
             dtype = dtype or cfg_dtype
         if op_name is None:
@@ -177,17 +233,24 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
     key = jax.random.key(args.seed)
     order = {n: i for i, n in enumerate(names)}
 
-    def merged(name: str) -> np.ndarray:
-        t0 = theta0.get(name).astype(np.float64)
-        x = np.stack([e.get(name).astype(np.float64) - t0 for e in opened])
+    def merge_one(name: str, x: np.ndarray) -> Any:
         try:
             tau = op.fn({"t": jnp.asarray(x)}, jax.random.fold_in(key, order[name]), **hparams)
         except (ValueError, TypeError) as exc:
             raise CliError(one_line(str(exc))) from None
-        res = t0 + np.asarray(tau["t"], np.float64)
-        if not np.all(np.isfinite(res)):
-            raise CliError(f"the merged tensor {name!r} is not finite; {args.out} not written")
-        return res.astype(out_dtypes[name])
+        return tau["t"]
+
+    merged = merged_tensors(
+        names,
+        opened,
+        theta0,
+        merge_one,
+        out_dtypes=out_dtypes,
+        labels=experts,
+        wide=True,
+        **block_options(op_name, hparams),
+        what=str(args.out),
+    )
 
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
@@ -202,8 +265,8 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         weight_map = {}
         for fname, part in zip(files, shards, strict=True):
             with SafetensorsWriter(tmp / fname, {n: spec[n] for n in part}) as w:
-                for n in part:
-                    w.write(n, merged(n))
+                for name, arr in itertools.islice(merged, len(part)):
+                    w.write(name, arr)
             weight_map.update(dict.fromkeys(part, fname))
         if len(shards) > 1:
             index = {

@@ -38,6 +38,8 @@ class MergekitConfig(NamedTuple):
       parameters: the top-level ``parameters``.
       dtype: the ``dtype`` or ``None``.
       path: the YAML file.
+      base_parameters: the base's ``parameters`` when ``models`` lists it (mergekit's
+        ``linear`` averages the base too, with its ``weight``), else ``None``.
     """
 
     models: list[Path]
@@ -47,6 +49,7 @@ class MergekitConfig(NamedTuple):
     parameters: dict[str, Any]
     dtype: str | None
     path: Path
+    base_parameters: dict[str, Any] | None = None
 
 
 def load_mergekit_config(path: PathLike) -> MergekitConfig:
@@ -82,21 +85,29 @@ def load_mergekit_config(path: PathLike) -> MergekitConfig:
         return q if q.is_absolute() else path.parent / q
 
     base = resolve(cfg["base_model"], "base_model") if cfg.get("base_model") else None
-    models, params = [], []
+    models, params, base_params = [], [], None
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "model" not in entry:
             raise CheckpointError(f"{path}: models[{i}] needs a 'model' key")
         model = resolve(entry["model"], f"models[{i}].model")
-        if base is not None and model == base:
-            continue
-        models.append(model)
         p = entry.get("parameters") or {}
         if not isinstance(p, dict):
             raise CheckpointError(f"{path}: models[{i}].parameters must be a mapping")
+        if base is not None and model == base:
+            base_params = dict(p)
+            continue
+        models.append(model)
         params.append(dict(p))
     top = cfg.get("parameters") or {}
     if not isinstance(top, dict):
         raise CheckpointError(f"{path}: 'parameters' must be a mapping")
     return MergekitConfig(
-        models, params, base, cfg.get("merge_method"), dict(top), cfg.get("dtype"), path
+        models,
+        params,
+        base,
+        cfg.get("merge_method"),
+        dict(top),
+        cfg.get("dtype"),
+        path,
+        base_params,
     )

@@ -113,9 +113,18 @@ class DenseExpert:
         """Dtype of tensor ``name``."""
         return self._readers[name].dtype(name) if self._readers else self._arrays[name].dtype
 
-    def get(self, name: str) -> np.ndarray:
-        """Tensor ``name`` (only its bytes are read from a safetensors file)."""
-        return self._readers[name].get(name) if self._readers else self._arrays[name]
+    @property
+    def lazy(self) -> bool:
+        """Tensors are read from safetensors files on :meth:`get` (not held in memory)."""
+        return bool(self._readers)
+
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Tensor ``name``, or its rows ``start:stop`` (only those bytes are read from a
+        safetensors file)."""
+        if self._readers:
+            return self._readers[name].get(name, rows)
+        arr = self._arrays[name]
+        return arr if rows is None else arr[rows[0] : rows[1]]
 
 
 class LoraExpert(NamedTuple):

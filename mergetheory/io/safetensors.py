@@ -128,11 +128,21 @@ class SafetensorsReader:
         """NumPy dtype of tensor ``name`` (read from the header only)."""
         return self._entries[name][0]
 
-    def get(self, name: str) -> np.ndarray:
-        """Tensor ``name`` as a fresh in-memory array (only its bytes are read)."""
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Tensor ``name`` as a fresh in-memory array (only its bytes are read).
+
+        Args:
+          name: the tensor.
+          rows: ``(start, stop)`` to read only ``x[start:stop]`` (first axis; its bytes are
+            contiguous), e.g. a block of a large embedding.
+        """
         if name not in self._entries:
             raise CheckpointError(f"safetensors file {self.path} has no tensor {name!r}")
-        dtype, shape, begin, end = self._entries[name]
+        dtype, shape, begin, _ = self._entries[name]
+        if rows is not None:
+            start, stop = rows
+            row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            shape, begin = (stop - start, *shape[1:]), begin + start * row
         count = int(np.prod(shape, dtype=np.int64))
         if count == 0:
             return np.zeros(shape, dtype)

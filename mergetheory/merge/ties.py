@@ -100,6 +100,8 @@ __all__ = [
     "prune_by_threshold",
     "ties",
     "ties_array",
+    "ties_kept",
+    "ties_merge_thresholded",
 ]
 
 TRIMS = ("tensor", "global")
@@ -158,7 +160,9 @@ def magnitude_prune_array(
 # --------------------------------------------------------------------------------------
 
 
-def _kept(density: Any, num: int, keep_rule: str) -> jax.Array:
+def ties_kept(density: Any, num: int, keep_rule: str = "peft") -> jax.Array:
+    r"""Entries each task keeps of ``num``: :math:`\lfloor\rho n\rfloor` (``"peft"``) or
+    one more (``"official"``, capped at ``num``)."""
     k = num_kept(density, num)
     return jnp.minimum(k + 1, num) if keep_rule == "official" else k
 
@@ -166,8 +170,8 @@ def _kept(density: Any, num: int, keep_rule: str) -> jax.Array:
 def _kept_counts(task_vectors: TaskVectors, density: Any, trim: str, keep_rule: str) -> Any:
     sizes = [math.prod(x.shape[1:]) for x in jtu.tree_leaves(task_vectors)]
     if trim == "global":
-        return _kept(density, sum(sizes), keep_rule)
-    return [_kept(density, n, keep_rule) for n in sizes]
+        return ties_kept(density, sum(sizes), keep_rule)
+    return [ties_kept(density, n, keep_rule) for n in sizes]
 
 
 def _pruned_leaves(leaves: Sequence[jax.Array], ks: Any, trim: str) -> list[list[jax.Array]]:
@@ -193,7 +197,44 @@ def _ties_leaf(
     zero_sign: str,
 ) -> jax.Array:
     """TIES of one leaf with per-tensor trim (``k`` kept per task); compiled per shape."""
-    pruned = trim_parts(x, magnitude_threshold(x, k))
+    return ties_merge_thresholded(
+        x,
+        magnitude_threshold(x, k),
+        weights=weights,
+        scale=scale,
+        weights_before_election=weights_before_election,
+        election=election,
+        aggregate=aggregate,
+        zero_sign=zero_sign,
+    )
+
+
+def ties_merge_thresholded(
+    x: jax.Array,
+    threshold: jax.Array,
+    *,
+    weights: Any = None,
+    scale: Any = 1.0,
+    weights_before_election: bool = False,
+    election: str = "mass",
+    aggregate: str = "mean",
+    zero_sign: str = "positive",
+) -> jax.Array:
+    r"""TIES of ``x`` ``[T, ...]`` given each task's trim threshold ``[T]``.
+
+    Keeps :math:`|x_t| \ge \theta_t`, elects and merges as :func:`ties`. With
+    ``zero_sign="positive"`` every step after the thresholds is elementwise, so a large
+    tensor may be merged in blocks of entries once :math:`\theta_t` (the ``k``-th largest
+    magnitude of task ``t``'s whole tensor, :func:`mergetheory.merge.magnitude_threshold`
+    with :func:`ties_kept`) is known; the blocks then equal :func:`ties` bit for bit
+    (``mergetheory merge`` does this for tensors too large to stack whole).
+
+    Example:
+      >>> x = jnp.array([[3.0, -1.0, 0.5], [2.0, 2.0, -0.4]])
+      >>> ties_merge_thresholded(x, jnp.array([1.0, 2.0]))
+      Array([2.5, 2. , 0. ], dtype=float32)
+    """
+    pruned = trim_parts(x, threshold)
     return elect_and_merge_array(
         pruned, weights, scale, weights_before_election, election, aggregate, zero_sign
     )

@@ -78,7 +78,13 @@ def test_folder_merge_with_base_keeps_dtype_unless_asked(tmp_path, hf_pool, caps
     "method, params, problem",
     [
         ("slerp", "", "merge_method 'slerp' is not supported"),
-        ("ties", "parameters: {normalize: false}\n", "normalize: False is not supported"),
+        ("ties", "parameters: {rescale: true}\n", "rescale: True is not supported for ties"),
+        (
+            "task_arithmetic",
+            "parameters: {normalize: true}\n",
+            "normalize: True is not supported for task_arithmetic",
+        ),
+        ("linear", "", "linear averages base_model too"),
         ("ties", "parameters: {epsilon: 0.1}\n", "parameter 'epsilon' of ties"),
     ],
 )
@@ -130,3 +136,64 @@ def test_per_tensor_merge_streams_msgpack_and_orbax(tmp_path, capsys, monkeypatc
     assert sorted(got) == sorted(whole.files)
     for k in whole.files:  # ties trims per tensor: the same numbers either way
         np.testing.assert_allclose(got[k], whole[k], rtol=1e-12, err_msg=k)
+
+
+def _ties_want(base, experts, **hp):
+    stacked = {
+        n: jnp.asarray(np.stack([e[n].astype(np.float64) - base[n] for e in experts])) for n in base
+    }
+    hp = {
+        **MERGE_OPERATORS["ties"].default_hparams,
+        "weights": jnp.asarray(WEIGHTS),
+        "weights_before_election": True,
+        **hp,
+    }
+    return MERGE_OPERATORS["ties"].fn(stacked, jax.random.key(0), **hp)
+
+
+@pytest.mark.parametrize(
+    "params, hp",
+    [
+        # mergekit's density defaults to 1 (keep all), not the registry's 0.2
+        ("", {"density": 1.0, "aggregate": "weighted_mean"}),
+        # normalize: false sums the agreeing weighted task vectors (no division)
+        (
+            "parameters: {density: 0.5, normalize: false, int8_mask: true}\n",
+            {"density": 0.5, "aggregate": "sum"},
+        ),
+    ],
+)
+def test_mergekit_ties_defaults_and_switches(tmp_path, hf_pool, capsys, params, hp):
+    base, experts, _ = hf_pool(tmp_path)
+    cfg = _config(tmp_path, "ties", params, "    parameters: {{weight: {w}}}\n")
+    out = tmp_path / "merged"
+    assert main(["merge", "--config", cfg, "--out", str(out)]) == 0, capsys.readouterr().err
+    got, want = _read_folder(out), _ties_want(base, experts, **hp)
+    for n in base:
+        np.testing.assert_allclose(got[n], base[n] + np.asarray(want[n]), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_mergekit_linear_is_the_weighted_mean_of_every_listed_model(
+    tmp_path, hf_pool, capsys, with_base
+):
+    base, experts, _ = hf_pool(tmp_path)
+    models = [("base", base)] if with_base else []
+    models += [(f"expert{i}", e) for i, e in enumerate(experts)]
+    text = "models:\n" + "".join(
+        f"  - model: {name}\n    parameters: {{weight: {0.25 + i}}}\n"
+        for i, (name, _) in enumerate(models)
+    )
+    text += "base_model: base\n" if with_base else ""
+    (tmp_path / "merge.yml").write_text(text + "merge_method: linear\n")
+    out = tmp_path / "merged"
+    argv = ["merge", "--config", str(tmp_path / "merge.yml"), "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    got = _read_folder(out)
+    w = np.array([0.25 + i for i in range(len(models))])
+    for n in base:
+        want = (
+            sum(wi * m[n].astype(np.float64) for wi, (_, m) in zip(w, models, strict=True))
+            / w.sum()
+        )
+        np.testing.assert_allclose(got[n], want, rtol=1e-6, atol=1e-7)

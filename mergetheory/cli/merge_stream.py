@@ -1,0 +1,235 @@
+r"""The per-tensor streaming merge behind ``mergetheory merge`` (memory bounded by tensors).
+
+For each tensor name the ``n`` experts' copies of that one tensor are read (positioned
+reads of safetensors files, :class:`~mergetheory.io.pool.DenseExpert`), stacked into one
+preallocated ``[n, ...]`` array of task vectors :math:`\tau_t = \theta_t - \theta_0`, merged
+by the operator, added to :math:`\theta_0` and handed to the writer; then the next tensor.
+Peak memory is about ``n + 2`` copies of the largest tensor plus the operator's
+temporaries on it, whatever the number of tensors. For operators that are elementwise
+over coordinates (:data:`ROW_BLOCK_OPERATORS`: the weighted sums) a large tensor is further
+cut into blocks of rows, so the stack stays under ``block_bytes``.
+
+A merge is streamed only where it equals the whole-tree merge bit for bit
+(:func:`is_streamable`): the operator's maths must be per tensor and deterministic
+(:data:`STREAMED_OPERATORS`; TIES and magnitude pruning with ``trim="tensor"``). Global
+trims, DARE (whose masks are keyed by the leaf's position in the whole tree), and the
+operators that couple tensors (EMR, KnOTS, TSV, ...) load the stacked tree instead.
+
+Example:
+  >>> experts = [open_expert(p) for p in ["e0.safetensors", "e1.safetensors"]]
+  >>> for name, merged in merged_tensors(experts[0].names, experts, None, merge_fn):
+  ...     writer.write(name, merged)
+
+Reference: ``docs/streaming.md`` (memory and time measured against mergekit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .common import CliError
+
+__all__ = [
+    "DEFAULT_BLOCK_BYTES",
+    "ROW_BLOCK_OPERATORS",
+    "STREAMED_OPERATORS",
+    "block_options",
+    "blocked_ties",
+    "is_streamable",
+    "merged_tensors",
+    "row_blocks",
+]
+
+STREAMED_OPERATORS: dict[str, Mapping[str, Any]] = {
+    "average": {},
+    "task_arithmetic": {},
+    "ties": {"trim": "tensor"},
+    "magnitude_prune": {"trim": "tensor"},
+    "breadcrumbs": {},
+}
+"""Operators whose merge of a tree is the merge of each tensor alone (bit for bit), with
+the hyperparameter values this needs (e.g. a per-tensor trim)."""
+
+ROW_BLOCK_OPERATORS = ("average", "task_arithmetic")
+"""Operators elementwise over coordinates: a tensor may be merged in blocks of rows."""
+
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+"""Largest stack ``[n, rows, ...]`` of a row-blocked merge (bytes)."""
+
+
+def is_streamable(op_name: str, hparams: Mapping[str, Any]) -> bool:
+    """Whether ``op_name`` with ``hparams`` may be merged tensor by tensor."""
+    need = STREAMED_OPERATORS.get(op_name)
+    return need is not None and all(hparams.get(k, v) == v for k, v in need.items())
+
+
+def row_blocks(shape: Sequence[int], num: int, itemsize: int, block_bytes: int | None):
+    """``(start, stop)`` row ranges of a tensor so that ``num`` stacked copies of one block
+    take at most ``block_bytes`` (one block, ``None``, when it fits or rows are 1-D)."""
+    rows = shape[0] if shape else 0
+    row_bytes = num * itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    if block_bytes is None or len(shape) < 2 or rows * row_bytes <= block_bytes:
+        return [None]
+    step = max(1, block_bytes // max(row_bytes, 1))
+    return [(s, min(s + step, rows)) for s in range(0, rows, step)]
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    return np.isfinite(a.astype(np.float32) if a.dtype.itemsize < 4 else a)
+
+
+def _checked(a: np.ndarray, label: str, name: str) -> np.ndarray:
+    ok = _finite(a)
+    if not np.all(ok):
+        raise CliError(f"{label}: key {name!r} has {int(ok.size - ok.sum())} NaN/Inf value(s)")
+    return a
+
+
+def _task_vector(name: str, ex: Any, base: Any, work: np.dtype, label: str) -> np.ndarray:
+    """One task's whole task vector (in place when the read array is a fresh copy; the
+    base is read again for each task rather than held beside the threshold search)."""
+    tau = _checked(ex.get(name), label, name).astype(work, copy=False)
+    if base is None:
+        return tau
+    theta0 = base.get(name).astype(work, copy=False)
+    return np.subtract(tau, theta0, out=tau if getattr(ex, "lazy", False) else None)
+
+
+def blocked_ties(op_name: str, hparams: Mapping[str, Any]):
+    """``(statistic, merge_block)`` for :func:`merged_tensors` merging TIES in blocks of
+    rows, or ``None`` where that would not equal :func:`mergetheory.merge.ties` bit for bit.
+
+    The statistic is task ``t``'s trim threshold (the ``k``-th largest magnitude of its
+    whole tensor); each block is then merged by
+    :func:`mergetheory.merge.ties.ties_merge_thresholded`, elementwise given the
+    thresholds when ``zero_sign="positive"`` and ``trim="tensor"``.
+    """
+    if op_name != "ties":
+        return None
+    import functools
+    import inspect
+
+    import jax
+    import jax.numpy as jnp
+
+    from ..merge import magnitude_threshold
+    from ..merge.ties import ties, ties_kept, ties_merge_thresholded
+
+    params = inspect.signature(ties).parameters.values()
+    hparams = {**{p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY}, **hparams}
+    if hparams["trim"] != "tensor" or hparams["zero_sign"] != "positive":
+        return None
+
+    static = {
+        "weights_before_election": bool(hparams["weights_before_election"]),
+        "election": hparams["election"],
+        "aggregate": hparams["aggregate"],
+        "zero_sign": hparams["zero_sign"],
+    }
+    kernel = jax.jit(functools.partial(ties_merge_thresholded, **static))
+
+    def statistic(tau: np.ndarray) -> Any:
+        k = ties_kept(hparams["density"], tau.size, hparams["keep_rule"])
+        return magnitude_threshold(jnp.asarray(tau.reshape(1, -1)), k)[0]  # one copy
+
+    def merge_block(x: np.ndarray, thresholds: list) -> Any:
+        return kernel(
+            jnp.asarray(x),
+            jnp.stack(thresholds),
+            weights=hparams.get("weights"),
+            scale=jnp.asarray(hparams["scale"]),
+        )
+
+    return statistic, merge_block
+
+
+def block_options(op_name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``block_bytes`` / ``blocked`` arguments of :func:`merged_tensors` for an operator:
+    row blocks for the elementwise ones and for TIES (:func:`blocked_ties`), else none."""
+    ties = blocked_ties(op_name, hparams)
+    rows = op_name in ROW_BLOCK_OPERATORS or ties is not None
+    # looked up at call time, so that tests can shrink the blocks
+    return {"block_bytes": DEFAULT_BLOCK_BYTES if rows else None, "blocked": ties}
+
+
+def merged_tensors(
+    names: Sequence[str],
+    experts: Sequence[Any],
+    base: Any | None,
+    merge: Callable[[str, np.ndarray], Any],
+    *,
+    out_dtypes: Mapping[str, np.dtype],
+    labels: Sequence[str],
+    wide: bool = False,
+    block_bytes: int | None = None,
+    what: str = "the output",
+    blocked: tuple[Callable[[np.ndarray], Any], Callable[[np.ndarray, list], Any]] | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    r"""Yield ``(name, merged tensor)`` for each name, reading one tensor at a time.
+
+    Args:
+      names: tensor names, in output order.
+      experts: :class:`~mergetheory.io.pool.DenseExpert` s (``get(name, rows)``).
+      base: the base model (``None``: the experts are task vectors already).
+      merge: ``merge(name, x)`` -> the merged task vector of the stack ``x`` ``[n, ...]``.
+      out_dtypes: each tensor's output dtype.
+      labels: the experts' paths as the user gave them (error messages).
+      wide: stack and add the base in float64 (else in the inputs' dtype).
+      block_bytes: merge in blocks of rows of at most this many stacked bytes (only for
+        operators elementwise over coordinates, :data:`ROW_BLOCK_OPERATORS`).
+      what: the output's name in the non-finite error.
+      blocked: ``(statistic, merge_block)`` to merge a tensor in blocks of rows although
+        the operator needs whole tensors: ``statistic(tau_t)`` of each task's whole task
+        vector (one at a time), then ``merge_block(x_block, stats)`` (e.g. TIES given each
+        task's trim threshold, :func:`blocked_ties`).
+
+    Raises:
+      CliError: a NaN / Inf in an input tensor (naming the file and tensor) or in a merged
+        tensor.
+    """
+    n = len(experts)
+    for name in names:
+        shape, dtype = tuple(experts[0].shape(name)), np.dtype(experts[0].dtype(name))
+        work = np.dtype(np.float64) if wide else dtype
+        out = None
+        blocks = row_blocks(shape, n, work.itemsize, block_bytes)
+        stats = None
+        if blocked is not None and len(blocks) > 1:  # one task's whole tensor at a time
+            stats = [
+                blocked[0](_task_vector(name, ex, base, work, labels[i]))
+                for i, ex in enumerate(experts)
+            ]
+        for rows in blocks:
+            theta0 = None if base is None else base.get(name, rows).astype(work, copy=False)
+            x = None
+            for i, ex in enumerate(experts):
+                xi = _checked(ex.get(name, rows), labels[i], name)
+                if x is None:
+                    x = np.empty((n, *xi.shape), work)
+                x[i] = xi
+                if theta0 is not None:
+                    x[i] -= theta0
+                del xi
+            tau = np.asarray(merge(name, x) if stats is None else blocked[1](x, stats))
+            del x
+            if wide:
+                tau = tau.astype(np.float64, copy=False)
+            res = tau if theta0 is None else theta0 + tau
+            del tau, theta0
+            ok = _finite(res)
+            if not np.all(ok):
+                raise CliError(
+                    f"the merged output has {int(ok.size - ok.sum())} NaN/Inf value(s) in "
+                    f"{name!r} (overflow: are the hyperparameters too large?); {what} not written"
+                )
+            if rows is None:
+                out = res.astype(out_dtypes[name], copy=False)
+            else:
+                if out is None:
+                    out = np.empty(shape, out_dtypes[name])
+                out[rows[0] : rows[1]] = res
+            del res, ok
+        yield name, out
