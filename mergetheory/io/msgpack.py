@@ -118,8 +118,11 @@ class MsgpackReader:
         """NumPy dtype of array ``name`` (from the index)."""
         return np.dtype(self._entry(name).dtype)
 
-    def get(self, name: str) -> np.ndarray:
-        """Array ``name`` as a fresh in-memory array (only its bytes are read)."""
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Array ``name`` as a fresh in-memory array (only its bytes are read), or its rows
+        ``start:stop`` (the whole array is read, then sliced)."""
+        if rows is not None:
+            return self.get(name)[rows[0] : rows[1]]
         entry = self._entry(name)
         if isinstance(entry, np.ndarray):
             return entry

@@ -196,9 +196,13 @@ class OrbaxReader:
         dtype = getattr(self._meta[self._leaf[name]], "dtype", None)
         return np.dtype(dtype) if dtype is not None else self.get(name).dtype
 
-    def get(self, name: str) -> np.ndarray:
-        """Leaf ``name`` as a NumPy array (only its data is read)."""
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Leaf ``name`` as a NumPy array (only its data is read), or its rows
+        ``start:stop`` (the whole leaf is read, then sliced)."""
         import orbax.checkpoint as ocp
+
+        if rows is not None:
+            return self.get(name)[rows[0] : rows[1]]
 
         if name not in self._leaf:
             raise CheckpointError(f"orbax checkpoint {self.path} has no array {name!r}")

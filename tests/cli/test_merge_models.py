@@ -122,9 +122,9 @@ def test_per_tensor_merge_streams_msgpack_and_orbax(tmp_path, capsys, monkeypatc
     reader = MsgpackReader if fmt == "msgpack" else OrbaxReader
     get = reader.get
 
-    def counted(self, name):
+    def counted(self, name, rows=None):
         reads.append(name)
-        return get(self, name)
+        return get(self, name, rows)
 
     monkeypatch.setattr(reader, "get", counted)
     out = tmp_path / "streamed"
