@@ -12,7 +12,10 @@ from mergetheory.io import save_safetensors
 from mergetheory.io.checkpoints import CHECKPOINT_FORMATS
 from mergetheory.io.pool import EXPERT_FORMATS
 
+# the sizes of tests/analysis/test_analyze_pool.py (4 experts, M = 256): the analyze runs here
+# reuse its compiled Monte Carlo programs when the two run in one session
 FAST = ["--num-samples", "256", "--num-orders", "2", "--quiet"]
+NUM = 4
 
 
 def _err(capsys):
@@ -29,7 +32,7 @@ def test_cli_formats_are_the_library_formats():
 def test_npz_under_another_suffix(tmp_path, capsys):
     rng = np.random.default_rng(0)
     paths = []
-    for i in range(3):
+    for i in range(NUM):
         np.savez(tmp_path / f"e{i}.npz", w=rng.normal(size=(5, 4)))
         shutil.move(tmp_path / f"e{i}.npz", tmp_path / f"e{i}.bin")
         paths.append(str(tmp_path / f"e{i}.bin"))
@@ -45,7 +48,7 @@ def test_npz_under_another_suffix(tmp_path, capsys):
 
 def test_npy_experts(tmp_path, capsys):
     rng = np.random.default_rng(1)
-    xs = rng.normal(size=(3, 7, 3))
+    xs = rng.normal(size=(NUM, 7, 3))
     paths = []
     for i, x in enumerate(xs):
         np.save(tmp_path / f"tv{i}.npy", x)
@@ -60,7 +63,7 @@ def test_npy_experts(tmp_path, capsys):
     assert main(["analyze", *paths, "--format", "npy", "--out", str(out), *FAST]) == 0
     rep = json.loads((out / "analysis.json").read_text())
     assert rep["num_params"] == 21
-    flat = xs.reshape(3, -1)
+    flat = xs.reshape(NUM, -1)
     np.testing.assert_allclose(rep["gram"], flat @ flat.T, rtol=1e-12)
 
 
