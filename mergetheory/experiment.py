@@ -68,9 +68,7 @@ def configure_jax(
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def keep_freed_memory(
-    mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30
-) -> bool:
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -> bool:
     """Ask glibc's ``malloc`` to keep freed blocks for reuse instead of unmapping them.
 
     XLA:CPU allocates a program's temporary buffers on every execution and frees them at
@@ -78,9 +76,9 @@ def keep_freed_memory(
     the system when freed, so a program run thousands of times (scoring merged models)
     page-faults its whole working set on every run: on the bridge experiment's language
     scoring this was a third of the CPU time, as system time. ``mallopt`` with a high trim
-    threshold and the largest mmap threshold glibc accepts (32 MiB) keeps those blocks in
-    the heap. Numbers are unchanged; the process keeps up to ``trim_threshold`` bytes of
-    freed memory. The measurement is in ``docs/real_merging.md``.
+    threshold and an mmap threshold of 32 MiB (the ceiling of glibc's own dynamic
+    threshold) keeps those blocks in the heap. Numbers are unchanged; the process keeps
+    up to ``trim_threshold`` bytes of freed memory. The measurement is in ``docs/real_merging.md``.
 
     Returns:
       True when both settings were applied (Linux with glibc), False elsewhere (no-op).
