@@ -8,12 +8,13 @@ the dense updates :math:`sBA` and, for the seed code's setting, factor-wise on A
    path :math:`s` is its first :math:`n` experts (nested, so differences are paired). The
    same paths serve every operator and the width curve.
 2. **Merges** (registry operators, data first, key second, ``jit(vmap)`` over the paths):
-   average; Task Arithmetic with :math:`\lambda` chosen per :math:`n` on the *val* split
-   (grid ``ta_scales``, the first ``ta_tune_paths`` paths, criterion: mean raw val metric
-   on the merged tasks); TIES (density 0.2); DARE-TIES (density 0.5); RHT
+   average; Task Arithmetic, TSV-M and Iso-C with their scale (:math:`\lambda`,
+   :math:`\alpha`) chosen on the *val* split (:data:`TUNED`; grid ``tune_grid``, the first
+   ``tune_paths`` paths, at ``tune_ns`` with log-linear interpolation between, criterion:
+   mean raw val metric on the merged tasks); TIES (density 0.2); DARE-TIES (density 0.5); RHT
    (the seed code's density 0.7); base-knowledge weighted (temperature 0.1; vision: the
    base's accuracy per task; language: :math:`\min_t b_t / b_t` of the base's bits per
-   byte, a reconstruction); TSV-M; Iso-C. At *equal norm budget* the average, TIES and
+   byte, a reconstruction). At *equal norm budget* the average, TIES and
    RHT updates are rescaled to the mean norm of the merged task vectors. For LoRA also
    factor-wise average / TIES / RHT (``lora_factorwise``, as the seed code merges).
 3. **Performance** on the *test* split, normalised per task (1 = the task's own expert):
@@ -97,9 +98,15 @@ OPERATORS: dict[str, tuple[str, dict, str]] = {
 }
 EXPERT_SETS = ("full", "lora")
 __all__ = ["LARGE", "OPERATORS", "QUICK", "RealMergingConfig", "main", "run", "tag"]
-# linear operators whose weights make a zero-weighted padded subset exact: they are
-# compiled once at n = N (a 0/1 mask selects the first n) instead of once per n
-PADDED = ("average", "task_arithmetic")
+# operators whose n-subset merge equals the merge of the subset padded to N experts with
+# zero task vectors of weight 0 (checked in tests/analysis/test_real_merging_padding.py):
+# they compile once at n = N instead of once per n. Not TSV-M (its per-task rank is
+# floor(r / T)), not Iso-C (non-matrix leaves are a mean over T), not base-knowledge
+# weighting (its softmax is normalised over T).
+PADDED = ("average", "task_arithmetic", "ties", "dare_ties", "rht")
+# operators linear in one hyperparameter (registry name -> its name): merged once at 1,
+# then scaled by the value chosen on the val split (exact: the scale multiplies the output)
+TUNED = {"task_arithmetic": "scale", "tsv_m": "alpha", "iso_c": "alpha"}
 
 
 class RealMergingConfig(NamedTuple):
@@ -110,18 +117,20 @@ class RealMergingConfig(NamedTuple):
     seed: int = 0
     max_experts: int = 10
     num_paths: int = 12
-    # language: 10 of the 16 experts, on fewer paths (a merged model costs ~0.15 s of CPU
-    # to score on 16 windows x 16 tasks, and every non-linear operator compiles once per n,
-    # ~3 s of CPU each on this tree; --large: all 16 experts, 32 paths, all 32 windows)
-    language_max_experts: int = 10
+    # language: all 16 experts, on fewer paths (a merged model costs ~0.1 s of CPU to
+    # score on 16 windows x 16 tasks; --large: 32 paths, all 32 windows)
+    language_max_experts: int = 16
     language_num_paths: int = 4
     operators: tuple[str, ...] = tuple(OPERATORS)
     kappa: float = 0.5
     alpha: float = 0.05
     width_samples: int = 4000
     statdim_samples: int = 400
-    ta_scales: tuple[float, ...] = (0.2, 0.35, 0.5, 0.75, 1.0)
-    ta_tune_paths: int = 2
+    # the TA scale and the TSV-M / Iso-C alpha: grid, paths scored on val, and the n at
+    # which they are chosen (None: every n; otherwise log-linear interpolation between)
+    tune_grid: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
+    tune_paths: int = 2
+    tune_ns: tuple[int, ...] | None = (1, 2, 4, 8, 16)
     hessian_probes: int = 4
     hessian_steps: int = 40
     eps_fraction: float = 0.05
@@ -131,7 +140,9 @@ class RealMergingConfig(NamedTuple):
     # all. Language windows are 64 bytes; the zoo holds 32 per task and split.
     eval_examples: int | None = None
     language_eval_examples: int | None = 16
-    eval_batch: int = 8  # merged models scored at once (memory of a batch, not of all)
+    # merged models scored at once: 1, because on CPU a batch only adds memory (its
+    # temporaries exceed what malloc keeps for reuse and are page-faulted on every call)
+    eval_batch: int = 1
     # (modality, operator) pairs not run (none by default)
     skip: tuple[tuple[str, str], ...] = ()
 
@@ -144,8 +155,9 @@ QUICK = RealMergingConfig(
     operators=("average", "task_arithmetic", "ties", "rht", "rht@norm", "ties@norm", "rht[AB]"),
     width_samples=400,
     statdim_samples=64,
-    ta_scales=(0.5, 1.0),
-    ta_tune_paths=2,
+    tune_grid=(0.5, 1.0),
+    tune_paths=2,
+    tune_ns=(1, 3),
     hessian_probes=2,
     hessian_steps=8,
 )
@@ -158,6 +170,7 @@ LARGE = RealMergingConfig(
     language_max_experts=16,
     language_num_paths=32,
     language_eval_examples=None,
+    tune_ns=None,
     width_samples=8000,
 )
 
@@ -183,18 +196,20 @@ def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
     """``jit(vmap(f))`` with ``f(data, key, extra) -> dense update``.
 
     ``data`` is a ``[n, ...]`` task-vector pytree (dense) or ``(Bs, As)`` dicts of factors
-    (factor-wise); ``extra`` carries the per-subset inputs (TA scale, base knowledge, norm
-    budget).
+    (factor-wise); ``extra`` carries the per-subset inputs (0/1 mask of the padded
+    experts, base knowledge, norm budget). :data:`TUNED` operators merge at scale 1.
     """
     reg, hp, mode = OPERATORS[label]
     fn = MERGE_OPERATORS[reg].fn
 
     def one(data, key, extra):
         kw = dict(hp)
-        if reg in PADDED:
-            kw["weights"] = extra["mask"]
-        if reg == "task_arithmetic":
-            kw["scale"] = extra["scale"]
+        if reg in PADDED:  # zero task vectors of weight 0 beyond the first n
+            mask = extra["mask"]
+            data = jax.tree.map(lambda x: x * _per_expert(mask, x), data)
+            kw["weights"] = mask
+        if reg in TUNED:
+            kw[TUNED[reg]] = 1.0
         if reg == "base_knowledge_weighted":
             kw["base_accuracy"] = extra["knowledge"]
         if mode == "factorwise":
@@ -265,6 +280,72 @@ class _Refs(NamedTuple):
     expert: np.ndarray
 
 
+def _merge_all(fn, data_all, es: _ExpertSet, reg: str, paths, key, knowledge, timings):
+    """The merged updates of every n: a list of ``N`` pytrees with leaves ``[S, ...]``."""
+    s_num, n_max = paths.shape
+    sq_norms = np.diag(es.gram)
+    padded = reg in PADDED
+    data = subset_task_vectors(data_all, paths) if padded else None
+    merged = []
+    for n in range(1, n_max + 1):
+        subsets = paths[:, :n]
+        keys = jax.vmap(lambda s, n=n: jr.fold_in(jr.fold_in(key, n), s))(jnp.arange(s_num))
+        extra = {
+            "knowledge": jnp.asarray(knowledge[subsets]),
+            "budget": jnp.asarray(_subset_norms(sq_norms, subsets)),
+            "mask": jnp.broadcast_to(jnp.arange(n_max) < n, (s_num, n_max)).astype(float),
+        }
+        t0 = time.perf_counter()
+        sub = data if padded else subset_task_vectors(data_all, subsets)
+        merged.append(jax.block_until_ready(fn(sub, keys, extra)))
+        timings["merge"] += time.perf_counter() - t0
+    return merged
+
+
+_rescale = jax.jit(rescale_to_norm)
+
+
+def _per_expert(v: jax.Array, x: jax.Array) -> jax.Array:
+    """``v`` ``[n]`` shaped to broadcast over ``x`` ``[n, ...]``, in ``x``'s dtype."""
+    return v.astype(x.dtype).reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _scaled(tree: Any, scale: Any) -> Any:
+    """``scale * tree`` in each leaf's dtype (``scale`` scalar or ``[S]``)."""
+
+    return jax.tree.map(lambda x: _per_expert(jnp.asarray(scale), x) * x, tree)
+
+
+def _tuned_scales(scorer, merged: list, paths: np.ndarray, config, peft: bool) -> np.ndarray:
+    """Scale per n (TA's lambda, TSV-M / Iso-C's alpha) chosen on the val split.
+
+    At each tuned n (``config.tune_ns``, N always included; None: every n) every value of
+    ``tune_grid`` scales the merges of the first ``tune_paths`` paths, all scored in one
+    batched call; the criterion is the mean raw val metric on the merged tasks (lowest
+    bits per byte, highest accuracy; raw, because normalising by an expert's gain over the
+    base is unstable on a handful of val examples), ties to the first grid value. Between
+    tuned n the scale is interpolated linearly in (log n, log scale).
+    """
+    n_max = len(merged)
+    grid = np.asarray(config.tune_grid, np.float64)
+    k = min(config.tune_paths, paths.shape[0])
+    ns = range(1, n_max + 1) if config.tune_ns is None else config.tune_ns
+    ns = sorted({n for n in ns if n <= n_max} | {n_max})
+    chosen = []
+    for n in ns:
+        head = jax.tree.map(lambda x: x[:k], merged[n - 1])
+        stacked = jax.tree.map(
+            lambda *xs: jnp.concatenate(xs), *[_scaled(head, lam) for lam in grid]
+        )  # [grid * k, ...]
+        metric = scorer.score(stacked, "val", peft).reshape(grid.size, k, -1)
+        vals = [_merged_task_mean(metric[i], paths[:k, :n]).mean() for i in range(grid.size)]
+        best = np.argmax(vals) if scorer.zoo.higher_is_better else np.argmin(vals)
+        chosen.append(grid[int(best)])
+    scales = np.exp(np.interp(np.log(np.arange(1, n_max + 1)), np.log(ns), np.log(chosen)))
+    scales[np.asarray(ns) - 1] = chosen  # exactly the grid's values where tuned
+    return scales
+
+
 def _run_operators(
     scorer: _Scorer,
     es: _ExpertSet,
@@ -280,44 +361,38 @@ def _run_operators(
     n_max = paths.shape[1]
     hib = bool(zoo.higher_is_better)
     knowledge = _knowledge(zoo)
-    sq_norms = np.diag(es.gram)
     lora_paths = tuple(es.factors[0]) if es.factors is not None else None
     out: dict[str, dict[str, np.ndarray]] = {}
+    dense: dict[tuple, list] = {}  # merges of the "dense" labels, reused at equal norm
     for label in labels:
-        reg, _, mode = OPERATORS[label]
+        reg, hp, mode = OPERATORS[label]
         if mode == "factorwise" and es.factors is None:
             continue
-        fn = _merge_fn(label, lora_paths)
         data_all = es.factors if mode == "factorwise" else es.dense
         peft = es.peft or mode == "factorwise"  # lora_delta gives PEFT-layout updates
-        s_num = paths.shape[0]
-        metric = np.zeros((s_num, n_max, refs.base.size))
-        scales = np.full(n_max, np.nan)
-        padded = reg in PADDED
-        if padded:
-            data = subset_task_vectors(data_all, paths)
-        for n in range(1, n_max + 1):
-            subsets = paths[:, :n]
-            if not padded:
-                data = subset_task_vectors(data_all, subsets)
-            keys = jax.vmap(lambda s, n=n: jr.fold_in(jr.fold_in(key, n), s))(jnp.arange(s_num))
-            extra = {
-                "knowledge": jnp.asarray(knowledge[subsets]),
-                "budget": jnp.asarray(_subset_norms(sq_norms, subsets)),
-                "scale": jnp.ones(s_num),
-                "mask": jnp.broadcast_to(jnp.arange(n_max) < n, (s_num, n_max)).astype(float),
-            }
-            if reg == "task_arithmetic":
-                tune = (fn, data, keys, extra, subsets)
-                scales[n - 1] = _tune_scale(scorer, *tune, config, peft)
-                extra["scale"] = jnp.full(s_num, scales[n - 1])
+        same = (reg, tuple(sorted(hp.items())))
+        if mode == "norm" and same in dense:  # the same merge, rescaled to the budget
             t0 = time.perf_counter()
-            merged = jax.block_until_ready(fn(data, keys, extra))
-            t1 = time.perf_counter()
-            metric[:, n - 1] = scorer.score(merged, "test", peft)
-            timings["merge"] += t1 - t0
-            timings["evaluate"] += time.perf_counter() - t1
+            merged = [
+                _rescale(m, jnp.asarray(_subset_norms(np.diag(es.gram), paths[:, : n + 1])))
+                for n, m in enumerate(dense[same])
+            ]
+            timings["merge"] += time.perf_counter() - t0
+        else:
+            fn = _merge_fn(label, lora_paths)
+            merged = _merge_all(fn, data_all, es, reg, paths, key, knowledge, timings)
+        if mode == "dense":
+            dense[same] = merged
+        t0 = time.perf_counter()
+        scales = np.full(n_max, np.nan)
+        if reg in TUNED:
+            scales = _tuned_scales(scorer, merged, paths, config, peft)
+            merged = [_scaled(m, lam) for m, lam in zip(merged, scales, strict=True)]
+        metric = np.zeros((paths.shape[0], n_max, refs.base.size))
+        for n in range(1, n_max + 1):
+            metric[:, n - 1] = scorer.score(merged[n - 1], "test", peft)
             bar.update(1)
+        timings["evaluate"] += time.perf_counter() - t0
         norm = normalized_performance(metric, refs.base, refs.expert, higher_is_better=hib)
         merged_tasks = np.stack(
             [_merged_task_mean(norm[:, n - 1], paths[:, :n]) for n in range(1, n_max + 1)], axis=1
@@ -326,31 +401,9 @@ def _run_operators(
             "metric": metric,
             "perf_merged": merged_tasks,
             "perf_all": norm.mean(axis=2),
-            "ta_scale": scales,
+            "tuned_scale": scales,
         }
     return out
-
-
-def _tune_scale(scorer, fn, data, keys, extra, subsets, config, peft) -> float:
-    """TA scale with the best mean raw val metric on the merged tasks (lowest bits per byte,
-    highest accuracy).
-
-    Raw, not normalised: a per-task normalisation divides by the expert's gain over the
-    base, which on a handful of val examples can be near zero or negative. Every scale
-    of the grid is merged for the first ``ta_tune_paths`` paths and the
-    ``len(ta_scales) x k`` models are scored in one batched call.
-    """
-    k = min(config.ta_tune_paths, subsets.shape[0])
-    grid = np.asarray(config.ta_scales, np.float64)
-    merged = []
-    for lam in grid:
-        ex = {**jax.tree.map(lambda x: x[:k], extra), "scale": jnp.full(k, lam)}
-        merged.append(fn(jax.tree.map(lambda x: x[:k], data), keys[:k], ex))
-    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *merged)  # [scales * k, ...]
-    metric = scorer.score(stacked, "val", peft).reshape(grid.size, k, -1)
-    vals = np.asarray([_merged_task_mean(metric[i], subsets[:k]).mean() for i in range(grid.size)])
-    best = np.argmax(vals) if scorer.zoo.higher_is_better else np.argmin(vals)
-    return float(grid[int(best)])  # first of ties, as a scan of the grid would
 
 
 # --------------------------------------------------------------------------------------

@@ -83,8 +83,10 @@ def _loss_curve(res: dict, higher_is_better: bool) -> np.ndarray:
 def _operator_summary(p: str, res: dict, wc, config, higher_is_better: bool, evidence: dict):
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {}
-    for k in ("metric", "perf_merged", "perf_all", "ta_scale"):
+    for k in ("metric", "perf_merged", "perf_all", "tuned_scale"):
         arrays[f"{p}_{k}"] = res[k]
+    if not np.all(np.isnan(res["tuned_scale"])):
+        summary[f"{p}_tuned_scale"] = ", ".join(f"{v:.2g}" for v in res["tuned_scale"])
     pa, pm = paired_curve(res["perf_all"]), paired_curve(res["perf_merged"])
     ctest = concavity_test(pa, alpha=config.alpha)
     evidence["concavity"].append(ctest)

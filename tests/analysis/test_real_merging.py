@@ -27,8 +27,15 @@ def test_quick_end_to_end(tmp_path):
         # hull0 widths along a path are non-decreasing (nested sets, common random numbers)
         w = data[f"vision_{es}_width"]
         assert w.shape == (s, n) and np.all(np.diff(w, axis=1) >= -1e-9)
-        # TA's scale comes from the val grid
-        assert set(data[f"vision_{es}_task_arithmetic_ta_scale"]) <= set(cfg.ta_scales)
+        # TA's scale comes from the val grid where tuned (n = 1, 3, N) and lies between
+        # the neighbouring tuned values elsewhere (log-linear interpolation)
+        sc = data[f"vision_{es}_task_arithmetic_tuned_scale"]
+        tuned = np.array([1, 3, n]) - 1
+        assert set(sc[tuned]) <= set(cfg.tune_grid)
+        lo = np.minimum(sc[tuned[:-1]], sc[tuned[1:]])
+        hi = np.maximum(sc[tuned[:-1]], sc[tuned[1:]])
+        assert lo[0] <= sc[1] <= hi[0] and lo[1] <= sc[3] <= hi[1]
+        assert np.all(np.isnan(data[f"vision_{es}_ties_tuned_scale"]))
     assert "vision_lora_rht_ab_perf_all" in data and "vision_full_rht_ab_perf_all" not in data
     for key in (
         "vision_full_average_nstar_gain_ratio_pred",
