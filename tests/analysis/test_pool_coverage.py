@@ -162,9 +162,9 @@ def test_coverage_shares_the_one_read_of_the_inputs(tmp_path, monkeypatch):
     reads = []
     get = SafetensorsReader.get
 
-    def counted(self, name):
+    def counted(self, name, rows=None):
         reads.append((self.path.name, name))
-        return get(self, name)
+        return get(self, name, rows)
 
     monkeypatch.setattr(SafetensorsReader, "get", counted)
     res = analyze_pool(paths, tmp_path / "base.safetensors", seed=1, num_samples=2000, num_orders=2)
