@@ -24,7 +24,9 @@ first). Construction and design choices: ``docs/instance_mergeability.md``.
    :math:`\|\Delta W\|_F` and :math:`\sigma_\max(\Delta W)`, and the partial Spearman of
    :math:`\hat S` and :math:`\Delta_\text{base}` given the two (rank regression), with
    percentile intervals from a *cluster* bootstrap over source files (and, as a check,
-   over families).
+   over families). The same statistics (reference operator, ``M``, ``N``) for the
+   instances fixed at each extra rank of ``rank_sweep``
+   (:mod:`experiments.instance_rank_sweep`).
 5. **Locality**: the updates in the top score level merged with ``locality_partners``
    partners drawn from each score bin; survival per bin.
 6. **Per-task level**: the zoo's LoRA task experts, :math:`\hat S` at ``task_partners``
@@ -53,6 +55,13 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import run_experiment
+from experiments.instance_rank_sweep import (
+    PREDICTORS,
+    dominance_stats,
+    dominance_verdicts,
+    rank_sweep,
+    update_predictors,
+)
 from mergetheory.instance_mergeability import (
     LoraSurvivalProblem,
     bin_partner_survival,
@@ -60,13 +69,8 @@ from mergetheory.instance_mergeability import (
 )
 from mergetheory.mergeability import binomial_null_test
 from mergetheory.models.corpus import stdlib_root
-from mergetheory.models.instance_lora import (
-    InstanceLoraSpec,
-    lora_kernel_delta,
-    train_instance_loras,
-)
+from mergetheory.models.instance_lora import InstanceLoraSpec, train_instance_loras
 from mergetheory.models.probe import (
-    base_gap,
     choice_probabilities,
     choice_scores,
     make_probe,
@@ -74,19 +78,10 @@ from mergetheory.models.probe import (
     probe_survival,
 )
 from mergetheory.models.zoo import build_zoo, zoo_spec
-from mergetheory.stats import grouped_bootstrap, hypothesis_verdict, partial_spearman
+from mergetheory.stats import grouped_bootstrap, hypothesis_verdict
 
 NAME = "instance_mergeability"
 RUN_AFTER = ("real_merging",)  # reuse the language zoo that real_merging builds
-PREDICTORS = (
-    "delta_base",
-    "frobenius",
-    "sigma_max",
-    "partial_delta_base",
-    "score_gap",
-    "delta_base_minus_frobenius",
-    "delta_base_minus_sigma_max",
-)
 
 
 class InstanceMergeabilityConfig(NamedTuple):
@@ -116,6 +111,8 @@ class InstanceMergeabilityConfig(NamedTuple):
       num_resamples: bootstrap replicates.
       confidence: interval coverage.
       min_fixed: fewer fixed instances than this is an error (the issue asks >= 300).
+      rank_sweep: extra LoRA ranks (``alpha = 2r``), reference operator and setting only
+        (:func:`experiments.instance_rank_sweep.rank_sweep`).
     """
 
     seed: int = 20261203
@@ -149,6 +146,7 @@ class InstanceMergeabilityConfig(NamedTuple):
     num_resamples: int = 2000
     confidence: float = 0.95
     min_fixed: int = 300
+    rank_sweep: tuple[int, ...] = (1, 16)
 
 
 QUICK_CONFIG = InstanceMergeabilityConfig(
@@ -172,6 +170,7 @@ QUICK_CONFIG = InstanceMergeabilityConfig(
     weighted_replicates=3,
     num_resamples=200,
     min_fixed=20,
+    rank_sweep=(1,),
 )
 
 
@@ -182,23 +181,6 @@ def _loadavg() -> list[float]:
 def _hparams(config: InstanceMergeabilityConfig, name: str) -> dict[str, Any] | None:
     found = dict(config.operator_hparams).get(name)
     return None if found is None else dict(found)
-
-
-def _dominance_stats(s: np.ndarray, *predictors: np.ndarray) -> np.ndarray:
-    """Spearman of ``s`` with each predictor, and the partial one of predictor 0 given 1, 2.
-
-    Predictors ``(delta_base, frobenius, sigma_max, score_gap)``; returns the values in
-    :data:`PREDICTORS` order. Ranks are computed once (SciPy's average ranks); the partial
-    value is :func:`mergetheory.stats.partial_spearman`.
-    """
-    from scipy import stats
-
-    ranks = stats.rankdata(np.stack([s, *predictors]), axis=1)
-    corr = np.corrcoef(ranks)[0, 1:]
-    part = partial_spearman(s, predictors[0], np.stack(predictors[1:3]))
-    # dominance: rho(Delta_base) - rho(competitor) (< 0: Delta_base predicts more strongly)
-    dominance = [corr[0] - corr[1], corr[0] - corr[2]]
-    return np.array([corr[0], corr[1], corr[2], part, corr[3], *dominance])
 
 
 def _task_stats(base_bpb: np.ndarray, retained: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -327,7 +309,7 @@ def run(
     progress = not getattr(args, "no_progress", False)
     timings: dict[str, Any] = {"loadavg_start": _loadavg()}
     k_train, k_est, k_sweep, k_loc, k_boot = jr.split(jr.key(config.seed), 5)
-    stages = tqdm(total=8, desc=NAME, unit="stage", disable=not progress)
+    stages = tqdm(total=9, desc=NAME, unit="stage", disable=not progress)
 
     # 1. base model and probe -------------------------------------------------------------
     t0 = time.perf_counter()
@@ -361,12 +343,9 @@ def run(
     if keep.size < config.min_fixed:
         raise RuntimeError(f"{NAME}: only {keep.size} instances fixed (< {config.min_fixed})")
     b, a = jnp.asarray(out.B[out.fixed]), jnp.asarray(out.A[out.fixed])
-    dense = np.asarray(lora_kernel_delta(b, a, out.scaling), np.float64)  # [K, d_in, d_out]
-    sv = np.linalg.svd(dense, compute_uv=False)
-    frobenius, sigma_max = np.sqrt((sv**2).sum(-1)), sv[:, 0]
-    gap = base_gap(base_scores[keep], probe.label[keep])
-    s_top = base_scores[keep].max(-1)
-    score_gap = s_top - base_scores[keep][np.arange(keep.size), probe.label[keep]]
+    gap, frobenius, sigma_max, score_gap = update_predictors(
+        out, base_scores[keep], probe.label[keep]
+    )
     p_base = np.asarray(choice_probabilities(base_scores[keep]), np.float64)
     p_ft = np.asarray(choice_probabilities(out.scores[out.fixed]), np.float64)
     lab = probe.label[keep]
@@ -418,7 +397,7 @@ def run(
         data = (s_ref[k], gap, frobenius, sigma_max, score_gap)
         for target, groups in ((dom, files), (dom_family, families)):
             e = grouped_bootstrap(
-                jr.fold_in(k_boot, k), _dominance_stats, data, groups,
+                jr.fold_in(k_boot, k), dominance_stats, data, groups,
                 num_resamples=config.num_resamples, confidence=config.confidence,
             )  # fmt: skip
             target[k] = np.stack([e.value, e.ci_low, e.ci_high])
@@ -427,6 +406,15 @@ def run(
 
             stab[k, j] = stats.spearmanr(sweep[k, j], s_ref[k]).statistic
     timings["bootstrap_s"] = time.perf_counter() - t0
+    stages.update()
+    t0 = time.perf_counter()  # 4b. LoRA rank sweep under the reference operator
+    rank_arrays, rank_summary = rank_sweep(
+        jr.fold_in(k_est, 2000), config, _hparams(config, ops[0]), surv, params, feats[wrong],
+        probe.targets[wrong], probe.label[wrong], base_scores[wrong], probe.file_index[wrong],
+        num_heads=heads,
+    )  # fmt: skip
+    timings["rank_sweep_s"] = time.perf_counter() - t0
+    timings["loadavg_rank_sweep"] = _loadavg()
     stages.update()
 
     # 5. locality (reference operator and the others): top updates x partner bins --------
@@ -504,6 +492,7 @@ def run(
         "confidence_pct": int(round(100 * config.confidence)),
         "timings": timings,
         "locality_info": locality_info,
+        **rank_summary,
     }
     for k, name in enumerate(ops):
         summary[f"S_mean_{name}"] = float(s_ref[k].mean())
@@ -519,20 +508,11 @@ def run(
             summary[f"rho_{pred}_{name}_hi"] = float(hi)
             summary[f"rho_{pred}_{name}_fam_lo"] = float(dom_family[k, 1, j])
             summary[f"rho_{pred}_{name}_fam_hi"] = float(dom_family[k, 2, j])
-        # H-BK predicts a negative rank correlation of S-hat with Delta_base (also partial)
-        summary[f"verdict_bk_{name}"] = hypothesis_verdict(
-            dom[k, 1, 0], dom[k, 2, 0], predicted_sign=-1
-        ).status
-        summary[f"verdict_partial_{name}"] = hypothesis_verdict(
-            dom[k, 1, 3], dom[k, 2, 3], predicted_sign=-1
-        ).status
+        for rule, status in dominance_verdicts(dom[k]).items():  # H-BK: rho < 0, etc.
+            summary[f"verdict_{rule}_{name}"] = status
         for j, (m, n) in enumerate(settings):
             summary[f"stability_{name}_M{m}_N{n}"] = float(stab[k, j])
         summary[f"locality_{name}"] = [float(x) for x in locality[k]]
-        for j, pred in enumerate(PREDICTORS[5:]):
-            summary[f"verdict_dominance_{pred.split('_minus_')[1]}_{name}"] = hypothesis_verdict(
-                dom[k, 1, 5 + j], dom[k, 2, 5 + j], predicted_sign=-1
-            ).status
         for j, kind in enumerate(("retained", "raw")):
             v, lo, hi = task_rho[k, j]
             summary[f"task_rho_{kind}_{name}"] = float(v)
@@ -587,6 +567,7 @@ def run(
         "task_rho": task_rho,
         "weighted_chosen_tau": weighted["weighted_chosen_tau"],
         "weighted_diff": np.stack([weighted["weighted_diff"][p] for p in ("all", "low", "high")]),
+        **rank_arrays,
     }
     return arrays, summary
 
