@@ -137,6 +137,23 @@ def test_grouped_bootstrap_counts_groups_not_points(key):
     assert naive.stderr < 0.5 * est.stderr  # ignoring the groups understates the error
 
 
+def test_dominance_verdicts_follow_the_interval_side():
+    """H-BK predicts a negative effect: an interval below 0 holds, above 0 fails."""
+    from experiments.instance_rank_sweep import PREDICTORS, dominance_verdicts
+
+    dom = np.zeros((3, len(PREDICTORS)))
+    dom[:, 0] = (-0.3, -0.4, -0.2)  # rho(Delta_base): below 0
+    dom[:, 3] = (0.1, -0.1, 0.3)  # partial: straddles 0
+    dom[:, 5] = (0.3, 0.2, 0.4)  # minus Frobenius: above 0
+    dom[:, 6] = (np.nan, np.nan, np.nan)
+    assert dominance_verdicts(dom) == {
+        "bk": "holds",
+        "partial": "inconclusive",
+        "dominance_frobenius": "fails",
+        "dominance_sigma_max": "inconclusive",
+    }
+
+
 @pytest.mark.slow
 def test_quick_experiment_and_figure(tmp_path):
     """The --quick experiment end to end (trains the tiny zoo: a few minutes) and its figure."""
@@ -157,6 +174,15 @@ def test_quick_experiment_and_figure(tmp_path):
     assert np.all(np.abs(arrays["dominance"][:, 0, :5]) <= 1 + 1e-12)
     num_tasks = arrays["task_base_bpb"].shape[0]
     assert arrays["task_retained"].shape == (len(cfg.operators), cfg.task_trials, num_tasks)
+    ranks = list(cfg.rank_sweep)  # the rank sweep: same statistics, reference operator only
+    assert ranks and summary["rank_sweep_ranks"] == ranks
+    assert arrays["rank_sweep_dominance"].shape == (len(ranks), 3, len(im.PREDICTORS))
+    for r in ranks:
+        assert 0 < summary[f"rank_sweep_{r}_fixed"] <= summary["num_wrong"]
+        for stat in ("rho", "partial"):
+            v, lo, hi = (summary[f"rank_sweep_{r}_{stat}{t}"] for t in ("", "_lo", "_hi"))
+            assert -1 <= lo <= v <= hi <= 1
+        assert summary[f"rank_sweep_{r}_verdict_bk"] in {"holds", "fails", "inconclusive"}
     out = tmp_path / "fig"
     assert fig.main(["--results-dir", str(tmp_path), "--out-dir", str(out)]) == 0
     assert (out / "fig_instance_mergeability.png").exists()
