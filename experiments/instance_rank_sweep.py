@@ -139,7 +139,9 @@ def rank_sweep(
     Returns:
       ``(arrays, summary)``: arrays ``rank_sweep_ranks [R]``, ``rank_sweep_fixed [R]``,
       ``rank_sweep_dominance [R, 3, len(PREDICTORS)]``; summary keys
-      ``rank_sweep_{r}_{fixed,median_steps,s,seconds,verdict_bk,verdict_partial}`` and
+      ``rank_sweep_{r}_{fixed,median_steps,s,seconds}``, the verdicts
+      ``rank_sweep_{r}_verdict_{rule}`` of :func:`dominance_verdicts`, the paired
+      differences ``rank_sweep_{r}_minus_{frobenius,sigma_max}``, and
       ``rank_sweep_{r}_{rho,rho_frobenius,rho_sigma_max,partial}`` with ``_lo``/``_hi``
       (:math:`\Delta_\text{base}`, the competitors, the partial value), and
       ``rank_sweep_ranks``.
@@ -182,9 +184,10 @@ def rank_sweep(
             summary[pre + stat] = float(dom[i, 0, j])
             summary[pre + stat + "_lo"] = float(dom[i, 1, j])
             summary[pre + stat + "_hi"] = float(dom[i, 2, j])
-        verdicts = dominance_verdicts(dom[i])
-        summary[pre + "verdict_bk"] = verdicts["bk"]
-        summary[pre + "verdict_partial"] = verdicts["partial"]
+        for rule, status in dominance_verdicts(dom[i]).items():
+            summary[pre + "verdict_" + rule] = status
+        for stat, j in (("minus_frobenius", 5), ("minus_sigma_max", 6)):
+            summary[pre + stat] = float(dom[i, 0, j])
         summary[pre + "seconds"] = time.perf_counter() - t0
     arrays = {
         "rank_sweep_ranks": np.array(ranks),
