@@ -119,20 +119,28 @@ class MsgpackReader:
         return np.dtype(self._entry(name).dtype)
 
     def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
-        """Array ``name`` as a fresh in-memory array (only its bytes are read), or its rows
-        ``start:stop`` (the whole array is read, then sliced)."""
-        if rows is not None:
-            return self.get(name)[rows[0] : rows[1]]
+        """Array ``name`` as a fresh in-memory array, or its rows ``start:stop``; only those
+        bytes are read from the file."""
         entry = self._entry(name)
         if isinstance(entry, np.ndarray):
-            return entry
-        out = np.empty(sum(n for _, n in entry.segments) // entry.dtype.itemsize, entry.dtype)
-        done = 0
+            return entry if rows is None else entry[rows[0] : rows[1]]
+        item = entry.dtype.itemsize
+        shape = tuple(entry.shape)
+        if rows is not None:
+            shape = (max(0, min(rows[1], shape[0]) - rows[0]), *shape[1:])
+        row_bytes = item * int(np.prod(entry.shape[1:], dtype=np.int64))
+        lo = 0 if rows is None else rows[0] * row_bytes  # byte range of the flat array
+        out = np.empty(int(np.prod(shape, dtype=np.int64)), entry.dtype)
+        buf = out.view(np.uint8)
+        pos = 0  # start of the current segment in the flat array's bytes
         with open(self.path, "rb") as f:
             for offset, nbytes in entry.segments:
-                f.seek(offset)
-                view = memoryview(out[done : done + nbytes // entry.dtype.itemsize].view(np.uint8))
-                if f.readinto(view) != nbytes:
-                    raise CheckpointError(f"truncated msgpack checkpoint {self.path} ({name!r})")
-                done += nbytes // entry.dtype.itemsize
-        return out.reshape(entry.shape)
+                a, b = max(lo, pos), min(lo + buf.size, pos + nbytes)
+                if a < b:
+                    f.seek(offset + a - pos)
+                    if f.readinto(memoryview(buf[a - lo : b - lo])) != b - a:
+                        raise CheckpointError(
+                            f"truncated msgpack checkpoint {self.path} ({name!r})"
+                        )
+                pos += nbytes
+        return out.reshape(shape)

@@ -46,6 +46,13 @@ def test_msgpack_reader_equals_flax_msgpack_restore(tmp_path, monkeypatch):
     reference = flatten_tree(load_checkpoint(path, check_finite=False))
     assert "dense.kernel" in reference and "big" in reference
     _assert_reader_matches(MsgpackReader(path), reference)
+    reader = MsgpackReader(path)
+    for name in ("big", "dense.kernel", "emb"):  # rows across chunk boundaries, and plain
+        want = reference[name]
+        for rows in [(0, 1), (1, 3), (2, 3), (0, want.shape[0]), (2, 2)]:
+            np.testing.assert_array_equal(
+                reader.get(name, rows), want[rows[0] : rows[1]], err_msg=f"{name} {rows}"
+            )
 
 
 def test_msgpack_reader_reads_only_the_asked_array(tmp_path):
