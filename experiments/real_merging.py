@@ -44,6 +44,7 @@ machine with more cores or an accelerator).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,17 @@ from mergetheory.analysis import (
 )
 from mergetheory.geometry import make_set
 from mergetheory.lora import LoraFactors, densify
-from mergetheory.merge import MERGE_OPERATORS, lora_delta, lora_factorwise
+from mergetheory.merge import (
+    MERGE_OPERATORS,
+    base_knowledge_weights,
+    lora_delta,
+    lora_factorwise,
+    magnitude_threshold,
+    num_kept,
+    rht_merge_thresholded,
+    ties_kept,
+    ties_merge_thresholded,
+)
 from mergetheory.models.zoo import build_zoo, zoo_spec
 from mergetheory.models.zoo_eval import (
     base_loss_fn,
@@ -97,13 +108,31 @@ OPERATORS: dict[str, tuple[str, dict, str]] = {
     "rht[AB]": ("rht", {"density": 0.7}, "factorwise"),
 }
 EXPERT_SETS = ("full", "lora")
-__all__ = ["LARGE", "OPERATORS", "QUICK", "RealMergingConfig", "main", "run", "tag"]
+__all__ = [
+    "LARGE",
+    "OPERATORS",
+    "QUICK",
+    "RealMergingConfig",
+    "expert_thresholds",
+    "main",
+    "merge_paths",
+    "run",
+    "tag",
+]
 # operators whose n-subset merge equals the merge of the subset padded to N experts with
 # zero task vectors of weight 0 (checked in tests/analysis/test_real_merging_padding.py):
 # they compile once at n = N instead of once per n. Not TSV-M (its per-task rank is
-# floor(r / T)), not Iso-C (non-matrix leaves are a mean over T), not base-knowledge
-# weighting (its softmax is normalised over T).
-PADDED = ("average", "task_arithmetic", "ties", "dare_ties", "rht")
+# floor(r / T)), not Iso-C (non-matrix leaves are a mean over T). Base-knowledge weighting
+# is not either (its softmax is normalised over T), but it is Task Arithmetic with weights
+# omega = base_knowledge_weights(subset's knowledge): it is merged as such, with omega
+# computed on the subset and padded with zeros (the operator's own two steps).
+PADDED = ("average", "task_arithmetic", "ties", "dare_ties", "rht", "base_knowledge_weighted")
+# PADDED operators whose per-expert trim does not depend on the subset: each expert's
+# per-tensor threshold is computed once per expert set (:func:`expert_thresholds`), and
+# every subset is merged by the operator's own second stage given the thresholds
+# (``ties_merge_thresholded``, ``rht_merge_thresholded``): bit for bit the registry
+# operator (tested), without a threshold search per subset and n
+THRESHOLDED = ("ties", "rht")
 # operators linear in one hyperparameter (registry name -> its name): merged once at 1,
 # then scaled by the value chosen on the val split (exact: the scale multiplies the output)
 TUNED = {"task_arithmetic": "scale", "tsv_m": "alpha", "iso_c": "alpha"}
@@ -192,12 +221,43 @@ def _knowledge(zoo: Any) -> np.ndarray:
     return k if zoo.higher_is_better else k.min() / k
 
 
+def expert_thresholds(label: str, data_all: Any) -> Any:
+    """Each expert's per-tensor trim threshold for a :data:`THRESHOLDED` label.
+
+    Args:
+      label: a key of :data:`OPERATORS` whose registry operator is in :data:`THRESHOLDED`.
+      data_all: ``[T, ...]`` task vectors, or ``(Bs, As)`` factor dicts (factor-wise).
+
+    Returns:
+      The same tree with ``[T]`` leaves: :math:`\theta_t`, the ``k``-th largest magnitude
+      of expert ``t``'s tensor (``k`` as the registry operator keeps).
+    """
+    reg, hp, _ = OPERATORS[label]
+    kept = ties_kept if reg == "ties" else num_kept
+
+    def one(x: jax.Array) -> jax.Array:
+        return magnitude_threshold(x, kept(hp["density"], math.prod(x.shape[1:])))
+
+    return jax.tree.map(one, data_all)
+
+
+def _merge_thresholded(reg: str, hp: dict, data: Any, threshold: Any, weights: Any) -> Any:
+    if reg == "ties":
+        scale = jnp.asarray(hp["scale"])
+        f = lambda x, t: ties_merge_thresholded(x, t, weights=weights, scale=scale)  # noqa: E731
+    else:
+        density = jnp.asarray(hp["density"])
+        f = lambda x, t: rht_merge_thresholded(x, t, weights=weights, density=density)  # noqa: E731
+    return jax.tree.map(f, data, threshold)
+
+
 def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
     """``jit(vmap(f))`` with ``f(data, key, extra) -> dense update``.
 
     ``data`` is a ``[n, ...]`` task-vector pytree (dense) or ``(Bs, As)`` dicts of factors
     (factor-wise); ``extra`` carries the per-subset inputs (0/1 mask of the padded
-    experts, base knowledge, norm budget). :data:`TUNED` operators merge at scale 1.
+    experts, norm budget, the experts' thresholds for :data:`THRESHOLDED`, the padded
+    base-knowledge weights). :data:`TUNED` operators merge at scale 1.
     """
     reg, hp, mode = OPERATORS[label]
     fn = MERGE_OPERATORS[reg].fn
@@ -208,10 +268,17 @@ def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
             mask = extra["mask"]
             data = jax.tree.map(lambda x: x * _per_expert(mask, x), data)
             kw["weights"] = mask
+        if reg == "base_knowledge_weighted":
+            ta = MERGE_OPERATORS["task_arithmetic"].fn(data, key, weights=extra["omega"])
+            return rescale_to_norm(ta, extra["budget"]) if mode == "norm" else ta
+        if reg in THRESHOLDED:
+            merged = _merge_thresholded(reg, hp, data, extra["threshold"], kw["weights"])
+            if mode != "factorwise":
+                return rescale_to_norm(merged, extra["budget"]) if mode == "norm" else merged
+            bs, as_ = merged
+            return lora_delta({p: LoraFactors(B=bs[p], A=as_[p], scaling=1.0) for p in lora_paths})
         if reg in TUNED:
             kw[TUNED[reg]] = 1.0
-        if reg == "base_knowledge_weighted":
-            kw["base_accuracy"] = extra["knowledge"]
         if mode == "factorwise":
             bs, as_ = data
             factors = {p: LoraFactors(B=bs[p], A=as_[p], scaling=1.0) for p in lora_paths}
@@ -280,21 +347,58 @@ class _Refs(NamedTuple):
     expert: np.ndarray
 
 
-def _merge_all(fn, data_all, es: _ExpertSet, reg: str, paths, key, knowledge, timings):
-    """The merged updates of every n: a list of ``N`` pytrees with leaves ``[S, ...]``."""
+def merge_paths(
+    label: str,
+    data_all: Any,
+    paths: np.ndarray,
+    key: jax.Array,
+    *,
+    sq_norms: np.ndarray,
+    knowledge: np.ndarray,
+    lora_paths: tuple[str, ...] | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[Any]:
+    """Merge the nested subsets of every path with one :data:`OPERATORS` label.
+
+    Args:
+      label: key of :data:`OPERATORS`.
+      data_all: ``[T, ...]`` task vectors, or ``(Bs, As)`` factor dicts (factor-wise
+        labels, with ``lora_paths`` their keys).
+      paths: ``[S, N]`` expert indices; the ``n``-subset of path ``s`` is ``paths[s, :n]``.
+      key: PRNG key (subset ``(n, s)`` uses ``fold_in(fold_in(key, n), s)``).
+      sq_norms: ``[T]`` squared task-vector norms (the equal-norm budget).
+      knowledge: ``[T]`` base knowledge (base-knowledge weighting).
+      timings: if given, ``timings["merge"]`` accumulates the seconds spent.
+
+    Returns:
+      A list of ``N`` pytrees (dense updates) with leaves ``[S, ...]``.
+    """
+    reg = OPERATORS[label][0]
+    fn = _merge_fn(label, lora_paths)
     s_num, n_max = paths.shape
-    sq_norms = np.diag(es.gram)
     padded = reg in PADDED
     data = subset_task_vectors(data_all, paths) if padded else None
+    thr = None
+    if reg in THRESHOLDED:
+        thr = subset_task_vectors(expert_thresholds(label, data_all), paths)
+    timings = {"merge": 0.0} if timings is None else timings
     merged = []
     for n in range(1, n_max + 1):
         subsets = paths[:, :n]
         keys = jax.vmap(lambda s, n=n: jr.fold_in(jr.fold_in(key, n), s))(jnp.arange(s_num))
+        # every input has the same shape at every n (one trace, one compile for PADDED)
         extra = {
-            "knowledge": jnp.asarray(knowledge[subsets]),
             "budget": jnp.asarray(_subset_norms(sq_norms, subsets)),
             "mask": jnp.broadcast_to(jnp.arange(n_max) < n, (s_num, n_max)).astype(float),
         }
+        if thr is not None:
+            extra["threshold"] = thr
+        if reg == "base_knowledge_weighted":
+            temp = OPERATORS[label][1]["temperature"]
+            omega = jax.vmap(lambda a, t=temp: base_knowledge_weights(a, temperature=t))(
+                jnp.asarray(knowledge[subsets])
+            )
+            extra["omega"] = jnp.pad(omega, ((0, 0), (0, n_max - n)))
         t0 = time.perf_counter()
         sub = data if padded else subset_task_vectors(data_all, subsets)
         merged.append(jax.block_until_ready(fn(sub, keys, extra)))
@@ -379,8 +483,16 @@ def _run_operators(
             ]
             timings["merge"] += time.perf_counter() - t0
         else:
-            fn = _merge_fn(label, lora_paths)
-            merged = _merge_all(fn, data_all, es, reg, paths, key, knowledge, timings)
+            merged = merge_paths(
+                label,
+                data_all,
+                paths,
+                key,
+                sq_norms=np.diag(es.gram),
+                knowledge=knowledge,
+                lora_paths=lora_paths,
+                timings=timings,
+            )
         if mode == "dense":
             dense[same] = merged
         t0 = time.perf_counter()

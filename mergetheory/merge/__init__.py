@@ -81,12 +81,15 @@ from .primitives import trim_parts as trim_parts
 from .primitives import trim_top_k as trim_top_k
 from .rht import rht as rht
 from .rht import rht_array as rht_array
+from .rht import rht_merge_thresholded as rht_merge_thresholded
 from .svd import TSVFactors as TSVFactors
 from .svd import polar_factor as polar_factor
 from .ties import magnitude_prune as magnitude_prune
 from .ties import magnitude_prune_array as magnitude_prune_array
 from .ties import ties as ties
 from .ties import ties_array as ties_array
+from .ties import ties_kept as ties_kept
+from .ties import ties_merge_thresholded as ties_merge_thresholded
 from .topk import MAGNITUDE_FLOOR as MAGNITUDE_FLOOR
 from .topk import magnitude_threshold as magnitude_threshold
 from .topk import num_kept as num_kept
@@ -320,12 +323,15 @@ __all__ = [
     "prune_by_threshold",
     "rht",
     "rht_array",
+    "rht_merge_thresholded",
     "rht_heavy_tailed",
     "sign_of_score",
     "task_arithmetic",
     "task_parts",
     "ties",
     "ties_array",
+    "ties_kept",
+    "ties_merge_thresholded",
     "topk_mask",
     "trim_parts",
     "trim_top_k",

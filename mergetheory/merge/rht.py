@@ -48,7 +48,7 @@ from .leafwise import map_leaves
 from .primitives import elect_and_merge, trim_parts
 from .topk import magnitude_threshold, num_kept
 
-__all__ = ["rht", "rht_array"]
+__all__ = ["rht", "rht_array", "rht_merge_thresholded"]
 
 
 def _normalized(weights: Any, num: int, dtype: Any) -> jax.Array:
@@ -58,10 +58,33 @@ def _normalized(weights: Any, num: int, dtype: Any) -> jax.Array:
     return w / jnp.sum(w)
 
 
-def _rht_leaf(x: jax.Array, k: jax.Array, c: jax.Array, density: jax.Array) -> jax.Array:
-    d = density.astype(x.dtype)
-    rescaled = [p / d for p in trim_parts(x, magnitude_threshold(x, k))]
+def _rht_thresholded(x: jax.Array, threshold: jax.Array, c: jax.Array, density: Any) -> jax.Array:
+    d = jnp.asarray(density).astype(x.dtype)
+    rescaled = [p / d for p in trim_parts(x, threshold)]
     return elect_and_merge([rescaled], c, jnp.ones((), x.dtype))[0]
+
+
+def _rht_leaf(x: jax.Array, k: jax.Array, c: jax.Array, density: jax.Array) -> jax.Array:
+    return _rht_thresholded(x, magnitude_threshold(x, k), c, density)
+
+
+def rht_merge_thresholded(
+    x: jax.Array, threshold: jax.Array, *, weights: Any = None, density: Any = 0.7
+) -> jax.Array:
+    r"""Code-level RHT of ``x`` ``[K, ...]`` given each expert's trim threshold ``[K]``.
+
+    Steps 1 and 3-5 of the module docstring, with step 2's
+    :math:`\mathrm{TopMask}_\rho` replaced by :math:`|x_k| \ge \theta_k`. With
+    :math:`\theta_k` = ``magnitude_threshold(x, num_kept(density, size))`` (one per
+    expert, independent of the others) it equals :func:`rht` bit for bit, so a caller
+    merging many subsets of the same experts can compute each expert's threshold once.
+
+    Example:
+      >>> x = jnp.array([[3.0, -1.0, 0.5], [2.0, 2.0, -0.4]])
+      >>> rht_merge_thresholded(x, jnp.array([1.0, 2.0]), density=0.5)
+      Array([2.5, 2. , 0. ], dtype=float32)
+    """
+    return _rht_thresholded(x, threshold, _normalized(weights, x.shape[0], x.dtype), density)
 
 
 def rht_array(
