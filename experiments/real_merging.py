@@ -159,7 +159,7 @@ class RealMergingConfig(NamedTuple):
     # which they are chosen (None: every n; otherwise log-linear interpolation between)
     tune_grid: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
     tune_paths: int = 2
-    tune_ns: tuple[int, ...] | None = (1, 2, 4, 8, 16)
+    tune_ns: tuple[int, ...] | None = (1, 4, 16)
     hessian_probes: int = 4
     hessian_steps: int = 40
     eps_fraction: float = 0.05
