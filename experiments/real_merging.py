@@ -307,11 +307,16 @@ class _Scorer(NamedTuple):
     examples: int | None  # per task and split (None: all)
     batch_size: int
 
-    def score(self, merged: Any, split: str, peft: bool) -> np.ndarray:
-        """``[S, T]`` metrics of ``S`` merged updates (leading axis)."""
+    def score(self, merged: Any, split: str, peft: bool, tasks: Any = None) -> np.ndarray:
+        """``[S, T]`` metrics of ``S`` merged updates (leading axis); ``tasks``: only those."""
         deltas = kernel_deltas(self.zoo, merged) if peft else merged
         return evaluate_deltas(
-            self.zoo, deltas, split=split, max_examples=self.examples, batch_size=self.batch_size
+            self.zoo,
+            deltas,
+            split=split,
+            tasks=tasks,
+            max_examples=self.examples,
+            batch_size=self.batch_size,
         )
 
     def base(self, split: str) -> np.ndarray:
@@ -424,8 +429,9 @@ def _tuned_scales(scorer, merged: list, paths: np.ndarray, config, peft: bool) -
     """Scale per n (TA's lambda, TSV-M / Iso-C's alpha) chosen on the val split.
 
     At each tuned n (``config.tune_ns``, N always included; None: every n) every value of
-    ``tune_grid`` scales the merges of the first ``tune_paths`` paths, all scored in one
-    batched call; the criterion is the mean raw val metric on the merged tasks (lowest
+    ``tune_grid`` scales the merges of the first ``tune_paths`` paths, each path's grid
+    scored in one batched call on its merged tasks only (the only tasks the criterion
+    reads); the criterion is the mean raw val metric on the merged tasks (lowest
     bits per byte, highest accuracy; raw, because normalising by an expert's gain over the
     base is unstable on a handful of val examples), ties to the first grid value. Between
     tuned n the scale is interpolated linearly in (log n, log scale).
@@ -437,12 +443,14 @@ def _tuned_scales(scorer, merged: list, paths: np.ndarray, config, peft: bool) -
     ns = sorted({n for n in ns if n <= n_max} | {n_max})
     chosen = []
     for n in ns:
-        head = jax.tree.map(lambda x: x[:k], merged[n - 1])
-        stacked = jax.tree.map(
-            lambda *xs: jnp.concatenate(xs), *[_scaled(head, lam) for lam in grid]
-        )  # [grid * k, ...]
-        metric = scorer.score(stacked, "val", peft).reshape(grid.size, k, -1)
-        vals = [_merged_task_mean(metric[i], paths[:k, :n]).mean() for i in range(grid.size)]
+        vals = np.zeros(grid.size)
+        for p in range(k):
+            head = jax.tree.map(lambda x, p=p: x[p : p + 1], merged[n - 1])
+            stacked = jax.tree.map(
+                lambda *xs: jnp.concatenate(xs), *[_scaled(head, lam) for lam in grid]
+            )  # [grid, ...]
+            metric = scorer.score(stacked, "val", peft, tasks=paths[p, :n])  # [grid, n]
+            vals += metric.mean(axis=1) / k
         best = np.argmax(vals) if scorer.zoo.higher_is_better else np.argmin(vals)
         chosen.append(grid[int(best)])
     scales = np.exp(np.interp(np.log(np.arange(1, n_max + 1)), np.log(ns), np.log(chosen)))
