@@ -283,8 +283,8 @@ class RowAccess(NamedTuple):
     ``num``: entries in the row (int, or a traced int32 scalar); ``sample``: a fixed
     stratified sample of the magnitudes (1-D); ``count(b)``, ``max_below(b)``,
     ``min_at_least(b)``: :func:`count_at_least` and the max / min passes at the float of
-    bit pattern ``b`` (a max below of ``-1`` or ``0`` where nothing lies below is fine);
-    ``min_all()``: the smallest magnitude, exact after :math:`2^{-100}` lumping.
+    bit pattern ``b`` (a max below of ``-1`` or ``0`` where nothing lies below is fine;
+    ``min_at_least(0)`` is the smallest magnitude).
     """
 
     num: Any
@@ -292,7 +292,6 @@ class RowAccess(NamedTuple):
     count: Callable[[jax.Array], jax.Array]
     max_below: Callable[[jax.Array], jax.Array]
     min_at_least: Callable[[jax.Array], jax.Array]
-    min_all: Callable[[], jax.Array]
 
 
 def _search_row(row: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
@@ -309,7 +308,6 @@ def _search_row(row: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
         count=lambda b: count_at_least(row, b, cdt),
         max_below=lambda b: _max_below(row, b, cdt),
         min_at_least=lambda b: _min_at_least(row, b, cdt),
-        min_all=lambda: jnp.min(jnp.stack([jnp.min(a) for a in row])),
     )
     return search_threshold(access, k, cdt)
 
@@ -425,11 +423,7 @@ def search_threshold(row: RowAccess, k: jax.Array, cdt: Any) -> jax.Array:
     by_min = ~settled(lo, hi) & ~by_max & (st["c_lo"] == k)  # ... smallest at or above lo
     thr = _from_bits(lo, cdt)
     thr = jax.lax.cond(by_max, lambda: row.max_below(hi), lambda: thr)
-    thr = jax.lax.cond(
-        by_min,
-        lambda: jax.lax.cond(lo == 0, row.min_all, lambda: row.min_at_least(lo)),
-        lambda: thr,
-    )
+    thr = jax.lax.cond(by_min, lambda: row.min_at_least(lo), lambda: thr)
     thr = _lump(thr)
     return jnp.where(k <= 0, jnp.asarray(jnp.inf, cdt), thr)
 
@@ -475,7 +469,7 @@ def threshold_search(
 
 
 # --------------------------------------------------------------------------------------
-# one search program for every row length: a zero-padded row buffer
+# one search program for every row length: a padded row buffer
 # --------------------------------------------------------------------------------------
 
 _SAMPLE_U = np.random.default_rng(0).random(_NUM_SAMPLES).astype(np.float32)
@@ -487,7 +481,7 @@ def _fold_chunks(
     """``fn(acc, piece)`` over consecutive pieces of ``buf`` covering its first ``num`` entries.
 
     Level ``j`` takes pieces of ``chunks[j]`` entries while a whole one fits; the last level
-    covers the rest up to a multiple of ``chunks[-1]`` (zeros in ``buf``). Every piece is
+    covers the rest up to a multiple of ``chunks[-1]`` (padding in ``buf``). Every piece is
     a whole-array reduction of a static length, so one program serves every ``num``.
     """
     start, rest, acc = jnp.asarray(0, jnp.int32), num, init
@@ -517,14 +511,14 @@ def threshold_search_buffer(
 
     The search of :func:`threshold_search` with ``num`` a traced value: ``buf`` ``[B]``
     holds one row's magnitudes (in the ranking dtype, :func:`compute_dtype`) followed by
-    zeros up to a multiple of ``chunks[-1]`` (zeros never count above the
-    :math:`2^{-100}` floor, and the max / min passes are unchanged by them), so one
-    compiled program serves every row length up to ``B``. Each pass runs over pieces of
+    ``+inf`` up to a multiple of ``chunks[-1]`` (every count counts each of them, and is
+    corrected; no max below and no minimum changes), so one compiled program serves every
+    row length up to ``B``. Each pass runs over pieces of
     ``chunks`` entries (each at most the exact-sum limit, e.g. ``(2**20, 2**16)``), never
     over the padding beyond.
 
     Args:
-      buf: ``[B]`` float32 / float64 magnitudes, zero-padded.
+      buf: ``[B]`` float32 / float64 magnitudes, ``+inf``-padded.
       num: the row length (int32 scalar, traceable), ``1 <= num <= B``.
       k: int32 scalar, ``0 <= k <= num``.
       chunks: decreasing piece lengths, each a multiple of the next.
@@ -533,7 +527,7 @@ def threshold_search_buffer(
       The threshold (``+inf`` where ``k = 0``), equal to :func:`threshold_sort`'s.
 
     Example:
-      >>> buf = jnp.array([3.0, 1.0, 2.0, 0.0])
+      >>> buf = jnp.array([3.0, 1.0, 2.0, jnp.inf])
       >>> threshold_search_buffer(buf, 3, jnp.int32(2), chunks=(2,))
       Array(2., dtype=float32)
     """
@@ -541,13 +535,13 @@ def threshold_search_buffer(
     if any(c > _exact_sum_limit(cdt) for c in chunks):
         raise ValueError(f"chunks {chunks} exceed the exact-sum limit {_exact_sum_limit(cdt)}")
     num = jnp.asarray(num, jnp.int32)
-    floor_b = jnp.asarray(_float_bits(MAGNITUDE_FLOOR, cdt) + 1, _int_dtype(cdt))
+    num_pad = (num + chunks[-1] - 1) // chunks[-1] * chunks[-1] - num
 
     def count(b: jax.Array) -> jax.Array:
         def add(tot: jax.Array, a: jax.Array) -> jax.Array:
             return tot + count_at_least([a], b, cdt)
 
-        return _fold_chunks(buf, num, chunks, add, jnp.asarray(0, jnp.int32))
+        return _fold_chunks(buf, num, chunks, add, jnp.asarray(0, jnp.int32)) - num_pad
 
     def max_below(b: jax.Array) -> jax.Array:
         def mx(acc: jax.Array, a: jax.Array) -> jax.Array:
@@ -561,19 +555,11 @@ def threshold_search_buffer(
 
         return _fold_chunks(buf, num, chunks, mn, jnp.asarray(jnp.inf, cdt))
 
-    def min_all() -> jax.Array:
-        # the zeros of the padding are not entries: the smallest entry is 0 after lumping
-        # unless every entry lies above the floor
-        return jax.lax.cond(
-            count(floor_b) == num, lambda: min_at_least(floor_b), lambda: jnp.zeros((), cdt)
-        )
-
     access = RowAccess(
         num=num,
         sample=buf[_sample_positions(num, _NUM_SAMPLES)],
         count=count,
         max_below=max_below,
         min_at_least=min_at_least,
-        min_all=min_all,
     )
     return search_threshold(access, k, cdt)

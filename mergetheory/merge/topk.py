@@ -137,9 +137,9 @@ def topk_mask(x: jax.Array, k: Any, *, method: str = "auto") -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("cdt", "quantum"), donate_argnums=0)
 def _put_row(buf: jax.Array, x: jax.Array, r: jax.Array, *, cdt: Any, quantum: int) -> jax.Array:
-    """``buf`` with row ``r`` of ``x``'s magnitudes first, zero-padded to ``quantum``."""
+    """``buf`` with row ``r`` of ``x``'s magnitudes first, ``+inf``-padded to ``quantum``."""
     row = jnp.abs(jax.lax.dynamic_index_in_dim(x, r, keepdims=False).reshape(-1)).astype(cdt)
-    row = jnp.pad(row, (0, -row.shape[0] % quantum))
+    row = jnp.pad(row, (0, -row.shape[0] % quantum), constant_values=jnp.inf)
     return jax.lax.dynamic_update_slice_in_dim(buf, row, 0, axis=0)
 
 
@@ -156,7 +156,7 @@ def leaf_thresholds(leaves: Sequence[Any], ks: Sequence[Any]) -> list[jax.Array 
     r"""Each long leaf's per-task top-k thresholds, from one compiled search program.
 
     For every concrete leaf ``x`` ``[T, ...]`` of more than ``2**15`` entries per task,
-    row ``t``'s magnitudes are written into one zero-padded buffer (``2**p`` entries, the
+    row ``t``'s magnitudes are written into one ``+inf``-padded buffer (``2**p`` entries, the
     longest row rounded up) and searched by :func:`threshold_search_buffer`, whose
     program depends only on that buffer, not on the leaf's shape: a tree compiles one
     search however many leaf lengths it has, plus a small copy kernel per shape. The

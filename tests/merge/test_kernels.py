@@ -183,7 +183,7 @@ def _kth_largest_partition(x, k):
 
 def _padded(x, size, quantum, cdt):
     buf = np.full(size, 7.0, cdt)  # beyond the padding: never read
-    buf[: -(-x.size // quantum) * quantum] = 0.0
+    buf[: -(-x.size // quantum) * quantum] = np.inf
     buf[: x.size] = np.abs(x)
     return jnp.asarray(buf)
 
