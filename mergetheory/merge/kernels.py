@@ -28,6 +28,10 @@ rewrite is needed, and the measurements, are in ``docs/merge_kernels.md``.
   Reference: :func:`threshold_sort` (a sort of each row). To keep :math:`u` a normal float,
   **magnitudes** :math:`\le 2^{-100}` (:data:`MAGNITUDE_FLOOR`) **are ranked as ties with
   0**, in both versions.
+* :func:`threshold_search_buffer`: the same search on one row held in a padded buffer,
+  with the row length traced, so one compiled program serves every row length (the eager
+  merge entries share it across a tree's leaves); the search core is
+  :func:`search_threshold` on a :class:`RowAccess`.
 * :func:`hash_uniform_bits`: counter-based uint32 random bits
   :math:`h(h(i \oplus s_0) + s_1)` (``lowbias32`` hash :math:`h`, key words
   :math:`s_0, s_1`) for the DARE masks (reference: :func:`hash_uniform_bits_reference`,

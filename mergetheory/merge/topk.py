@@ -13,7 +13,8 @@ case **all tied entries are kept** (the official TIES code does the same, ``>=``
 (:math:`\theta = +\infty`). Magnitudes :math:`\le 2^{-100}` (:data:`MAGNITUDE_FLOOR`) are
 ranked as ties with 0. Rows of at most ``2**15`` entries are sorted, longer rows searched
 exactly on counts (:func:`mergetheory.merge.kernels.threshold_search`; both give the same
-values bit for bit).
+values bit for bit). :func:`leaf_thresholds` gives the eager merge entries the thresholds
+of a tree's long leaves from one compiled search program for every leaf length.
 
 Reference: PEFT ``merge_utils.magnitude_based_pruning``; ``docs/merge_kernels.md``.
 """
