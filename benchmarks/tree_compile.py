@@ -119,10 +119,11 @@ class _Compiles:
         import jax
 
         c0, s0 = self.count, dict(self.seconds)
-        t0 = time.perf_counter()
+        t0, p0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn())
         return {
             "first_call_s": time.perf_counter() - t0,
+            "first_call_cpu_s": time.process_time() - p0,
             "xla_compiles": self.count - c0,
             "xla_compile_s": self.seconds[_COMPILE_EVENT] - s0[_COMPILE_EVENT],
             "trace_s": self.seconds[_TRACE_EVENT] - s0[_TRACE_EVENT],

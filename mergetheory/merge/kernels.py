@@ -28,6 +28,10 @@ rewrite is needed, and the measurements, are in ``docs/merge_kernels.md``.
   Reference: :func:`threshold_sort` (a sort of each row). To keep :math:`u` a normal float,
   **magnitudes** :math:`\le 2^{-100}` (:data:`MAGNITUDE_FLOOR`) **are ranked as ties with
   0**, in both versions.
+* :func:`threshold_search_buffer`: the same search on one row held in a padded buffer,
+  with the row length traced, so one compiled program serves every row length (the eager
+  merge entries share it across a tree's leaves); the search core is
+  :func:`search_threshold` on a :class:`RowAccess`.
 * :func:`hash_uniform_bits`: counter-based uint32 random bits
   :math:`h(h(i \oplus s_0) + s_1)` (``lowbias32`` hash :math:`h`, key words
   :math:`s_0, s_1`) for the DARE masks (reference: :func:`hash_uniform_bits_reference`,
@@ -40,8 +44,8 @@ Reference: docs/width_engine.md; ``docs/merge_kernels.md``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +67,10 @@ __all__ = [
     "row_chunks",
     "sum_parts",
     "sum_parts_reference",
+    "RowAccess",
+    "search_threshold",
     "threshold_search",
+    "threshold_search_buffer",
     "threshold_sort",
 ]
 
@@ -274,31 +281,67 @@ def threshold_sort(flat: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Arr
     return jnp.where(k <= 0, jnp.asarray(jnp.inf, cdt), thr)
 
 
+class RowAccess(NamedTuple):
+    """What the threshold search needs from one row of magnitudes (``cdt`` entries).
+
+    ``num``: entries in the row (int, or a traced int32 scalar); ``sample``: a fixed
+    stratified sample of the magnitudes (1-D); ``count(b)``, ``max_below(b)``,
+    ``min_at_least(b)``: :func:`count_at_least` and the max / min passes at the float of
+    bit pattern ``b`` (a max below of ``-1`` or ``0`` where nothing lies below is fine;
+    ``min_at_least(0)`` is the smallest magnitude).
+    """
+
+    num: Any
+    sample: jax.Array
+    count: Callable[[jax.Array], jax.Array]
+    max_below: Callable[[jax.Array], jax.Array]
+    min_at_least: Callable[[jax.Array], jax.Array]
+
+
 def _search_row(row: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
     """Exact k-th largest of the magnitudes ``row`` (1-D ``cdt`` arrays: one task's leaves)."""
-    idt = _int_dtype(cdt)
     num = sum(f.shape[0] for f in row)
+    parts = []
+    for f in row:
+        n_l = f.shape[0]
+        m_l = min(n_l, max(1, round(_NUM_SAMPLES * n_l / num)))
+        parts.append(f[_sample_index(n_l, m_l)])
+    access = RowAccess(
+        num=num,
+        sample=jnp.concatenate(parts),
+        count=lambda b: count_at_least(row, b, cdt),
+        max_below=lambda b: _max_below(row, b, cdt),
+        min_at_least=lambda b: _min_at_least(row, b, cdt),
+    )
+    return search_threshold(access, k, cdt)
+
+
+def search_threshold(row: RowAccess, k: jax.Array, cdt: Any) -> jax.Array:
+    r"""Exact :math:`k`-th largest magnitude of one row by a search on counts.
+
+    The search of :func:`threshold_search` (module docstring) on any row layout: ``row``
+    gives the row's passes (:class:`RowAccess`). Returns ``+inf`` where ``k <= 0``;
+    magnitudes :math:`\le` :data:`MAGNITUDE_FLOOR` rank as 0.
+    """
+    idt = _int_dtype(cdt)
+    num = row.num
+    numf = num if isinstance(num, int) else num.astype(cdt)
     floor_b = _float_bits(MAGNITUDE_FLOOR, cdt) + 1
     inf_b = _float_bits(np.inf, cdt)
     nbits = 8 * jnp.dtype(cdt).itemsize - 1
     max_iter = 4 * nbits + 8
 
     # -- first probe and a slope estimate from a sorted stratified sample -----------------
-    parts = []
-    for f in row:
-        n_l = f.shape[0]
-        m_l = min(n_l, max(1, round(_NUM_SAMPLES * n_l / num)))
-        parts.append(f[_sample_index(n_l, m_l)])
-    s = jnp.sort(_to_bits(_lump(jnp.concatenate(parts)), cdt))
+    s = jnp.sort(_to_bits(_lump(row.sample), cdt))
     m = s.shape[0]
     kf = k.astype(cdt)
-    q = kf / num
+    q = kf / numf
     j = jnp.clip(m - jnp.ceil(q * m).astype(jnp.int32), 0, m - 1)
     delta = jnp.ceil(3.0 * jnp.sqrt(m * q * (1.0 - q))).astype(jnp.int32) + 2
     j_lo, j_hi = jnp.clip(j - delta, 0, m - 1), jnp.clip(j + delta, 0, m - 1)
     guess = s[j]
     # counts per bit step near the guess (counts fall as the bit pattern grows)
-    slope = ((j_hi - j_lo).astype(cdt) * (num / m) + 1) / jnp.maximum(s[j_hi] - s[j_lo], 1).astype(
+    slope = ((j_hi - j_lo).astype(cdt) * (numf / m) + 1) / jnp.maximum(s[j_hi] - s[j_lo], 1).astype(
         cdt
     )
 
@@ -340,11 +383,11 @@ def _search_row(row: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
         cand = jnp.where(it == 0, guess, cand)
         cand = jax.lax.cond(
             use_max,
-            lambda: _to_bits(jnp.maximum(_max_below(row, hi, cdt), 0), cdt),
+            lambda: _to_bits(jnp.maximum(row.max_below(hi), 0), cdt),
             lambda: cand,
         )
         cand = jnp.clip(cand, jnp.maximum(lo + 1, floor_b), hi - 1)
-        c = count_at_least(row, cand, cdt)
+        c = row.count(cand)
         up = c >= k
         lo2, c_lo2 = jnp.where(up, cand, lo), jnp.where(up, c, c_lo)
         hi2, c_hi2 = jnp.where(up, hi, cand), jnp.where(up, c_hi, c)
@@ -383,16 +426,8 @@ def _search_row(row: Sequence[jax.Array], k: jax.Array, cdt: Any) -> jax.Array:
     by_max = ~settled(lo, hi) & (st["c_hi"] == k - 1)  # the k-th largest: largest below hi
     by_min = ~settled(lo, hi) & ~by_max & (st["c_lo"] == k)  # ... smallest at or above lo
     thr = _from_bits(lo, cdt)
-    thr = jax.lax.cond(by_max, lambda: _max_below(row, hi, cdt), lambda: thr)
-    thr = jax.lax.cond(
-        by_min,
-        lambda: jax.lax.cond(
-            lo == 0,
-            lambda: jnp.min(jnp.stack([jnp.min(a) for a in row])),
-            lambda: _min_at_least(row, lo, cdt),
-        ),
-        lambda: thr,
-    )
+    thr = jax.lax.cond(by_max, lambda: row.max_below(hi), lambda: thr)
+    thr = jax.lax.cond(by_min, lambda: row.min_at_least(lo), lambda: thr)
     thr = _lump(thr)
     return jnp.where(k <= 0, jnp.asarray(jnp.inf, cdt), thr)
 
@@ -435,3 +470,100 @@ def threshold_search(
         return _search_row(mags, k[r], cdt)
 
     return jax.lax.map(one_row, jnp.arange(k.shape[0]))
+
+
+# --------------------------------------------------------------------------------------
+# one search program for every row length: a padded row buffer
+# --------------------------------------------------------------------------------------
+
+_SAMPLE_U = np.random.default_rng(0).random(_NUM_SAMPLES).astype(np.float32)
+
+
+def _fold_chunks(
+    buf: jax.Array, num: jax.Array, chunks: tuple[int, ...], fn: Any, init: Any
+) -> Any:
+    """``fn(acc, piece)`` over consecutive pieces of ``buf`` covering its first ``num`` entries.
+
+    Level ``j`` takes pieces of ``chunks[j]`` entries while a whole one fits; the last level
+    covers the rest up to a multiple of ``chunks[-1]`` (padding in ``buf``). Every piece is
+    a whole-array reduction of a static length, so one program serves every ``num``.
+    """
+    start, rest, acc = jnp.asarray(0, jnp.int32), num, init
+    for level, size in enumerate(chunks):
+        cnt = (rest + size - 1) // size if level == len(chunks) - 1 else rest // size
+
+        def body(i: jax.Array, a: Any, start: jax.Array = start, size: int = size) -> Any:
+            return fn(a, jax.lax.dynamic_slice_in_dim(buf, start + i * size, size))
+
+        acc = jax.lax.fori_loop(0, cnt, body, acc)
+        start, rest = start + cnt * size, rest - cnt * size
+    return acc
+
+
+def _sample_positions(num: jax.Array, m: int) -> jax.Array:
+    """One position per stratum of ``range(num)`` (``m`` strata), from fixed uniforms."""
+    i = jnp.arange(m, dtype=jnp.int32)
+    w, r = num // m, num % m
+    off = jnp.floor(jnp.asarray(_SAMPLE_U[:m]) * w.astype(jnp.float32)).astype(jnp.int32)
+    return i * w + (i * r) // m + jnp.clip(off, 0, jnp.maximum(w - 1, 0))
+
+
+def threshold_search_buffer(
+    buf: jax.Array, num: Any, k: jax.Array, *, chunks: tuple[int, ...]
+) -> jax.Array:
+    r"""Exact :math:`k`-th largest of the first ``num`` entries of ``buf`` (magnitudes).
+
+    The search of :func:`threshold_search` with ``num`` a traced value: ``buf`` ``[B]``
+    holds one row's magnitudes (in the ranking dtype, :func:`compute_dtype`) followed by
+    ``+inf`` up to a multiple of ``chunks[-1]`` (every count counts each of them, and is
+    corrected; no max below and no minimum changes), so one compiled program serves every
+    row length up to ``B``. Each pass runs over pieces of
+    ``chunks`` entries (each at most the exact-sum limit, e.g. ``(2**20, 2**16)``), never
+    over the padding beyond.
+
+    Args:
+      buf: ``[B]`` float32 / float64 magnitudes, ``+inf``-padded.
+      num: the row length (int32 scalar, traceable), ``1 <= num <= B``.
+      k: int32 scalar, ``0 <= k <= num``.
+      chunks: decreasing piece lengths, each a multiple of the next.
+
+    Returns:
+      The threshold (``+inf`` where ``k = 0``), equal to :func:`threshold_sort`'s.
+
+    Example:
+      >>> buf = jnp.array([3.0, 1.0, 2.0, jnp.inf])
+      >>> threshold_search_buffer(buf, 3, jnp.int32(2), chunks=(2,))
+      Array(2., dtype=float32)
+    """
+    cdt = buf.dtype
+    if any(c > _exact_sum_limit(cdt) for c in chunks):
+        raise ValueError(f"chunks {chunks} exceed the exact-sum limit {_exact_sum_limit(cdt)}")
+    num = jnp.asarray(num, jnp.int32)
+    num_pad = (num + chunks[-1] - 1) // chunks[-1] * chunks[-1] - num
+
+    def count(b: jax.Array) -> jax.Array:
+        def add(tot: jax.Array, a: jax.Array) -> jax.Array:
+            return tot + count_at_least([a], b, cdt)
+
+        return _fold_chunks(buf, num, chunks, add, jnp.asarray(0, jnp.int32)) - num_pad
+
+    def max_below(b: jax.Array) -> jax.Array:
+        def mx(acc: jax.Array, a: jax.Array) -> jax.Array:
+            return jnp.maximum(acc, _max_below([a], b, cdt))
+
+        return _fold_chunks(buf, num, chunks, mx, jnp.asarray(-1, cdt))
+
+    def min_at_least(b: jax.Array) -> jax.Array:
+        def mn(acc: jax.Array, a: jax.Array) -> jax.Array:
+            return jnp.minimum(acc, _min_at_least([a], b, cdt))
+
+        return _fold_chunks(buf, num, chunks, mn, jnp.asarray(jnp.inf, cdt))
+
+    access = RowAccess(
+        num=num,
+        sample=buf[_sample_positions(num, _NUM_SAMPLES)],
+        count=count,
+        max_below=max_below,
+        min_at_least=min_at_least,
+    )
+    return search_threshold(access, k, cdt)

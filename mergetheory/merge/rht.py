@@ -46,7 +46,7 @@ from .._types import Key, Merged, TaskVectors
 from ._common import checked, is_concrete
 from .leafwise import map_leaves
 from .primitives import elect_and_merge, trim_parts
-from .topk import magnitude_threshold, num_kept
+from .topk import leaf_thresholds, magnitude_threshold, num_kept
 
 __all__ = ["rht", "rht_array", "rht_merge_thresholded"]
 
@@ -64,8 +64,11 @@ def _rht_thresholded(x: jax.Array, threshold: jax.Array, c: jax.Array, density: 
     return elect_and_merge([rescaled], c, jnp.ones((), x.dtype))[0]
 
 
-def _rht_leaf(x: jax.Array, k: jax.Array, c: jax.Array, density: jax.Array) -> jax.Array:
-    return _rht_thresholded(x, magnitude_threshold(x, k), c, density)
+def _rht_leaf(
+    x: jax.Array, k: jax.Array, c: jax.Array, density: jax.Array, thr: jax.Array | None = None
+) -> jax.Array:
+    thr = magnitude_threshold(x, k) if thr is None else thr
+    return _rht_thresholded(x, thr, c, density)
 
 
 def rht_merge_thresholded(
@@ -98,10 +101,15 @@ def rht_array(
 
 @jax.jit
 def _rht_leaf_jit(
-    x: jax.Array, k: jax.Array, *, weights: jax.Array | None, density: jax.Array
+    x: jax.Array,
+    k: jax.Array,
+    thr: jax.Array | None,
+    *,
+    weights: jax.Array | None,
+    density: jax.Array,
 ) -> jax.Array:
-    """Code-level RHT of one leaf; compiled once per distinct leaf shape."""
-    return _rht_leaf(x, k, _normalized(weights, x.shape[0], x.dtype), density)
+    """Code-level RHT of one leaf (thresholds ``thr`` if known); compiled once per shape."""
+    return _rht_leaf(x, k, _normalized(weights, x.shape[0], x.dtype), density, thr)
 
 
 @checked(densities=("density",))
@@ -130,7 +138,9 @@ def rht(task_vectors: TaskVectors, key: Key, *, weights: Any = None, density: An
     del key
     if weights is not None and is_concrete(weights) and float(jnp.sum(jnp.asarray(weights))) == 0:
         raise ValueError("rht: weights sum to 0; they cannot be normalized")
-    ks = [num_kept(density, math.prod(x.shape[1:])) for x in jtu.tree_leaves(task_vectors)]
+    leaves = jtu.tree_leaves(task_vectors)
+    ks = [num_kept(density, math.prod(x.shape[1:])) for x in leaves]
+    thrs = leaf_thresholds(leaves, ks)
     return map_leaves(
-        _rht_leaf_jit, task_vectors, ks, weights=weights, density=jnp.asarray(density)
+        _rht_leaf_jit, task_vectors, ks, thrs, weights=weights, density=jnp.asarray(density)
     )

@@ -85,7 +85,7 @@ from .primitives import (
 from .primitives import disjoint_merge as disjoint_merge  # re-exported (home: .primitives)
 from .primitives import elect_sign as elect_sign
 from .primitives import prune_by_threshold as prune_by_threshold
-from .topk import magnitude_threshold, num_kept
+from .topk import leaf_thresholds, magnitude_threshold, num_kept
 
 __all__ = [
     "AGGREGATES",
@@ -188,6 +188,7 @@ _ELECT_STATIC = ("weights_before_election", "election", "aggregate", "zero_sign"
 def _ties_leaf(
     x: jax.Array,
     k: jax.Array,
+    thr: jax.Array | None,
     *,
     weights: jax.Array | None,
     scale: jax.Array,
@@ -196,10 +197,13 @@ def _ties_leaf(
     aggregate: str,
     zero_sign: str,
 ) -> jax.Array:
-    """TIES of one leaf with per-tensor trim (``k`` kept per task); compiled per shape."""
+    """TIES of one leaf with per-tensor trim (``k`` kept per task); compiled per shape.
+
+    ``thr``: the leaf's thresholds when known (:func:`leaf_thresholds`), else ``None``.
+    """
     return ties_merge_thresholded(
         x,
-        magnitude_threshold(x, k),
+        magnitude_threshold(x, k) if thr is None else thr,
         weights=weights,
         scale=scale,
         weights_before_election=weights_before_election,
@@ -332,6 +336,7 @@ def ties(
             _ties_leaf,
             task_vectors,
             ks,
+            leaf_thresholds(jtu.tree_leaves(task_vectors), ks),
             weights=weights,
             scale=jnp.asarray(scale),
             weights_before_election=bool(weights_before_election),
@@ -354,10 +359,15 @@ def ties(
 
 @jax.jit
 def _magnitude_prune_leaf(
-    x: jax.Array, k: jax.Array, *, weights: jax.Array | None, scale: jax.Array
+    x: jax.Array,
+    k: jax.Array,
+    thr: jax.Array | None,
+    *,
+    weights: jax.Array | None,
+    scale: jax.Array,
 ) -> jax.Array:
     """Magnitude pruning of one leaf with per-tensor trim; compiled per shape."""
-    pruned = trim_parts(x, magnitude_threshold(x, k))
+    pruned = trim_parts(x, magnitude_threshold(x, k) if thr is None else thr)
     return scale.astype(x.dtype) * sum_parts(pruned, as_weights(weights, x.shape[0], x.dtype))
 
 
@@ -410,7 +420,13 @@ def magnitude_prune(
     del key
     ks = _kept_counts(task_vectors, density, trim, keep_rule)
     if trim == "tensor":
+        thrs = leaf_thresholds(jtu.tree_leaves(task_vectors), ks)
         return map_leaves(
-            _magnitude_prune_leaf, task_vectors, ks, weights=weights, scale=jnp.asarray(scale)
+            _magnitude_prune_leaf,
+            task_vectors,
+            ks,
+            thrs,
+            weights=weights,
+            scale=jnp.asarray(scale),
         )
     return _magnitude_prune_core(task_vectors, weights, ks, jnp.asarray(scale), trim=trim)

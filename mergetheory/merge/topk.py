@@ -13,13 +13,16 @@ case **all tied entries are kept** (the official TIES code does the same, ``>=``
 (:math:`\theta = +\infty`). Magnitudes :math:`\le 2^{-100}` (:data:`MAGNITUDE_FLOOR`) are
 ranked as ties with 0. Rows of at most ``2**15`` entries are sorted, longer rows searched
 exactly on counts (:func:`mergetheory.merge.kernels.threshold_search`; both give the same
-values bit for bit).
+values bit for bit). :func:`leaf_thresholds` gives the eager merge entries the thresholds
+of a tree's long leaves from one compiled search program for every leaf length.
 
 Reference: PEFT ``merge_utils.magnitude_based_pruning``; ``docs/merge_kernels.md``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,11 +31,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._common import is_concrete
-from .kernels import MAGNITUDE_FLOOR, compute_dtype, threshold_search, threshold_sort
+from .kernels import (
+    MAGNITUDE_FLOOR,
+    compute_dtype,
+    threshold_search,
+    threshold_search_buffer,
+    threshold_sort,
+)
 
-__all__ = ["MAGNITUDE_FLOOR", "magnitude_threshold", "num_kept", "topk_mask"]
+__all__ = ["MAGNITUDE_FLOOR", "leaf_thresholds", "magnitude_threshold", "num_kept", "topk_mask"]
 
 _SORT_MAX = 1 << 15  # rows up to this many entries are sorted, longer ones searched
+SEARCH_CHUNKS = (1 << 20, 1 << 16)
+"""Piece lengths of the passes of :func:`leaf_thresholds`' shared search program."""
 
 
 # --------------------------------------------------------------------------------------
@@ -118,3 +129,75 @@ def topk_mask(x: jax.Array, k: Any, *, method: str = "auto") -> jax.Array:
     """
     thr = magnitude_threshold(x, k, method=method)
     return jnp.abs(x).astype(thr.dtype) >= thr.reshape(thr.shape + (1,) * (x.ndim - 1))
+
+
+# --------------------------------------------------------------------------------------
+# eager per-leaf thresholds: one compiled search program for every leaf length
+# --------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("cdt", "quantum"), donate_argnums=0)
+def _put_row(buf: jax.Array, x: jax.Array, r: jax.Array, *, cdt: Any, quantum: int) -> jax.Array:
+    """``buf`` with row ``r`` of ``x``'s magnitudes first, ``+inf``-padded to ``quantum``."""
+    row = jnp.abs(jax.lax.dynamic_index_in_dim(x, r, keepdims=False).reshape(-1)).astype(cdt)
+    row = jnp.pad(row, (0, -row.shape[0] % quantum), constant_values=jnp.inf)
+    return jax.lax.dynamic_update_slice_in_dim(buf, row, 0, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("chunks",), donate_argnums=(0, 1))
+def _search_into(
+    buf: jax.Array, out: jax.Array, num: jax.Array, k: jax.Array, r: jax.Array, *, chunks: tuple
+) -> tuple[jax.Array, jax.Array]:
+    """``out`` with entry ``r`` set to the threshold of ``buf``'s row (the shared program)."""
+    kr = k if k.ndim == 0 else k[r]
+    return buf, out.at[r].set(threshold_search_buffer(buf, num, kr, chunks=chunks))
+
+
+def leaf_thresholds(leaves: Sequence[Any], ks: Sequence[Any]) -> list[jax.Array | None]:
+    r"""Each long leaf's per-task top-k thresholds, from one compiled search program.
+
+    For every concrete leaf ``x`` ``[T, ...]`` of more than ``2**15`` entries per task,
+    row ``t``'s magnitudes are written into one ``+inf``-padded buffer (``2**p`` entries, the
+    longest row rounded up) and searched by :func:`threshold_search_buffer`, whose
+    program depends only on that buffer, not on the leaf's shape: a tree compiles one
+    search however many leaf lengths it has, plus a small copy kernel per shape. The
+    values equal :func:`magnitude_threshold`'s bit for bit.
+
+    Args:
+      leaves: arrays ``[T, ...]``.
+      ks: one entry count per leaf (int scalar or ``[T]``).
+
+    Returns:
+      Per leaf, ``[T]`` thresholds (as :func:`magnitude_threshold`), or ``None`` for a
+      leaf that is traced or short (sorted inside the caller's per-leaf kernel instead).
+
+    Example:
+      >>> x = jnp.arange(2 * 40_000, dtype=jnp.float32).reshape(2, 40_000)
+      >>> leaf_thresholds([x, x[:, :5]], [jnp.int32(1), jnp.int32(1)])
+      [Array([39999., 79999.], dtype=float32), None]
+    """
+    todo = [
+        i
+        for i, x in enumerate(leaves)
+        if is_concrete((x, ks[i])) and math.prod(x.shape[1:]) > _SORT_MAX
+    ]
+    out: list[jax.Array | None] = [None] * len(leaves)
+    quantum = SEARCH_CHUNKS[-1]
+    by_dtype: dict[Any, list[int]] = {}
+    for i in todo:
+        by_dtype.setdefault(compute_dtype([leaves[i]]), []).append(i)
+    for cdt, idx in by_dtype.items():
+        longest = max(math.prod(leaves[i].shape[1:]) for i in idx)
+        if longest >= 2**31:
+            raise ValueError(f"top-k over {longest} >= 2**31 entries per row is not supported")
+        size = max(SEARCH_CHUNKS[0], 1 << (-(-longest // quantum) * quantum - 1).bit_length())
+        buf = jnp.zeros(size, cdt)
+        for i in idx:
+            x, k = leaves[i], jnp.asarray(ks[i], jnp.int32)
+            thr = jnp.zeros(x.shape[0], cdt)
+            num = math.prod(x.shape[1:])
+            for r in range(x.shape[0]):
+                buf = _put_row(buf, x, r, cdt=cdt, quantum=quantum)
+                buf, thr = _search_into(buf, thr, num, k, r, chunks=SEARCH_CHUNKS)
+            out[i] = thr
+    return out

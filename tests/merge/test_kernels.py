@@ -170,3 +170,63 @@ def test_hash_bits_pairwise_independent_across_positions_rows_and_keys(key):
     for lag in (1, 2, 7, 64):
         r = np.corrcoef(u[:-lag], u[lag:])[0, 1]
         assert abs(r) < 5 / np.sqrt(_NUM - lag), (lag, r)
+
+
+def _kth_largest_partition(x, k):
+    """NumPy reference: k-th largest |x| with magnitudes <= 2**-100 ranked as 0."""
+    a = np.abs(x)
+    a = np.where(a <= 2.0**-100, np.zeros_like(a), a)
+    if k == 0:
+        return np.inf
+    return np.partition(a, a.size - k)[a.size - k]
+
+
+def _padded(x, size, quantum, cdt):
+    buf = np.full(size, 7.0, cdt)  # beyond the padding: never read
+    buf[: -(-x.size // quantum) * quantum] = np.inf
+    buf[: x.size] = np.abs(x)
+    return jnp.asarray(buf)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threshold_search_buffer_matches_partition(dtype):
+    # one compiled program for every row length: lengths at and around the piece edges
+    # (64 and 16), ties, rows below the floor, all-zero rows
+    chunks, size = (64, 16), 4096
+    search = jax.jit(lambda b, n, k: kernels.threshold_search_buffer(b, n, k, chunks=chunks))
+    rng = np.random.default_rng(11)
+    lengths = [1, 2, 15, 16, 17, 63, 64, 65, 79, 80, 81, 127, 128, 129, 1000, 4095, 4096]
+    for n in lengths:
+        for kind in ("normal", "ties", "zeros", "floor"):
+            x = rng.standard_normal(n).astype(dtype)
+            if kind == "ties":
+                x = np.round(x * 2) / 2
+            elif kind == "zeros":
+                x[:] = 0.0
+            elif kind == "floor":
+                x[: (n + 1) // 2] *= 2.0**-110
+            buf = _padded(x, size, chunks[-1], dtype)
+            for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+                got = float(search(buf, jnp.int32(n), jnp.int32(k)))
+                assert got == _kth_largest_partition(x, k), (n, kind, k)
+
+
+def test_threshold_search_buffer_rejects_pieces_above_the_exact_sum_limit():
+    with pytest.raises(ValueError, match="exact-sum limit"):
+        kernels.threshold_search_buffer(
+            jnp.zeros(8, jnp.float32), 4, jnp.int32(1), chunks=(1 << 25, 1 << 16)
+        )
+
+
+def test_threshold_search_buffer_row_longer_than_2_24():
+    # float32 counts are exact only up to 2**24 entries per sum: a longer row is counted
+    # in pieces whose counts are added as integers
+    n = (1 << 24) + 4099
+    x = np.random.default_rng(12).standard_normal(n).astype(np.float32)
+    x[:1000] = 0.5  # ties
+    buf = _padded(x, 1 << 25, 1 << 16, np.float32)
+    search = jax.jit(
+        lambda b, k: kernels.threshold_search_buffer(b, n, k, chunks=(1 << 20, 1 << 16))
+    )
+    for k in (1, n // 5, n - 7):
+        assert float(search(buf, jnp.int32(k))) == _kth_largest_partition(x, k), k

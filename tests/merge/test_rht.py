@@ -42,6 +42,15 @@ def test_is_peft_ties_on_rescaled_inputs(key):
     np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
+def test_long_leaf_matches_seed_code(key):
+    # 3 x 40_000 entries: the eager entry's thresholds come from the shared search program
+    x = np.random.default_rng(3).standard_normal((3, 200, 200))
+    c = np.array([0.2, 0.5, 0.9])
+    out = rht({"x": jnp.asarray(x)}, key, weights=jnp.asarray(c), density=0.3)["x"]
+    expected = peft.process_dare_ties_magnitude_with_rescaler(list(x), c / c.sum(), 0.3)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
 def _gaussian_ratio(rho):
     c = stats.norm.ppf(1 - rho / 2)
     return np.sqrt(2 * (c * stats.norm.pdf(c) + stats.norm.sf(c))) / rho

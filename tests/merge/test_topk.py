@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mergetheory.merge import kernels, magnitude_threshold, num_kept, topk_mask
+from mergetheory.merge.topk import leaf_thresholds
 
 
 def _ref_threshold(rows, k):
@@ -121,3 +122,36 @@ def test_threshold_with_traced_k_under_vmap():
 def test_bad_method_is_named():
     with pytest.raises(ValueError, match="method"):
         magnitude_threshold(jnp.ones((1, 4)), 2, method="quickselect")
+
+
+def test_leaf_thresholds_share_one_search_and_match_the_reference():
+    # leaves of several lengths (around the 2**16 piece edge, and 2**20 + 1 over the big
+    # piece), several dtypes and per-task k: one buffer, the same values as a sort
+    shapes = [(3, 40_000), (2, 256, 256), (2, 65_537), (2, 65_535), (2, 1 << 20 | 1)]
+    kinds = ["ties", "normal", "zeros", "tiny", "lognormal"]
+    leaves = [
+        jnp.asarray(_rows(kind, int(np.prod(s[1:])), np.float32, seed=i, num_rows=s[0])).reshape(s)
+        for i, (s, kind) in enumerate(zip(shapes, kinds, strict=True))
+    ]
+    leaves.append(jnp.asarray(_rows("normal", 50_000, np.float64, seed=9)))
+    leaves.append(jnp.asarray(_rows("normal", 50_000, np.float32, seed=10)).astype(jnp.bfloat16))
+    ks = [jnp.int32(int(0.2 * np.prod(x.shape[1:]))) for x in leaves]
+    ks[0] = jnp.asarray([0, 1, 40_000], jnp.int32)  # per task, both ends
+    ks[2] = jnp.int32(65_537)  # keep everything: the smallest magnitude
+    got = leaf_thresholds(leaves, ks)
+    for x, k, thr in zip(leaves, ks, got, strict=True):
+        rows = np.asarray(x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x)
+        rows = rows.reshape(x.shape[0], -1)
+        want = [
+            _ref_threshold(r[None], int(kk))[0]
+            for r, kk in zip(rows, np.broadcast_to(k, (x.shape[0],)), strict=True)
+        ]
+        assert thr.dtype == magnitude_threshold(x, k).dtype
+        np.testing.assert_array_equal(np.asarray(thr, np.float64), np.asarray(want))
+
+
+def test_leaf_thresholds_leave_short_and_traced_leaves_to_the_caller():
+    x = jnp.ones((2, 40_000))
+    assert leaf_thresholds([jnp.ones((2, 100))], [jnp.int32(3)]) == [None]
+    out = jax.jit(lambda x: jnp.stack([leaf_thresholds([x], [jnp.int32(3)])[0] is None]))(x)
+    assert bool(out[0])
