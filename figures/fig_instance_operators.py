@@ -11,9 +11,9 @@ analyses of ``experiments/instance_operators.py``) and draws three panels:
     grows;
 (c) the weighted merges on random sets of the zoo's task experts: retained gain of the
     base-knowledge weighted merge minus its unweighted version (linear: minus the mean;
-    weighted KnOTS: minus KnOTS), and KnOTS minus the mean, on all tasks and on the halves
-    the base knows least / best (mean over replicates, 95% t-interval; temperature chosen on
-    val, gains on test).
+    weighted KnOTS: minus KnOTS; plain KnOTS minus the mean in the title), on all tasks and
+    on the halves the base knows least / best (mean over replicates, 95% t-interval;
+    temperature chosen on val, gains on test).
 
 Output: ``figures/out/fig_instance_operators.png`` + ``.pdf``.
 """
@@ -37,7 +37,6 @@ _STATS = (  # experiments.instance_operators.CONTRAST_STATS order
 _WEIGHTED = (
     ("weighted_minus_mean", "weighted - mean (linear)", "tab:blue"),
     ("weighted_knots_minus_knots", "weighted KnOTS - KnOTS", "tab:orange"),
-    ("knots_minus_mean", "KnOTS - mean", "tab:gray"),
 )
 _NAMES = {"average": "mean", "ties": "TIES", "knots": "KnOTS"}
 _PARTS = (("all", "all tasks"), ("low", "base knows least"), ("high", "base knows best"))
@@ -52,8 +51,8 @@ def _bars(ax, values, lows, highs, labels, colors, names) -> None:
         ax.bar(x, v, width=width, color=colors[k], alpha=0.8, label=labels[k])
         ax.errorbar(x, v, yerr=[v - lows[:, k], highs[:, k] - v], ls="none", color="k")
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_xticks(np.arange(values.shape[0]), names, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_xticks(np.arange(values.shape[0]), names, fontsize=10)
+    ax.legend(fontsize=9)
 
 
 def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
@@ -63,21 +62,21 @@ def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
     order = [ops.index(o) for o in ("average", "ties", "knots") if o in ops]  # weak -> strong
     per_op = arrays["operator_contrast_per_op"][:, order]  # [3, ops, stats]
     labels, colors = [s[0] for s in _STATS], [s[1] for s in _STATS]
-    fig, axes = plt.subplots(1, 3, figsize=(16.0, 5.0), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(15.0, 5.0), layout="constrained")
 
     ax = axes[0]
     _bars(ax, per_op[0], per_op[1], per_op[2], labels, colors,
           [_NAMES.get(ops[i], ops[i]) for i in order])  # fmt: skip
-    ax.set_ylabel(r"Spearman $\rho$ with $\hat S$ (95% file bootstrap)")
-    ax.set_title(r"(a) base-knowledge effect per operator (weak $\to$ strong)")
+    ax.set_ylabel(r"Spearman $\rho$ with $\hat S$ (95% file bootstrap)", fontsize=10)
+    ax.set_title(r"(a) base-knowledge effect per operator (weak $\to$ strong)", fontsize=11)
 
     ax = axes[1]
     diff = arrays["operator_contrast"]  # [3, pairs, stats]
     pairs = [" - ".join(_NAMES.get(o, o) for o in str(p).split("-"))
              for p in arrays["operator_contrast_pairs"]]  # fmt: skip
     _bars(ax, diff[0], diff[1], diff[2], labels, colors, pairs)
-    ax.set_ylabel(r"difference of $\rho$ (paired over files)")
-    ax.set_title("(b) stronger minus weaker (> 0: effect shrinks)")
+    ax.set_ylabel(r"difference of $\rho$ (paired over files)", fontsize=10)
+    ax.set_title("(b) stronger minus weaker (> 0: the effect shrinks)", fontsize=11)
 
     ax = axes[2]
     get = lambda c, p, t: summary.get(f"{c}_{p}{t}", np.nan)  # noqa: E731
@@ -85,11 +84,13 @@ def make_figure(arrays: dict[str, np.ndarray], metadata: dict):
                      for t in ("", "_lo", "_hi")])  # fmt: skip
     _bars(ax, vals[0], vals[1], vals[2], [w[1] for w in _WEIGHTED], [w[2] for w in _WEIGHTED],
           [p[1] for p in _PARTS])  # fmt: skip
-    ax.set_ylabel("retained gain difference (test)")
+    ax.set_ylabel("retained gain difference (test)", fontsize=10)
     reps, tasks = summary.get("weighted_replicates", "?"), summary.get("weighted_tasks", "?")
-    ax.set_title(f"(c) weighted merges ({reps} sets of {tasks} task experts)")
+    knots = summary.get("knots_minus_mean_all", np.nan)
+    ax.set_title(f"(c) weighted merges ({reps} sets of {tasks} task experts)\n"
+                 f"(plain KnOTS - mean, all tasks: {knots:+.2f})", fontsize=11)  # fmt: skip
     fig.suptitle("Operator strength and base-knowledge weighting (reconstruction of "
-                 "Rahamim et al.)")  # fmt: skip
+                 "Rahamim et al.)", fontsize=12)  # fmt: skip
     return fig
 
 
