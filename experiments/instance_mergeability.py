@@ -109,7 +109,7 @@ class InstanceMergeabilityConfig(NamedTuple):
       locality_level: focal updates have :math:`\hat S \ge` this.
       task_partners: ``M`` of the per-task level (the zoo's LoRA task experts).
       task_trials: ``N`` of the per-task level.
-      weighted_temperatures: grid of the weighted merge (chosen on the val split).
+      weighted_temperatures: grid of the weighted merges, linear and KnOTS (chosen on val).
       weighted_tasks: experts per weighted-merge replicate (a random subset).
       weighted_replicates: random subsets (the replicates of the intervals).
       num_resamples: bootstrap replicates.
