@@ -26,13 +26,16 @@ first). Construction and design choices: ``docs/instance_mergeability.md``.
    percentile intervals from a *cluster* bootstrap over source files (and, as a check,
    over families). The same statistics (reference operator, ``M``, ``N``) for the
    instances fixed at each extra rank of ``rank_sweep``
-   (:mod:`experiments.instance_rank_sweep`).
+   (:mod:`experiments.instance_rank_sweep`). Weaker vs stronger operators: paired
+   differences of these effects between the mean, TIES and KnOTS, the same files resampled
+   for all three (:func:`experiments.instance_operators.operator_contrast`).
 5. **Locality**: the updates in the top score level merged with ``locality_partners``
    partners drawn from each score bin; survival per bin.
 6. **Per-task level**: the zoo's LoRA task experts, :math:`\hat S` at ``task_partners``
    (retained gain in bits per byte) against the base's bits per byte on the task.
-7. **Weighted merge**: ``base_knowledge_weighted`` against the mean on random sets of task
-   experts, temperature chosen on the val split, reported on test.
+7. **Weighted merge**: ``base_knowledge_weighted`` against the mean, and the same weights
+   inside KnOTS against plain KnOTS, on random sets of task experts, temperature chosen on
+   the val split, reported on test (:func:`experiments.instance_operators.weighted_merge`).
 
 All keys derive from ``config.seed``. Output ``<out-dir>/instance_mergeability.npz`` +
 ``.json`` (``summary`` feeds ``paper/sections/instance_mergeability.md``).
@@ -55,6 +58,7 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments import run_experiment
+from experiments.instance_operators import operator_contrast, weighted_merge, weighted_summary
 from experiments.instance_rank_sweep import (
     PREDICTORS,
     dominance_stats,
@@ -105,7 +109,7 @@ class InstanceMergeabilityConfig(NamedTuple):
       locality_level: focal updates have :math:`\hat S \ge` this.
       task_partners: ``M`` of the per-task level (the zoo's LoRA task experts).
       task_trials: ``N`` of the per-task level.
-      weighted_temperatures: grid of the weighted merge (chosen on the val split).
+      weighted_temperatures: grid of the weighted merges, linear and KnOTS (chosen on val).
       weighted_tasks: experts per weighted-merge replicate (a random subset).
       weighted_replicates: random subsets (the replicates of the intervals).
       num_resamples: bootstrap replicates.
@@ -191,16 +195,6 @@ def _task_stats(base_bpb: np.ndarray, retained: np.ndarray, raw: np.ndarray) -> 
     return np.corrcoef(ranks)[0, 1:]
 
 
-def _mean_interval(x: np.ndarray, confidence: float) -> tuple[float, float, float]:
-    """Mean and Student-t interval over replicates."""
-    from scipy import stats
-
-    x = np.asarray(x, np.float64)
-    m, se = float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
-    q = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1))
-    return m, m - q * se, m + q * se
-
-
 def _level_means(values: np.ndarray, s: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """Mean of ``values`` at each score level ``0, 1/N, ..., 1`` (NaN where empty)."""
     out = np.full(levels.size, np.nan)
@@ -248,58 +242,6 @@ def _task_level(zoo: Any, config: InstanceMergeabilityConfig, key: Any) -> dict[
     retained = (base_b - merged_b) / gain
     return {"task_partners": m, "task_merged_bpb": merged_b, "task_retained": retained,
             "task_base_bpb": base_b, "task_gain": gain}  # fmt: skip
-
-
-def _weighted_merge(zoo: Any, config: InstanceMergeabilityConfig, key: Any) -> dict[str, Any]:
-    r"""Base-knowledge weighted merge against the mean, temperature chosen on val.
-
-    Replicate ``r``: a random subset of ``weighted_tasks`` LoRA task experts (dense
-    :math:`sBA`); base knowledge :math:`k_t = \min_s b_s / b_t` (bits per byte of the base,
-    as in ``real_merging``); weights :math:`\mathrm{softmax}((1 - k)/\tau)`
-    (``base_knowledge_weighted``). :math:`\tau` maximises the mean retained gain on the
-    *val* windows; the reported numbers are on the *test* windows.
-    """
-    from mergetheory.lora import densify
-    from mergetheory.merge import MERGE_OPERATORS
-    from mergetheory.models.zoo_eval import evaluate, params_from_delta
-
-    num = len(zoo.task_names)
-    dense = densify(zoo.lora_factors)  # {path: [T, d_out, d_in]}
-    base = {s: evaluate(zoo, zoo.base_params, split=s) for s in ("val", "test")}
-    own = {s: np.zeros(num) for s in ("val", "test")}
-    for t in range(num):
-        params = params_from_delta(zoo, {p: v[t] for p, v in dense.items()})
-        for s in own:
-            own[s][t] = evaluate(zoo, params, split=s, tasks=[t])[0]
-    temps = config.weighted_temperatures
-    size = min(config.weighted_tasks, num)
-    rows = []  # per replicate: chosen tau, test retained gain weighted / mean per task
-    for r in range(config.weighted_replicates):
-        sub = np.sort(np.asarray(jr.permutation(jr.fold_in(key, r), num))[:size])
-        tv = {p: v[sub] for p, v in dense.items()}
-        know = base["val"][sub].min() / base["val"][sub]
-
-        def retained(delta: Any, split: str, sub: Any = sub) -> np.ndarray:
-            b = evaluate(zoo, params_from_delta(zoo, delta), split=split, tasks=sub)
-            return (base[split][sub] - b) / (base[split][sub] - own[split][sub])
-
-        mean_delta = MERGE_OPERATORS["average"].fn(tv, key)
-        fn = MERGE_OPERATORS["base_knowledge_weighted"].fn
-        w_deltas = [fn(tv, key, base_accuracy=know, temperature=t) for t in temps]
-        val = [retained(d, "val").mean() for d in w_deltas]
-        best = int(np.argmax(val))
-        low = know <= np.median(know)  # the tasks the base knows least (by val bits)
-        rows.append((temps[best], retained(w_deltas[best], "test"),
-                     retained(mean_delta, "test"), low))  # fmt: skip
-    chosen = np.array([row[0] for row in rows])
-    w = np.stack([row[1] for row in rows])
-    mu = np.stack([row[2] for row in rows])
-    low = np.stack([row[3] for row in rows])
-    diff = w - mu  # [R, size]
-    parts = {"all": np.ones_like(low), "low": low, "high": ~low}
-    per_rep = {k: (diff * m).sum(1) / m.sum(1) for k, m in parts.items()}
-    return {"weighted_chosen_tau": chosen, "weighted_diff": per_rep, "weighted_gain": w,
-            "mean_gain": mu}  # fmt: skip
 
 
 def run(
@@ -406,6 +348,12 @@ def run(
 
             stab[k, j] = stats.spearmanr(sweep[k, j], s_ref[k]).statistic
     timings["bootstrap_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()  # 4a. weaker vs stronger operators, paired over the same files
+    contrast_arrays, contrast_summary = operator_contrast(
+        jr.fold_in(k_boot, 100), s_ref, ops, (gap, frobenius, sigma_max, score_gap), files,
+        num_resamples=config.num_resamples, confidence=config.confidence,
+    )  # fmt: skip
+    timings["operator_contrast_s"] = time.perf_counter() - t0
     stages.update()
     t0 = time.perf_counter()  # 4b. LoRA rank sweep under the reference operator
     rank_arrays, rank_summary = rank_sweep(
@@ -460,7 +408,7 @@ def run(
     timings["task_level_s"] = time.perf_counter() - t0
     stages.update()
     t0 = time.perf_counter()
-    weighted = _weighted_merge(zoo, config, k_weighted)
+    weighted = weighted_merge(zoo, config, k_weighted, _hparams(config, "knots"))
     timings["weighted_s"] = time.perf_counter() - t0
     timings["loadavg_end"] = _loadavg()
     stages.update()
@@ -493,6 +441,7 @@ def run(
         "timings": timings,
         "locality_info": locality_info,
         **rank_summary,
+        **contrast_summary,
     }
     for k, name in enumerate(ops):
         summary[f"S_mean_{name}"] = float(s_ref[k].mean())
@@ -525,14 +474,10 @@ def run(
         ).status
     summary["task_partners"] = int(task["task_partners"])
     summary["num_tasks"] = int(s_task.shape[1])
-    summary["weighted_tau_chosen"] = [float(t) for t in weighted["weighted_chosen_tau"]]
-    for part, diffs in weighted["weighted_diff"].items():
-        m, lo, hi = _mean_interval(diffs, config.confidence)
-        summary[f"weighted_minus_mean_{part}"] = m
-        summary[f"weighted_minus_mean_{part}_lo"] = lo
-        summary[f"weighted_minus_mean_{part}_hi"] = hi
+    summary.update(weighted_summary(weighted, config.confidence))
     summary["weighted_replicates"] = int(config.weighted_replicates)
     summary["weighted_tasks"] = int(min(config.weighted_tasks, s_task.shape[1]))
+    parts = ("all", "low", "high")
     arrays = {
         "operators": np.array(ops),
         "predictors": np.array(PREDICTORS),
@@ -566,7 +511,14 @@ def run(
         "task_retained": task["task_retained"],
         "task_rho": task_rho,
         "weighted_chosen_tau": weighted["weighted_chosen_tau"],
-        "weighted_diff": np.stack([weighted["weighted_diff"][p] for p in ("all", "low", "high")]),
+        "weighted_diff": np.stack([weighted["diff"]["weighted_minus_mean"][p] for p in parts]),
+        "weighted_knots_chosen_tau": weighted["weighted_knots_chosen_tau"],
+        **{
+            f"{c}_diff": np.stack([d[p] for p in parts])
+            for c, d in weighted["diff"].items()
+            if c != "weighted_minus_mean"
+        },
+        **contrast_arrays,
         **rank_arrays,
     }
     return arrays, summary

@@ -183,6 +183,27 @@ def test_quick_experiment_and_figure(tmp_path):
             v, lo, hi = (summary[f"rank_sweep_{r}_{stat}{t}"] for t in ("", "_lo", "_hi"))
             assert -1 <= lo <= v <= hi <= 1
         assert summary[f"rank_sweep_{r}_verdict_bk"] in {"holds", "fails", "inconclusive"}
+    # weaker vs stronger operators: paired differences, every pair and statistic
+    from experiments.instance_operators import CONTRAST_STATS
+
+    assert list(arrays["operator_contrast_pairs"]) == ["knots-average", "ties-average",
+                                                       "knots-ties"]  # fmt: skip
+    for pair in ("knots_minus_average", "ties_minus_average", "knots_minus_ties"):
+        for stat in CONTRAST_STATS:
+            v, lo, hi = (summary[f"operator_contrast_{stat}_{pair}{t}"] for t in ("", "_lo", "_hi"))
+            assert -2 <= lo <= v <= hi <= 2
+            assert summary[f"verdict_shrinks_{stat}_{pair}"] in {"holds", "fails", "inconclusive"}
+    # the weighted merges: linear and inside KnOTS, tau from the grid, intervals
+    for name in ("weighted", "weighted_knots"):
+        assert set(summary[f"{name}_tau_chosen"]) <= set(cfg.weighted_temperatures)
+    for c in ("weighted_minus_mean", "weighted_knots_minus_knots", "knots_minus_mean"):
+        for part in ("all", "low", "high"):
+            v, lo, hi = (summary[f"{c}_{part}{t}"] for t in ("", "_lo", "_hi"))
+            assert lo <= v <= hi
+    assert arrays["weighted_knots_minus_knots_diff"].shape == (3, cfg.weighted_replicates)
     out = tmp_path / "fig"
-    assert fig.main(["--results-dir", str(tmp_path), "--out-dir", str(out)]) == 0
-    assert (out / "fig_instance_mergeability.png").exists()
+    from figures import fig_instance_operators, fig_instance_rank_sweep
+
+    for module in (fig, fig_instance_rank_sweep, fig_instance_operators):
+        assert module.main(["--results-dir", str(tmp_path), "--out-dir", str(out)]) == 0
+        assert (out / f"{module.NAME}.png").exists()
