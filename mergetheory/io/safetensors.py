@@ -198,6 +198,7 @@ class SafetensorsWriter:
             }
             offset += nbytes
             self._order.append((name, shape, dtype))
+        self.order = [name for name, _, _ in self._order]  # the writing order
         raw = json.dumps(header, separators=(",", ":")).encode()
         self._header = raw + b" " * (-len(raw) % 8)
         self._next = 0
