@@ -68,6 +68,8 @@ def output_format(out: str, input_fmt: str | None, *, folders: bool) -> str:
         return "orbax"
     if folders:
         return "hf"
+    if Path(out).is_dir():
+        raise CliError(f"--out {out}: is a directory, expected a file name")
     raise CliError(
         f"--out {out}: unknown output format {suffix or '(no suffix)'!r}; "
         f"use one of {', '.join(OUT_SUFFIXES)} (or a folder name, for orbax inputs)"
