@@ -454,6 +454,7 @@ def _save(args: argparse.Namespace, writer: Any, num: int, tensors: Any) -> int:
         with writer:
             for name, arr in tensors:
                 writer.write(name, arr)
+                del arr  # not held while the next tensor is merged
     except OSError as exc:
         raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
     spec = writer.spec

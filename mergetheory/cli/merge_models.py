@@ -248,6 +248,7 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         with writer:
             for name, arr in merged:
                 writer.write(name, arr)
+                del arr  # not held while the next tensor is merged
     except OSError as exc:
         raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
     files = f"{len(writer.shards)} file(s)" if fmt == "hf" else fmt
