@@ -7,16 +7,18 @@ an orbax directory (a ``CheckpointManager`` root or step folder too: ``--step``)
 :math:`\theta_t - \theta_0`. The output is the merged task vector (or, with ``--base``,
 the merged model :math:`\theta_0 + \tau`) in the format its suffix names (``.npz``,
 ``.safetensors``, ``.msgpack``; for orbax inputs a folder name without one of these
-suffixes is written as an orbax checkpoint, the inputs' format), atomically. The operator
-sees the whole stacked tree, so this path holds every expert; ``--per-tensor`` (and model
-folders, ``--config``) streams instead, one tensor of every expert at a time
-(:mod:`.merge_models`), whatever the input format::
+suffixes is written as an orbax checkpoint, the inputs' format), atomically; written in
+the inputs' format, it keeps their tree (Flax ``value`` wrappers included).
+``--per-tensor`` (and model folders, ``--config``) streams every operator, one tensor of
+every expert at a time (:mod:`.merge_models`), whatever the input format::
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
-``.safetensors`` inputs are merged tensor by tensor, one tensor name's copies in memory at
-a time (:mod:`.merge_stream`), for the operators whose tree merge is the merge of each
-tensor alone (:data:`~.merge_stream.STREAMED_OPERATORS`); other inputs and operators load
+``.safetensors``, ``.npz``, ``.msgpack`` and orbax inputs are merged tensor by tensor, one
+tensor name's copies in memory at a time (:mod:`.merge_stream`), and written tensor by
+tensor (:mod:`.merge_output`), for the operators whose tree merge is the merge of each
+tensor alone (the registry's ``per_tensor`` claim, :func:`.merge_stream.is_streamable`);
+the other operators (global trims, DARE's position-keyed masks) and ``.npy`` inputs load
 the stacked tree.
 
 Rules, one for the CLI and the library (:func:`mergetheory.io.validate_lineage`): all
@@ -126,10 +128,20 @@ uses (``repr`` of ``default_hparams`` or of the signature default), kept JAX-fre
 
 
 def _hparams_epilog() -> str:
-    lines = ["operators and their hyperparameters (defaults; set with --NAME or --hparam):"]
+    from .merge_stream import STREAMED_OPERATORS
+
+    lines = [
+        "operators and their hyperparameters (defaults; set with --NAME or --hparam);",
+        "[streamed]: merged one tensor at a time from files of any format (memory ~ n",
+        "tensors); [whole tree]: every expert is loaded (a global trim, random masks keyed",
+        "by the leaf's position); --per-tensor streams any operator tensor by tensor:",
+    ]
     for name in BUILTIN_OPERATOR_NAMES:
         hps = ", ".join(f"{k}={v}" for k, v in OPERATOR_HPARAMS[name]) or "(none)"
-        lines.append(f"  {name}: {hps}")
+        need = STREAMED_OPERATORS.get(name)
+        when = " with " + ", ".join(f"{k}={v!r}" for k, v in need.items()) if need else ""
+        mode = "[whole tree]" if need is None else f"[streamed{when}]"
+        lines.append(f"  {name}: {hps} {mode}")
     return "\n".join(lines)
 
 
@@ -202,9 +214,10 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--per-tensor",
         action="store_true",
-        help="stream any inputs (.safetensors, .msgpack, orbax, ...; --base needed): the "
-        "operator acts on one tensor at a time and --out is a model folder, as for model "
-        "folders; memory ~ n tensors, not n models",
+        help="stream any inputs and any operator (--base needed): the operator acts on one "
+        "tensor at a time (operators marked [streamed] below already are); --out is "
+        "written in its suffix's format, else an orbax checkpoint for orbax inputs and a "
+        "model folder otherwise; memory ~ n tensors, not n models",
     )
     p.add_argument("--dtype", help="output dtype of a model-folder merge (default: the base's)")
     p.add_argument(

@@ -197,3 +197,24 @@ def test_out_of_the_wrong_kind_is_refused_before_merging(tmp_path, capsys):
     (tmp_path / "d.msgpack").mkdir()
     assert main([*argv, str(tmp_path / "d.msgpack"), *paths]) == 2
     assert "is a directory, expected a file name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op", sorted(merge_stream.STREAMED_OPERATORS))
+@pytest.mark.parametrize("with_base", [True, False])
+def test_every_streamed_operator_equals_its_whole_tree_merge(tmp_path, monkeypatch, op, with_base):
+    from mergetheory.cli import merge
+
+    base, experts = _trees(num=3, seed=7, shapes={"w": (6, 4), "v": (3, 5), "b": (4,)})
+    base_path, paths = _write(tmp_path, "npz", base, experts)
+    extra = ["--base-accuracy", "0.2,0.5,0.7"] if op == "base_knowledge_weighted" else []
+    extra += [f"--hparam={k}={v}" for k, v in merge_stream.STREAMED_OPERATORS[op].items()]
+    argv = ["merge", "--operator", op, *extra, *(["--base", base_path] if with_base else [])]
+    assert main([*argv, "--out", str(tmp_path / "s.npz"), *paths]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(merge, "is_streamable", lambda *a: False)
+        assert main([*argv, "--out", str(tmp_path / "w.npz"), *paths]) == 0
+    got, want = _restore("npz", tmp_path / "s.npz"), _restore("npz", tmp_path / "w.npz")
+    assert sorted(got) == sorted(want)
+    for k, w in want.items():
+        assert got[k].dtype == w.dtype, k
+        np.testing.assert_array_equal(got[k], w, err_msg=k)
