@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from .common import CliError, add_format_argument, one_line
-from .merge_output import check_out, open_writer, output_format
+from .merge_output import check_out, open_writer, output_format, write_all
 from .merge_stream import is_streamable
 
 __all__ = ["BUILTIN_OPERATOR_NAMES", "HELP", "add_arguments", "run"]
@@ -463,13 +463,7 @@ def _merge_streamed(
 
 def _save(args: argparse.Namespace, writer: Any, num: int, tensors: Any) -> int:
     """Write ``(name, array)`` pairs in the writer's order (one at a time) and report."""
-    try:
-        with writer:
-            for name, arr in tensors:
-                writer.write(name, arr)
-                del arr  # not held while the next tensor is merged
-    except OSError as exc:
-        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
+    write_all(writer, tensors, args.out)
     spec = writer.spec
     sys.stdout.write(
         f"merged {num} experts with {args.operator} -> {args.out} "

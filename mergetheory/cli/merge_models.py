@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .common import CliError, one_line
-from .merge_output import check_out, open_writer, output_format
+from .merge_output import check_out, open_writer, output_format, write_all
 from .merge_peft import merge_peft_adapters
 from .merge_stream import block_options, merged_tensors
 
@@ -244,13 +244,7 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         **block_options(op_name, hparams),
         what=str(args.out),
     )
-    try:
-        with writer:
-            for name, arr in merged:
-                writer.write(name, arr)
-                del arr  # not held while the next tensor is merged
-    except OSError as exc:
-        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
+    write_all(writer, merged, args.out)
     files = f"{len(writer.shards)} file(s)" if fmt == "hf" else fmt
     sys.stdout.write(
         f"merged {len(opened)} models with {op_name} -> {out} ({len(names)} tensors, {files})\n"

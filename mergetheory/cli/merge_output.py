@@ -43,6 +43,7 @@ __all__ = [
     "open_writer",
     "output_format",
     "shard_names",
+    "write_all",
 ]
 
 OUT_SUFFIXES = (".npz", ".safetensors", ".msgpack")
@@ -219,3 +220,15 @@ def open_writer(
         return SafetensorsWriter(out, spec)
     kinds = {"npz": NpzWriter, "msgpack": MsgpackWriter, "orbax": OrbaxWriter}
     return kinds[fmt](out, spec, key_paths)
+
+
+def write_all(writer: Any, tensors: Any, out: str) -> None:
+    """Write ``(name, array)`` pairs with ``writer`` (in its order, one at a time; the
+    previous array is dropped before the next is made); an OS error names ``--out``."""
+    try:
+        with writer:
+            for name, arr in tensors:
+                writer.write(name, arr)
+                del arr  # not held while the next tensor is merged
+    except OSError as exc:
+        raise CliError(f"--out {out}: {exc.strerror or exc}") from None
