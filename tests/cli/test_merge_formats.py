@@ -7,6 +7,7 @@ per-tensor operators must read one tensor at a time (``tracemalloc``: the peak i
 tensors, not the experts).
 """
 
+import gc
 import tracemalloc
 
 import jax
@@ -148,6 +149,7 @@ def test_streamed_merge_holds_a_few_tensors(tmp_path, monkeypatch, capsys, fmt):
     for name, extra in (("streamed", []), ("whole", ["--hparam", "trim=global"])):
         op = ["--operator", "ties"] if extra else []
         out = str(tmp_path / f"{name}{SUFFIX[fmt]}")
+        gc.collect()
         tracemalloc.start()
         try:
             assert main([*argv, out, *op, *extra, *paths]) == 0, capsys.readouterr().err
@@ -156,8 +158,10 @@ def test_streamed_merge_holds_a_few_tensors(tmp_path, monkeypatch, capsys, fmt):
             tracemalloc.stop()
     experts_bytes = 4 * 24 * tensor
     # streamed: the [4, ...] stack of one tensor, the base's copy, one read, the result
-    # (about 6 tensors; a few more at times, garbage of the run not yet collected)
-    assert peaks["streamed"] < 12 * tensor, peaks
+    # (about 6 tensors; a few more at times, garbage of the run not yet collected); orbax
+    # also holds the writer's group (2 tensors here) and orbax's copies while saving it
+    limit = 16 if fmt == "orbax" else 12
+    assert peaks["streamed"] < limit * tensor, peaks
     assert peaks["whole"] > experts_bytes, peaks  # every expert loaded: what streaming avoids
 
 
