@@ -23,6 +23,8 @@ operator and the property on failure. The checks (:data:`CHECKS`):
   (counted with ``jax.monitoring``'s ``/jax/core/compile/jaxpr_trace_duration`` events);
 * ``bad_input_rejected``: NaN in a leaf, mismatched task axes and wrong-shaped weights raise
   ``ValueError`` / ``TypeError``;
+* ``per_tensor`` (claimed): each leaf merged alone equals its merge in the tree, bit for
+  bit, under the claimed hyperparameters (what streaming merges rely on);
 * ``record_consistent``: the record's claims agree with each other;
 * ``float32_x64_off``: with x64 off the float32 result is within float32 rounding of x64.
 
@@ -43,6 +45,7 @@ Reference: docs/extending.md (writing, registering and checking an operator).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -306,12 +309,35 @@ def _bad_input_rejected(op, key, extra):
         )
 
 
+def _per_tensor(op, key, extra):
+    if op.per_tensor is None:
+        raise NotClaimed("needs the whole tree")
+    rng = np.random.default_rng(15)  # leaves of other sizes and scales: global rules show
+    tv = {
+        "w": jnp.asarray(rng.standard_normal((NUM_TASKS, 6, 5))),
+        "v": jnp.asarray(10 * rng.standard_normal((NUM_TASKS, 4, 3))),
+        "b": jnp.asarray(0.1 * rng.standard_normal((NUM_TASKS, 5))),
+    }
+    needs = _needs(op, NUM_TASKS, extra)
+    whole = _call(op, tv, key, needs, **op.per_tensor)
+    for k in tv:
+        alone = _call(op, {k: tv[k]}, key, needs, **op.per_tensor)[k]
+        assert np.array_equal(np.asarray(alone), np.asarray(whole[k])), (
+            f"leaf {k!r} merged alone differs from its merge in the tree, but "
+            f"per_tensor={dict(op.per_tensor)} is claimed"
+        )
+
+
 def _record_consistent(op, key, extra):
     assert callable(op.fn), "fn is not callable"
     overlap = set(op.continuous_hparams) & set(op.static_argnames)
     assert not overlap, f"hyperparameters {sorted(overlap)} are both continuous and static"
     unknown = set(op.identity_hparams) - set(op.default_hparams) - set(op.static_argnames)
     assert not unknown, f"identity_hparams {sorted(unknown)} are neither default nor static"
+    if op.per_tensor is not None:
+        params = inspect.signature(op.fn).parameters
+        unknown = set(op.per_tensor) - set(params)
+        assert not unknown, f"per_tensor names {sorted(unknown)}, not hyperparameters of fn"
     assert op.description, "no description"
 
 
@@ -343,6 +369,7 @@ CHECKS: dict[str, Callable[[MergeOperator, Any, Mapping[str, Any]], None]] = {
     "needs_required": _needs_required,
     "traced_once": _traced_once,
     "bad_input_rejected": _bad_input_rejected,
+    "per_tensor": _per_tensor,
     "record_consistent": _record_consistent,
     "float32_x64_off": _float32_x64_off,
 }

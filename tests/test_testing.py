@@ -41,6 +41,7 @@ GOOD = MergeOperator(
     default_hparams={"scale": 1.0},
     identity_hparams={"scale": 1.0},
     continuous_hparams=("scale",),
+    per_tensor={},
     description="weighted mean times scale",
 )
 
@@ -96,6 +97,9 @@ BROKEN = {
     "needs_required": GOOD._replace(fn=_needs_base, needs=("base",)),
     "traced_once": GOOD._replace(fn=_retracing),
     "bad_input_rejected": GOOD._replace(fn=_unchecked),
+    "per_tensor": GOOD._replace(  # each leaf shifted by the tree's number of leaves
+        fn=_post(lambda y, tv, k, s: y + 1e-3 * len(jtu.tree_leaves(tv)))
+    ),
     "record_consistent": GOOD._replace(description=""),
     "float32_x64_off": GOOD._replace(
         fn=_post(  # bfloat16 rounding on the float32 path only

@@ -7,16 +7,18 @@ an orbax directory (a ``CheckpointManager`` root or step folder too: ``--step``)
 :math:`\theta_t - \theta_0`. The output is the merged task vector (or, with ``--base``,
 the merged model :math:`\theta_0 + \tau`) in the format its suffix names (``.npz``,
 ``.safetensors``, ``.msgpack``; for orbax inputs a folder name without one of these
-suffixes is written as an orbax checkpoint, the inputs' format), atomically. The operator
-sees the whole stacked tree, so this path holds every expert; ``--per-tensor`` (and model
-folders, ``--config``) streams instead, one tensor of every expert at a time
-(:mod:`.merge_models`), whatever the input format::
+suffixes is written as an orbax checkpoint, the inputs' format), atomically; written in
+the inputs' format, it keeps their tree (Flax ``value`` wrappers included).
+``--per-tensor`` (and model folders, ``--config``) streams every operator, one tensor of
+every expert at a time (:mod:`.merge_models`), whatever the input format::
 
     mergetheory merge --operator ties --density 0.2 --out merged.npz e1.npz e2.npz e3.npz
 
-``.safetensors`` inputs are merged tensor by tensor, one tensor name's copies in memory at
-a time (:mod:`.merge_stream`), for the operators whose tree merge is the merge of each
-tensor alone (:data:`~.merge_stream.STREAMED_OPERATORS`); other inputs and operators load
+``.safetensors``, ``.npz``, ``.msgpack`` and orbax inputs are merged tensor by tensor, one
+tensor name's copies in memory at a time (:mod:`.merge_stream`), and written tensor by
+tensor (:mod:`.merge_output`), for the operators whose tree merge is the merge of each
+tensor alone (the registry's ``per_tensor`` claim, :func:`.merge_stream.is_streamable`);
+the other operators (global trims, DARE's position-keyed masks) and ``.npy`` inputs load
 the stacked tree.
 
 Rules, one for the CLI and the library (:func:`mergetheory.io.validate_lineage`): all
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .common import CliError, add_format_argument, one_line
+from .merge_output import check_out, open_writer, output_format, write_all
 from .merge_stream import is_streamable
 
 __all__ = ["BUILTIN_OPERATOR_NAMES", "HELP", "add_arguments", "run"]
@@ -124,15 +126,22 @@ OPERATOR_HPARAMS: dict[str, tuple[tuple[str, str], ...]] = {
 """Each operator's keyword hyperparameters (``weights`` aside) and the default the CLI
 uses (``repr`` of ``default_hparams`` or of the signature default), kept JAX-free."""
 
-OUT_SUFFIXES = (".npz", ".safetensors", ".msgpack")
-"""Output formats of ``--out``, chosen by suffix."""
-
 
 def _hparams_epilog() -> str:
-    lines = ["operators and their hyperparameters (defaults; set with --NAME or --hparam):"]
+    from .merge_stream import STREAMED_OPERATORS
+
+    lines = [
+        "operators and their hyperparameters (defaults; set with --NAME or --hparam);",
+        "[streamed]: merged one tensor at a time from files of any format (memory ~ n",
+        "tensors); [whole tree]: every expert is loaded (a global trim, random masks keyed",
+        "by the leaf's position); --per-tensor streams any operator tensor by tensor:",
+    ]
     for name in BUILTIN_OPERATOR_NAMES:
         hps = ", ".join(f"{k}={v}" for k, v in OPERATOR_HPARAMS[name]) or "(none)"
-        lines.append(f"  {name}: {hps}")
+        need = STREAMED_OPERATORS.get(name)
+        when = " with " + ", ".join(f"{k}={v!r}" for k, v in need.items()) if need else ""
+        mode = "[whole tree]" if need is None else f"[streamed{when}]"
+        lines.append(f"  {name}: {hps} {mode}")
     return "\n".join(lines)
 
 
@@ -205,9 +214,10 @@ def _add_merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--per-tensor",
         action="store_true",
-        help="stream any inputs (.safetensors, .msgpack, orbax, ...; --base needed): the "
-        "operator acts on one tensor at a time and --out is a model folder, as for model "
-        "folders; memory ~ n tensors, not n models",
+        help="stream any inputs and any operator (--base needed): the operator acts on one "
+        "tensor at a time (operators marked [streamed] below already are); --out is "
+        "written in its suffix's format, else an orbax checkpoint for orbax inputs and a "
+        "model folder otherwise; memory ~ n tensors, not n models",
     )
     p.add_argument("--dtype", help="output dtype of a model-folder merge (default: the base's)")
     p.add_argument(
@@ -338,33 +348,6 @@ def _is_model_folder(path: str) -> bool:
     return bool(path) and p.is_dir() and any((p / n).is_file() for n in names)
 
 
-def _check_out(out: str, orbax: bool = False) -> Path:
-    """``--out``: a known suffix, not a directory, in a writable place (before any merge).
-
-    With orbax inputs (``orbax``), a name without a known suffix is a new orbax folder.
-    """
-    path = Path(out)
-    if orbax and path.suffix not in OUT_SUFFIXES:
-        if path.exists():
-            raise CliError(f"--out {out}: exists; an orbax output must be a new folder")
-    elif path.is_dir():
-        raise CliError(f"--out {out}: is a directory, expected a file name")
-    elif path.suffix not in OUT_SUFFIXES:
-        raise CliError(
-            f"--out {out}: unknown output format {path.suffix or '(no suffix)'!r}; "
-            f"use one of {', '.join(OUT_SUFFIXES)}"
-            + (" (or a folder name, for orbax inputs)" if not orbax else "")
-        )
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise CliError(f"--out {out}: cannot write in {parent}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise CliError(f"--out {out}: the existing file is not writable")
-    return path
-
-
 def _known_hparams(op_name: str) -> set[str]:
     """The keyword hyperparameters of a built-in (static table) or plugin operator."""
     if op_name in OPERATOR_HPARAMS:
@@ -400,52 +383,46 @@ def _check_hparams(op_name: str, hparams: dict[str, Any]) -> None:
             raise CliError(f"hyperparameter {name}={value} is not a finite number")
 
 
-def _write_out(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from ..io import save_msgpack, save_safetensors, unflatten_tree
-    from ..io.npz import save_npz
-
-    if path.suffix not in OUT_SUFFIXES:  # orbax inputs, a folder name: orbax output
-        from ..io import save_orbax
-
-        save_orbax(path, unflatten_tree(arrays))
-    elif path.suffix == ".safetensors":
-        save_safetensors(path, arrays)
-    elif path.suffix == ".msgpack":
-        save_msgpack(path, unflatten_tree(arrays))
-    else:
-        save_npz(path, arrays)
+LAZY_SUFFIXES = (".safetensors", ".npz", ".msgpack")
+"""Input files read one tensor at a time by suffix (and orbax directories)."""
 
 
-def _open_safetensors(inputs: Sequence[str], base: str | None, fmt: str | None) -> list | None:
-    """Safetensors file inputs (and base) opened lazily with their headers checked, or
-    ``None`` when some input is another format (then it is loaded whole)."""
+def _open_lazy(args: argparse.Namespace) -> list | None:
+    """The inputs (and base) opened to be read one tensor at a time, with their headers
+    checked (floating, same names / shapes / dtypes), or ``None`` when some input is
+    another format (``.npy``, an unknown suffix, a missing path): then it is loaded whole,
+    whose errors say what is wrong."""
     from ..io import CheckpointError
     from ..io.pool import open_expert
 
-    paths = [*inputs, *([base] if base else [])]
-    if fmt not in (None, "safetensors") or not all(
-        Path(p).is_file() and (fmt or Path(p).suffix == ".safetensors") for p in paths
-    ):
+    paths = [*args.inputs, *([args.base] if args.base else [])]
+    fmt = args.format
+    if fmt not in (None, "safetensors", "npz", "msgpack", "orbax"):
         return None
+    for p in map(Path, paths):
+        if not p.exists() or (fmt is None and not (p.is_dir() or p.suffix in LAZY_SUFFIXES)):
+            return None
     try:
-        opened = [open_expert(p, fmt=fmt) for p in paths]
+        opened = [open_expert(p, step=args.step, fmt=fmt) for p in paths]
     except CheckpointError as exc:
         raise CliError(one_line(str(exc))) from None
+    if not all(getattr(e, "lazy", False) for e in opened):
+        return None
     heads = [
         {n: argparse.Namespace(shape=e.shape(n), dtype=e.dtype(n)) for n in e.names} for e in opened
     ]
     for path, head in zip(paths, heads, strict=True):
         _check_float(path, head)
-    ref, ref_path = (heads[-1], base) if base else (heads[0], paths[0])
-    for path, head in zip(inputs, heads, strict=False):
+    ref, ref_path = (heads[-1], args.base) if args.base else (heads[0], paths[0])
+    for path, head in zip(args.inputs, heads, strict=False):
         _check_same(ref, head, path, ref_path)
     return opened
 
 
 def _merge_streamed(
-    args: argparse.Namespace, op: Any, hparams: dict[str, Any], opened: list, out_path: Path
+    args: argparse.Namespace, op: Any, hparams: dict[str, Any], opened: list, fmt: str
 ) -> int:
-    """The merge of safetensors files tensor by tensor (:mod:`.merge_stream`)."""
+    """The merge tensor by tensor (:mod:`.merge_stream`), written as it goes."""
     import jax
     import jax.numpy as jnp
 
@@ -469,8 +446,10 @@ def _merge_streamed(
 
     dtypes = {d: out_dtype(d) for d in {ref.dtype(n) for n in ref.names}}
     spec = {n: (ref.shape(n), dtypes[ref.dtype(n)]) for n in ref.names}
+    same = {n: ref.key_path(n) for n in ref.names} if fmt == ref.fmt else None
+    writer = open_writer(fmt, args.out, spec, same)
     merged = merged_tensors(
-        ref.names,
+        writer.order,
         experts,
         base,
         merge_one,
@@ -479,22 +458,13 @@ def _merge_streamed(
         **block_options(args.operator, hparams),
         what=args.out,
     )
-    return _save(args, out_path, num, merged, spec)
+    return _save(args, writer, num, merged)
 
 
-def _save(args: argparse.Namespace, out_path: Path, num: int, tensors: Any, spec: dict) -> int:
-    """Write ``(name, array)`` pairs (a .safetensors file tensor by tensor) and report."""
-    from ..io.safetensors import SafetensorsWriter
-
-    try:
-        if out_path.suffix == ".safetensors":  # temp file + rename: never half-written
-            with SafetensorsWriter(out_path, spec) as w:
-                for name, arr in tensors:
-                    w.write(name, arr)
-        else:
-            _write_out(out_path, dict(tensors))
-    except OSError as exc:
-        raise CliError(f"--out {args.out}: {exc.strerror or exc}") from None
+def _save(args: argparse.Namespace, writer: Any, num: int, tensors: Any) -> int:
+    """Write ``(name, array)`` pairs in the writer's order (one at a time) and report."""
+    write_all(writer, tensors, args.out)
+    spec = writer.spec
     sys.stdout.write(
         f"merged {num} experts with {args.operator} -> {args.out} "
         f"({len(spec)} arrays, {sum(int(np.prod(s)) for s, _ in spec.values())} parameters)\n"
@@ -518,12 +488,13 @@ def _run_merge(args: argparse.Namespace) -> int:
         raise CliError("give --operator and at least one input (or --config)")
     paths = [*args.inputs, *([args.base] if args.base else [])]
     orbax = args.format == "orbax" or (args.format is None and all(Path(p).is_dir() for p in paths))
-    out_path = _check_out(args.out, orbax=orbax)
+    out_fmt = output_format(args.out, "orbax" if orbax else None, folders=False)
+    check_out(args.out, out_fmt)
     try:
         op = get_operator(args.operator)
     except PluginError as exc:  # a broken installed plugin
         raise CliError(one_line(exc)) from None
-    lazy = _open_safetensors(args.inputs, args.base, args.format)
+    lazy = _open_lazy(args)
     if lazy is None:
         _stack_experts(args.inputs, fmt=args.format)  # input errors first (result not kept)
     num = len(args.inputs)
@@ -548,7 +519,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     if "weights" in hparams and not op.has_weights:
         raise CliError(f"operator {args.operator!r} takes no weights")
     if lazy is not None and is_streamable(args.operator, hparams):
-        return _merge_streamed(args, op, hparams, lazy, out_path)
+        return _merge_streamed(args, op, hparams, lazy, out_fmt)
     base = _load_expert(args.base, args.step, args.format) if args.base else None
     stacked = _stack_experts(args.inputs, base, args.base or "", args.step, args.format)
     tv = {k: jnp.asarray(v) for k, v in stacked.items()}
@@ -566,7 +537,8 @@ def _run_merge(args: argparse.Namespace) -> int:
                 f"the merged output has {int(finite.size - finite.sum())} NaN/Inf value(s) in "
                 f"{k!r} (overflow: are the hyperparameters too large?); {args.out} not written"
             )
-    return _save(args, out_path, num, out.items(), {k: (v.shape, v.dtype) for k, v in out.items()})
+    writer = open_writer(out_fmt, args.out, {k: (v.shape, v.dtype) for k, v in out.items()})
+    return _save(args, writer, num, ((k, out[k]) for k in writer.order))
 
 
 add_arguments = _add_merge_arguments

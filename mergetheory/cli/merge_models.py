@@ -1,14 +1,17 @@
 """``mergetheory merge`` on model folders and mergekit configs: a per-tensor streaming merge.
 
-When the inputs are Hugging Face model folders / ``.safetensors`` files (with ``--base``)
-or a mergekit YAML (``--config``), the merge runs tensor by tensor: for each tensor name
-the ``n`` experts' copies are read (one tensor of each), the task vectors
-:math:`\\tau_t = \\theta_t - \\theta_0` stacked ``[n, ...]``, the registry operator applied
-to that one tensor, and :math:`\\theta_0 + \\tau` written into the output folder
-(``model.safetensors``, or shards ``model-0000k-of-0000m.safetensors`` with
-``model.safetensors.index.json`` when larger than ``--max-shard-size``; ``config.json``
-copied from the base). The dtype is the base's unless ``--dtype`` / the config's
-``dtype`` says otherwise. mergekit merges tensor by tensor too.
+When the inputs are Hugging Face model folders / ``.safetensors`` files (with ``--base``),
+a mergekit YAML (``--config``), or any dense inputs with ``--per-tensor`` (orbax, msgpack,
+npz too), the merge runs tensor by tensor: for each tensor name the ``n`` experts' copies
+are read (one tensor of each), the task vectors :math:`\\tau_t = \\theta_t - \\theta_0`
+stacked ``[n, ...]``, the registry operator applied to that one tensor, and
+:math:`\\theta_0 + \\tau` handed to the writer of the output's format
+(:mod:`.merge_output`): the format ``--out``'s suffix names, else the base's own: an orbax
+checkpoint for orbax inputs, otherwise a model folder (``model.safetensors``, or shards
+``model-0000k-of-0000m.safetensors`` with ``model.safetensors.index.json`` when larger
+than ``--max-shard-size``; ``config.json`` copied from the base). The dtype is the base's
+unless ``--dtype`` / the config's ``dtype`` says otherwise. mergekit merges tensor by
+tensor too.
 
 :data:`MERGEKIT_METHODS` is the one table of which mergekit ``merge_method`` maps to which
 registry operator and hyperparameters (``docs/mergekit.md`` explains it); anything else is
@@ -19,10 +22,7 @@ into an adapter folder (:mod:`.merge_peft`).
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import math
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .common import CliError, one_line
+from .merge_output import check_out, open_writer, output_format, write_all
 from .merge_peft import merge_peft_adapters
 from .merge_stream import block_options, merged_tensors
 
@@ -148,19 +149,6 @@ def _mergekit_hparams(cfg: Any) -> tuple[str, dict[str, Any], list[float] | None
     return op, hparams, weights, cfg.dtype
 
 
-def _shards(spec: dict[str, tuple[tuple[int, ...], np.dtype]], max_bytes: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, (shape, dtype) in spec.items():
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
 def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
     """Run the streaming merge of ``args`` (see the module docstring)."""
     import jax
@@ -168,10 +156,8 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
     import ml_dtypes
 
     from ..io import CheckpointError
-    from ..io.atomic import atomic_write_dir
     from ..io.mergekit import load_mergekit_config
     from ..io.pool import DenseExpert, LoraExpert, check_same_tensors, open_expert
-    from ..io.safetensors import SafetensorsWriter
     from ..merge import get_operator
 
     experts, base, weights, dtype = list(args.inputs), args.base, args.weights, args.dtype
@@ -215,9 +201,8 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
             check_same_tensors(theta0, ex)
     except CheckpointError as exc:
         raise CliError(one_line(str(exc))) from None
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {args.out}: exists and is not a folder")
+    fmt = output_format(args.out, theta0.fmt, folders=True)
+    out = check_out(args.out, fmt)
     names = theta0.names
     out_dtypes = {}
     for n in names:
@@ -229,7 +214,15 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
             except TypeError:
                 raise CliError(f"--dtype {dtype}: unknown dtype") from None
     spec = {n: (theta0.shape(n), out_dtypes[n]) for n in names}
-    shards = _shards(spec, args.max_shard_size)
+    same = fmt == theta0.fmt  # the base's own format: its tree is kept
+    writer = open_writer(
+        fmt,
+        out,
+        spec,
+        {n: theta0.key_path(n) for n in names} if same else None,
+        max_shard_size=args.max_shard_size,
+        config_from=Path(base) / "config.json" if Path(base).is_dir() else None,
+    )
     key = jax.random.key(args.seed)
     order = {n: i for i, n in enumerate(names)}
 
@@ -241,7 +234,7 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         return tau["t"]
 
     merged = merged_tensors(
-        names,
+        writer.order,
         opened,
         theta0,
         merge_one,
@@ -251,37 +244,9 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         **block_options(op_name, hparams),
         what=str(args.out),
     )
-
-    def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True)
-        cfg_json = Path(base) / "config.json"
-        if Path(base).is_dir() and cfg_json.is_file():
-            shutil.copyfile(cfg_json, tmp / "config.json")
-        files = (
-            ["model.safetensors"]
-            if len(shards) == 1
-            else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
-        )
-        weight_map = {}
-        for fname, part in zip(files, shards, strict=True):
-            with SafetensorsWriter(tmp / fname, {n: spec[n] for n in part}) as w:
-                for name, arr in itertools.islice(merged, len(part)):
-                    w.write(name, arr)
-            weight_map.update(dict.fromkeys(part, fname))
-        if len(shards) > 1:
-            index = {
-                "metadata": {
-                    "total_size": sum(
-                        int(np.prod(s)) * np.dtype(d).itemsize for s, d in spec.values()
-                    )
-                },
-                "weight_map": weight_map,
-            }
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
-
-    atomic_write_dir(out, write)
+    write_all(writer, merged, args.out)
+    files = f"{len(writer.shards)} file(s)" if fmt == "hf" else fmt
     sys.stdout.write(
-        f"merged {len(opened)} models with {op_name} -> {out} ({len(names)} tensors, "
-        f"{len(shards)} file(s))\n"
+        f"merged {len(opened)} models with {op_name} -> {out} ({len(names)} tensors, {files})\n"
     )
     return 0

@@ -10,10 +10,11 @@ over coordinates (:data:`ROW_BLOCK_OPERATORS`: the weighted sums) a large tensor
 cut into blocks of rows, so the stack stays under ``block_bytes``.
 
 A merge is streamed only where it equals the whole-tree merge bit for bit
-(:func:`is_streamable`): the operator's maths must be per tensor and deterministic
-(:data:`STREAMED_OPERATORS`; TIES and magnitude pruning with ``trim="tensor"``). Global
-trims, DARE (whose masks are keyed by the leaf's position in the whole tree), and the
-operators that couple tensors (EMR, KnOTS, TSV, ...) load the stacked tree instead.
+(:func:`is_streamable`): the registry's ``per_tensor`` claim of the operator
+(:class:`mergetheory.merge.MergeOperator`, checked by the conformance suite), e.g. TIES and
+magnitude pruning with ``trim="tensor"``, KnOTS with ``trim_scope="tensor"``. Global
+trims and the stochastic operators (DARE, whose masks are keyed by the leaf's position in
+the whole tree) load the stacked tree instead.
 
 Example:
   >>> experts = [open_expert(p) for p in ["e0.safetensors", "e1.safetensors"]]
@@ -45,13 +46,22 @@ __all__ = [
 
 STREAMED_OPERATORS: dict[str, Mapping[str, Any]] = {
     "average": {},
+    "base_knowledge_weighted": {},
+    "breadcrumbs": {},
+    "emr": {},
+    "iso_c": {},
+    "iso_cts": {},
+    "knots": {"trim_scope": "tensor"},
+    "magnitude_prune": {"trim": "tensor"},
+    "model_stock": {},
+    "rht": {},
     "task_arithmetic": {},
     "ties": {"trim": "tensor"},
-    "magnitude_prune": {"trim": "tensor"},
-    "breadcrumbs": {},
+    "tsv_m": {},
 }
-"""Operators whose merge of a tree is the merge of each tensor alone (bit for bit), with
-the hyperparameter values this needs (e.g. a per-tensor trim)."""
+"""The built-in operators' ``per_tensor`` claims (:class:`mergetheory.merge.MergeOperator`),
+kept JAX-free for ``--help`` (``tests/cli/test_cli_main.py`` checks them against the
+registry); the others need the whole tree."""
 
 ROW_BLOCK_OPERATORS = ("average", "task_arithmetic")
 """Operators elementwise over coordinates: a tensor may be merged in blocks of rows."""
@@ -61,9 +71,18 @@ DEFAULT_BLOCK_BYTES = 64 * 2**20
 
 
 def is_streamable(op_name: str, hparams: Mapping[str, Any]) -> bool:
-    """Whether ``op_name`` with ``hparams`` may be merged tensor by tensor."""
-    need = STREAMED_OPERATORS.get(op_name)
-    return need is not None and all(hparams.get(k, v) == v for k, v in need.items())
+    """Whether ``op_name`` with ``hparams`` may be merged tensor by tensor (its registry
+    ``per_tensor`` claim holds for these hyperparameters; plugins included)."""
+    import inspect
+
+    from ..merge import get_operator
+
+    op = get_operator(op_name)
+    if op.per_tensor is None:
+        return False
+    params = inspect.signature(op.fn).parameters
+    defaults = {k: p.default for k, p in params.items() if p.default is not p.empty}
+    return all(hparams.get(k, defaults.get(k)) == v for k, v in op.per_tensor.items())
 
 
 def row_blocks(shape: Sequence[int], num: int, itemsize: int, block_bytes: int | None):

@@ -4,8 +4,9 @@
   (:func:`save_results`, :func:`load_results`).
 * :mod:`.atomic`: the one atomic-write helper (temporary sibling + rename).
 * checkpoints, one module a format: :mod:`.orbax`, :mod:`.msgpack` (+ :mod:`.msgpack_index`),
-  :mod:`.safetensors`, :mod:`.peft` (PEFT LoRA adapters), each with a whole-file loader and,
-  PEFT aside, a reader of one tensor at a time; :mod:`.flat` (flat names <-> nested trees);
+  :mod:`.safetensors`, :mod:`.npz`, :mod:`.peft` (PEFT LoRA adapters), each with a
+  whole-file loader and, PEFT aside, a reader and a writer of one tensor at a time
+  (:class:`~mergetheory.io.common.TensorWriter`); :mod:`.flat` (flat names <-> nested trees);
   :mod:`.checkpoints` (any format, the lineage check, task vectors); :mod:`.common`
   (:class:`CheckpointError`).
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "atomic_dir",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_dir",
@@ -143,18 +144,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-def atomic_write_dir(path: str | os.PathLike[str], write_fn: Callable[[Path], None]) -> None:
-    """Run ``write_fn(tmp_dir)`` (it creates ``tmp_dir``), then rename ``tmp_dir`` onto ``path``.
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory name next to ``path`` (not created); on success rename
+    it onto ``path``, on an exception remove it (``path`` left as it was).
 
     If ``path`` exists, the old directory is first moved aside (another atomic rename) and
     deleted only after the new one is in place.
+
+    Example:
+      >>> with atomic_dir("out/ckpt") as tmp:
+      ...     tmp.mkdir()
+      ...     (tmp / "a.txt").write_text("done")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
     tmp = temp_sibling(path)
     try:
-        write_fn(tmp)
+        yield tmp
         old = None
         if path.exists():
             old = temp_sibling(path)
@@ -165,3 +173,10 @@ def atomic_write_dir(path: str | os.PathLike[str], write_fn: Callable[[Path], No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write_dir(path: str | os.PathLike[str], write_fn: Callable[[Path], None]) -> None:
+    """Run ``write_fn(tmp_dir)`` (it creates ``tmp_dir``), then rename ``tmp_dir`` onto
+    ``path`` (:func:`atomic_dir`)."""
+    with atomic_dir(path) as tmp:
+        write_fn(tmp)

@@ -9,12 +9,21 @@ dtypes differ from the base model's, or NaN / Inf values.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..tree import TaskVectorError, check_finite
 
-__all__ = ["CheckpointError", "PathLike", "check_finite_checkpoint", "require_exists"]
+__all__ = [
+    "CheckpointError",
+    "PathLike",
+    "TensorWriter",
+    "check_finite_checkpoint",
+    "require_exists",
+]
 
 PathLike = str | os.PathLike
 
@@ -53,3 +62,56 @@ def check_finite_checkpoint(tree: Any, source: PathLike | str) -> None:
         check_finite(tree, name=f"{source}: leaf ")
     except TaskVectorError as err:
         raise CheckpointError(str(err)) from None
+
+
+class TensorWriter:
+    """What the writers of a checkpoint tensor by tensor share (declared spec, order).
+
+    A writer is built from every tensor's name, shape and dtype (``spec``) before any data
+    exists; :attr:`order` is the order in which :meth:`check_next` then accepts the
+    tensors (the spec's, unless the format needs another, e.g. a depth-first walk of a
+    nested tree). ``key_paths`` place each name in a nested format's tree (default: the
+    name split on ``"."``), so that an output keeps its input's structure.
+
+    Attributes:
+      path: the target (absolute).  spec: ``{name: (shape, dtype)}``.
+      key_paths: ``{name: tuple of keys}``.  order: the names in writing order.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        spec: Mapping[str, tuple[Sequence[int], Any]],
+        key_paths: Mapping[str, Sequence[Any]] | None = None,
+    ) -> None:
+        self.path = Path(path).absolute()
+        self.spec = {
+            n: (tuple(int(s) for s in shape), np.dtype(d)) for n, (shape, d) in spec.items()
+        }
+        self.key_paths = {
+            n: tuple(key_paths[n]) if key_paths is not None else tuple(n.split("."))
+            for n in self.spec
+        }
+        self.order = list(self.spec)
+        self.written = 0
+
+    def check_next(self, name: str, array: Any) -> np.ndarray:
+        """``array`` as NumPy, if it is the next declared tensor (name, shape, dtype)."""
+        if self.written >= len(self.order):
+            raise CheckpointError(f"{self.path}: {name!r} was not declared (all written)")
+        want = self.order[self.written]
+        shape, dtype = self.spec[want]
+        arr = np.asarray(array)
+        if name != want or arr.shape != shape or arr.dtype != dtype:
+            raise CheckpointError(
+                f"{self.path}: expected tensor {want!r} {shape} {dtype} next, "
+                f"got {name!r} {arr.shape} {arr.dtype}"
+            )
+        self.written += 1
+        return arr
+
+    def check_complete(self) -> None:
+        """Raise unless every declared tensor was written."""
+        if self.written != len(self.order):
+            missing = self.order[self.written]
+            raise CheckpointError(f"{self.path}: tensor {missing!r} was declared, not written")

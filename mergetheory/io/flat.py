@@ -19,6 +19,8 @@ __all__ = [
     "VARIABLE_WRAPPER_KEYS",
     "flat_leaf_names",
     "flatten_tree",
+    "leaf_key_paths",
+    "nest_key_paths",
     "strip_variable_wrappers",
     "unflatten_tree",
 ]
@@ -127,3 +129,59 @@ def flat_leaf_names(placeholders: Any) -> dict[str, int]:
     """
     flat = flatten_tree(strip_variable_wrappers(placeholders))
     return {name: int(k) for name, k in flat.items()}
+
+
+def leaf_key_paths(placeholders: Any) -> dict[str, tuple[Any, ...]]:
+    """Each flat name's key path in the checkpoint's own tree (wrappers kept).
+
+    The inverse view of :func:`flat_leaf_names`: from the same tree of leaf numbers, the
+    keys that lead to each leaf *in the file* (``("dense", "kernel", "value")`` for an
+    ``nnx.State``), so that a writer can give its output the input's structure.
+
+    Example:
+      >>> leaf_key_paths({"dense": {"kernel": {"value": 0}}, "b": [1, None]})
+      {'dense.kernel': ('dense', 'kernel', 'value'), 'b.0': ('b', 0)}
+    """
+    import jax.tree_util as jtu
+
+    def key(entry: Any) -> Any:
+        for attr in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
+            if hasattr(entry, attr):
+                return getattr(entry, attr)
+        return str(entry)
+
+    paths = {
+        int(k): tuple(key(e) for e in path)
+        for path, k in jtu.tree_flatten_with_path(placeholders)[0]
+    }
+    return {name: paths[k] for name, k in flat_leaf_names(placeholders).items()}
+
+
+def nest_key_paths(items: Any) -> Any:
+    """Build nested containers from ``(key_path, value)`` pairs, in their order.
+
+    The inverse of :func:`leaf_key_paths`: dicts keyed by the path's parts, where a level
+    whose keys are exactly the integers ``0..k-1`` (list indices) becomes a list.
+
+    Example:
+      >>> nest_key_paths([(("a", "w"), 1), (("b", 0), 2)])
+      {'a': {'w': 1}, 'b': [2]}
+    """
+    root: dict[Any, Any] = {}
+    for path, value in items:
+        node = root
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CheckpointError(f"key path {path!r} nests under an array")
+        node[path[-1]] = value
+
+    def listify(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = {k: listify(v) for k, v in node.items()}
+        if out and all(type(k) is int for k in out) and sorted(out) == list(range(len(out))):
+            return [out[i] for i in range(len(out))]
+        return out
+
+    return listify(root)

@@ -8,16 +8,23 @@ one array at a time, from the byte ranges found by
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jax.tree_util as jtu
 import numpy as np
 
-from .atomic import atomic_write_bytes
-from .common import CheckpointError, PathLike, check_finite_checkpoint, require_exists
+from .atomic import atomic_write, atomic_write_bytes
+from .common import (
+    CheckpointError,
+    PathLike,
+    TensorWriter,
+    check_finite_checkpoint,
+    require_exists,
+)
 
-__all__ = ["MsgpackReader", "load_msgpack", "save_msgpack"]
+__all__ = ["MsgpackReader", "MsgpackWriter", "load_msgpack", "save_msgpack"]
 
 
 def save_msgpack(path: PathLike, tree: Any) -> Path:
@@ -67,7 +74,8 @@ class MsgpackReader:
     The file is indexed once (:func:`~mergetheory.io.msgpack_index.index_msgpack`: a walk
     of its structure through a memory map, the array bytes untouched); :meth:`get` then
     reads one array's bytes with a positioned read (no mapping whose pages would stay in
-    the RSS). Names are those of :func:`~mergetheory.io.checkpoints.load_checkpoint`
+    the RSS). :attr:`key_paths` give each name's place in the file's own tree. Names are
+    those of :func:`~mergetheory.io.checkpoints.load_checkpoint`
     (``.``-joined, Flax ``value`` wrappers removed), and :meth:`get` returns what
     ``flax.serialization.msgpack_restore`` gives for that leaf (chunked arrays joined).
 
@@ -81,7 +89,7 @@ class MsgpackReader:
     """
 
     def __init__(self, path: PathLike) -> None:
-        from .flat import flat_leaf_names
+        from .flat import flat_leaf_names, leaf_key_paths
         from .msgpack_index import MsgpackArray, MsgpackFormatError, index_msgpack
 
         self.path = Path(path).absolute()
@@ -99,7 +107,9 @@ class MsgpackReader:
             )
         leaves, treedef = jtu.tree_flatten(tree, is_leaf=lambda x: isinstance(x, MsgpackArray))
         self._leaves = leaves
-        self._leaf = flat_leaf_names(jtu.tree_unflatten(treedef, list(range(len(leaves)))))
+        numbered = jtu.tree_unflatten(treedef, list(range(len(leaves))))
+        self._leaf = flat_leaf_names(numbered)
+        self.key_paths = leaf_key_paths(numbered)  # in the file's tree (wrappers kept)
         self.names = list(self._leaf)
 
     def _entry(self, name: str) -> Any:
@@ -144,3 +154,114 @@ class MsgpackReader:
                         )
                 pos += nbytes
         return out.reshape(shape)
+
+
+_CHUNKED = "__msgpack_chunked_array__"
+
+
+def _packb(value: Any) -> bytes:
+    import msgpack
+
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _ndarray_ext_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The bytes before an array's raw data in flax's ndarray ext record (code 1):
+    ``ext32(1, msgpack [shape, dtype name, bin])``, the ``bin`` header last."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < 1 << 8:
+        binh = b"\xc4" + struct.pack(">B", nbytes)
+    elif nbytes < 1 << 16:
+        binh = b"\xc5" + struct.pack(">H", nbytes)
+    else:
+        binh = b"\xc6" + struct.pack(">I", nbytes)
+    inner = b"\x93" + _packb(list(shape)) + _packb(dtype.name) + binh
+    return b"\xc9" + struct.pack(">Ib", len(inner) + nbytes, 1) + inner
+
+
+class MsgpackWriter(TensorWriter):
+    """Write a flax msgpack file tensor by tensor, readable by
+    ``flax.serialization.msgpack_restore`` (the layout of ``flax.serialization.to_bytes``).
+
+    msgpack maps are prefixed by their number of entries, so the nested tree (from
+    :attr:`key_paths`: an input's own structure, Flax ``value`` wrappers included) is known
+    up front and the tensors are taken in its depth-first order (:attr:`order`): before
+    each array the headers of the maps it opens and its key are written, then the array
+    as flax's ndarray ext record, its bytes straight from the array. Arrays above
+    ``flax.serialization.MAX_CHUNK_SIZE`` bytes are written in flax's chunked layout. The
+    file appears atomically when the ``with`` block ends.
+
+    Example:
+      >>> with MsgpackWriter("m.msgpack", {"dense.w": ((2, 3), np.float32)}) as w:
+      ...     w.write("dense.w", np.ones((2, 3), np.float32))
+    """
+
+    def __init__(self, path: PathLike, spec: Any, key_paths: Any = None) -> None:
+        from .flat import nest_key_paths
+
+        super().__init__(path, spec, key_paths)
+        tree = nest_key_paths((self.key_paths[n], n) for n in self.spec)
+        self._before: dict[str, bytes] = {}
+        self.order = []
+        self._walk(tree, b"")
+        self._file: IO[bytes] | None = None
+
+    def _walk(self, node: Any, pending: bytes) -> bytes:
+        """Depth-first: each leaf's preceding bytes (map headers, keys) into ``_before``."""
+        import msgpack
+
+        if isinstance(node, list):  # flax stores sequences as maps keyed "0", "1", ...
+            node = {str(i): v for i, v in enumerate(node)}
+        if not isinstance(node, dict):
+            self._before[node] = pending
+            self.order.append(node)
+            return b""
+        head = msgpack.Packer().pack_map_header(len(node))
+        pending += head
+        for key, child in node.items():
+            pending = self._walk(child, pending + _packb(str(key)))
+        return pending
+
+    def __enter__(self) -> MsgpackWriter:
+        self._ctx = atomic_write(self.path)
+        self._file = self._ctx.__enter__()
+        if not self.order:
+            self._file.write(_packb({}))
+        return self
+
+    def _array(self, arr: np.ndarray) -> None:
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        self._file.write(_ndarray_ext_header(arr.shape, arr.dtype))
+        self._file.write(flat.view(np.uint8).data)
+
+    def write(self, name: str, array: Any) -> None:
+        """Write the next declared tensor (in :attr:`order`)."""
+        from flax import serialization
+
+        arr = self.check_next(name, array)
+        self._file.write(self._before[name])
+        if arr.nbytes <= serialization.MAX_CHUNK_SIZE:
+            self._array(arr)
+            return
+        import msgpack
+
+        step = max(1, int(serialization.MAX_CHUNK_SIZE / arr.dtype.itemsize))
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        starts = range(0, flat.size, step)
+        packer = msgpack.Packer()
+        shape = {str(i): d for i, d in enumerate(arr.shape)}
+        head = packer.pack_map_header(3) + _packb(_CHUNKED) + _packb(True)
+        head += _packb("shape") + _packb(shape) + _packb("chunks")
+        self._file.write(head + packer.pack_map_header(len(starts)))
+        for i, lo in enumerate(starts):
+            self._file.write(_packb(str(i)))
+            self._array(flat[lo : lo + step])
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            try:
+                self.check_complete()
+            except CheckpointError as err:
+                self._ctx.__exit__(CheckpointError, err, None)
+                raise
+        self._ctx.__exit__(*exc)

@@ -3,22 +3,39 @@
 ``StandardCheckpointer`` is the pytree checkpointer that the orbax docs recommend for a
 single pytree; it saves asynchronously, so :func:`save_orbax` waits before renaming the
 temporary directory onto the target (:func:`mergetheory.io.atomic.atomic_write_dir`).
-:class:`OrbaxReader` reads a checkpoint one array at a time (partial restore of one leaf),
-for the streaming pool readers of :mod:`mergetheory.io.pool`.
+:class:`OrbaxReader` reads a checkpoint one array at a time (partial restore of one leaf;
+a block of rows through tensorstore), for the streaming pool readers of
+:mod:`mergetheory.io.pool`; :class:`OrbaxWriter` writes one in groups of tensors (orbax's
+partial save), for the streaming merge.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax.tree_util as jtu
 import numpy as np
 
-from .atomic import atomic_write_dir
-from .common import CheckpointError, PathLike, check_finite_checkpoint, require_exists
+from .atomic import atomic_dir, atomic_write_dir
+from .common import (
+    CheckpointError,
+    PathLike,
+    TensorWriter,
+    check_finite_checkpoint,
+    require_exists,
+)
 
-__all__ = ["OrbaxReader", "load_orbax", "resolve_orbax_dir", "save_orbax"]
+__all__ = [
+    "ORBAX_BATCH_BYTES",
+    "OrbaxReader",
+    "OrbaxWriter",
+    "load_orbax",
+    "resolve_orbax_dir",
+    "save_orbax",
+]
 
 _ITEM_MARKER = "_METADATA"
 
@@ -141,9 +158,14 @@ class OrbaxReader:
     data; :meth:`get` restores ONE leaf as a NumPy array with
     ``ocp.args.PyTreeRestore(item, restore_args, partial_restore=True)``, where ``item``
     and ``restore_args`` hold that leaf alone (``None`` everywhere else), so only its
-    bytes are read. Names are those of :func:`~mergetheory.io.checkpoints.load_checkpoint`
-    (``.``-joined, ``nnx.State`` ``value`` wrappers removed:
-    :func:`~mergetheory.io.flat.flat_leaf_names`).
+    bytes are read. ``get(name, rows)`` reads rows ``start:stop`` through tensorstore (the
+    leaf's read spec from ``ocp.type_handlers.get_json_tspec_read``, then a slice read):
+    only the storage chunks that hold those rows are read and decoded (orbax's default is
+    one chunk per device shard, so a leaf saved from one device is decoded whole, inside
+    tensorstore, and only the rows are returned). Names are those of
+    :func:`~mergetheory.io.checkpoints.load_checkpoint` (``.``-joined, ``nnx.State``
+    ``value`` wrappers removed: :func:`~mergetheory.io.flat.flat_leaf_names`);
+    :attr:`key_paths` give each name's place in the checkpoint's own tree.
 
     Args:
       path: an orbax checkpoint item, ``CheckpointManager`` root or step folder
@@ -165,15 +187,18 @@ class OrbaxReader:
     def __init__(self, path: PathLike, *, step: int | None = None) -> None:
         import orbax.checkpoint as ocp
 
-        from .flat import flat_leaf_names
+        from .flat import flat_leaf_names, leaf_key_paths
 
         self.path = resolve_orbax_dir(path, step=step)
         self._ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+        self._store: tuple[str, Any] | None = None  # the last leaf opened with tensorstore
         try:
-            tree = self._ckptr.metadata(self.path).item_metadata.tree
-            leaves, self._treedef = jtu.tree_flatten(tree)
+            item = self._ckptr.metadata(self.path).item_metadata
+            self._zarr3 = bool(getattr(item, "use_zarr3", False))
+            leaves, self._treedef = jtu.tree_flatten(item.tree)
             numbered = jtu.tree_unflatten(self._treedef, list(range(len(leaves))))
             self._leaf = flat_leaf_names(numbered)
+            self.key_paths = leaf_key_paths(numbered)
         except CheckpointError:
             raise
         except Exception as e:  # orbax raises many types
@@ -196,17 +221,43 @@ class OrbaxReader:
         dtype = getattr(self._meta[self._leaf[name]], "dtype", None)
         return np.dtype(dtype) if dtype is not None else self.get(name).dtype
 
+    def _rows(self, name: str, k: int, rows: tuple[int, int]) -> np.ndarray:
+        """Rows ``start:stop`` of leaf ``k`` by a tensorstore slice read."""
+        import orbax.checkpoint as ocp
+        import tensorstore as ts
+        from etils import epath
+
+        if self._store is None or self._store[0] != name:
+            handlers = ocp.type_handlers
+            ocdbt = bool(handlers.is_ocdbt_checkpoint(self.path))
+            context = handlers.get_ts_context(use_ocdbt=ocdbt)
+            info = handlers.ParamInfo(
+                name=self._meta[k].name,
+                parent_dir=epath.Path(self.path),
+                is_ocdbt_checkpoint=ocdbt,
+                use_zarr3=self._zarr3,
+                ts_context=context,
+            )
+            spec = handlers.get_json_tspec_read(info, use_ocdbt=ocdbt)
+            self._store = (name, ts.open(spec, open=True, context=context).result())
+        out = self._store[1][rows[0] : rows[1]].read().result()
+        return np.asarray(out).astype(self.dtype(name), copy=False)
+
     def get(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
         """Leaf ``name`` as a NumPy array (only its data is read), or its rows
-        ``start:stop`` (the whole leaf is read, then sliced)."""
+        ``start:stop`` (a tensorstore slice read of the chunks holding them)."""
         import orbax.checkpoint as ocp
-
-        if rows is not None:
-            return self.get(name)[rows[0] : rows[1]]
 
         if name not in self._leaf:
             raise CheckpointError(f"orbax checkpoint {self.path} has no array {name!r}")
         k = self._leaf[name]
+        if rows is not None and getattr(self._meta[k], "shape", None):
+            try:
+                return self._rows(name, k, rows)
+            except Exception as e:  # tensorstore / orbax raise many types
+                self._corrupt(e)
+        if rows is not None:
+            return self.get(name)[rows[0] : rows[1]].copy()
         one = [None] * len(self._meta)
         args = list(one)
         one[k] = self._meta[k]
@@ -225,3 +276,104 @@ class OrbaxReader:
             self._corrupt(e)
         (leaf,) = [x for x in jtu.tree_leaves(out) if x is not None]
         return np.asarray(leaf)
+
+
+ORBAX_BATCH_BYTES = 1 << 30
+"""Bytes of merged tensors an :class:`OrbaxWriter` holds before it saves them (a group)."""
+
+
+def _partial_save() -> Any:
+    """orbax's partial save (``orbax.checkpoint.experimental.v1.partial``), or ``None``
+    in orbax versions without it."""
+    try:
+        from orbax.checkpoint.experimental.v1 import partial
+    except ImportError:  # older orbax
+        return None
+    return partial if hasattr(partial, "finalize") else None
+
+
+class OrbaxWriter(TensorWriter):
+    """Write an orbax checkpoint tensor by tensor, held in groups of at most
+    :data:`ORBAX_BATCH_BYTES` (``batch_bytes``).
+
+    orbax has no writer of one array at a time; its partial save
+    (``orbax.checkpoint.experimental.v1.partial.save``, then ``finalize``) adds a group of
+    leaves to a checkpoint in progress, each call costing more than the last (it reads
+    the earlier groups' metadata), so the tensors are saved in groups: memory holds one
+    group, not the model. The finalized item folder is moved to ``path`` (the layout of
+    ``StandardCheckpointer``: restored by it, :func:`load_orbax` and
+    :class:`OrbaxReader`), atomically (:func:`~mergetheory.io.atomic.atomic_dir`; orbax's
+    own temporaries live inside ours). Where orbax has no partial save (older versions),
+    the tree is held whole and saved once with ``StandardCheckpointer``.
+
+    The tree is built from :attr:`key_paths` (an input's own structure, ``nnx.State``
+    ``value`` wrappers included).
+
+    Example:
+      >>> with OrbaxWriter("merged_ckpt", {"dense.w": ((2, 3), np.float32)}) as w:
+      ...     w.write("dense.w", np.ones((2, 3), np.float32))
+    """
+
+    def __init__(
+        self, path: PathLike, spec: Any, key_paths: Any = None, *, batch_bytes: int | None = None
+    ) -> None:
+        super().__init__(path, spec, key_paths)
+        self._partial = _partial_save()
+        self.batch_bytes = ORBAX_BATCH_BYTES if batch_bytes is None else batch_bytes
+        self.groups = 0
+        self._batch: list[tuple[tuple[Any, ...], np.ndarray]] = []
+        self._held = 0
+
+    def __enter__(self) -> OrbaxWriter:
+        if self.path.exists():
+            raise CheckpointError(f"checkpoint already exists: {self.path}")
+        self._ctx = atomic_dir(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._tmp.mkdir()
+        self._staging = self._tmp / "staging"
+        return self
+
+    def write(self, name: str, array: Any) -> None:
+        """Take the next declared tensor (in :attr:`order`); save the group when full."""
+        arr = self.check_next(name, array)
+        self._batch.append((self.key_paths[name], arr))
+        self._held += arr.nbytes
+        if self._partial is not None and self._held >= self.batch_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        from .flat import nest_key_paths
+
+        if self._batch:
+            self._partial.save(self._staging, nest_key_paths(self._batch))
+            self.groups += 1
+        self._batch, self._held = [], 0
+
+    def _finish(self) -> None:
+        self.check_complete()
+        if self._partial is None:
+            import orbax.checkpoint as ocp
+
+            from .flat import nest_key_paths
+
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(self._staging, nest_key_paths(self._batch))
+                ckptr.wait_until_finished()
+            self.groups, item = 1, self._staging
+        else:
+            self._flush()
+            self._partial.finalize(self._staging)
+            item = resolve_orbax_dir(self._staging)  # the finalized tree's item folder
+        for child in item.iterdir():  # the item's files become the checkpoint's
+            os.replace(child, self._tmp / child.name)
+        shutil.rmtree(self._staging)
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            try:
+                self._finish()
+            except BaseException as err:
+                self._ctx.__exit__(type(err), err, None)
+                raise
+        self._batch = []
+        self._ctx.__exit__(*exc)

@@ -14,8 +14,10 @@ r"""A pool of experts on disk, read one tensor at a time, and the streaming Gram
 * a flax ``.msgpack`` file: a :class:`DenseExpert` over a
   :class:`~mergetheory.io.msgpack.MsgpackReader` (the file indexed once, one array's bytes
   read at a time);
-* anything else :func:`~mergetheory.io.checkpoints.load_checkpoint` reads (npz, npy):
-  loaded whole, then served tensor by tensor.
+* an ``.npz`` archive: a :class:`DenseExpert` over an
+  :class:`~mergetheory.io.npz.NpzReader` (one member read at a time);
+* anything else :func:`~mergetheory.io.checkpoints.load_checkpoint` reads (npy, an npz
+  under another suffix): loaded whole, then served tensor by tensor.
 
 :class:`TaskVectorTensors` serves the pool's task vectors one stacked tensor at a time;
 :func:`stream_pool_statistics` makes one pass over them, holding the ``n`` experts' (and
@@ -43,6 +45,7 @@ from .checkpoints import load_checkpoint
 from .common import CheckpointError, PathLike, require_exists
 from .flat import flatten_tree
 from .msgpack import MsgpackReader
+from .npz import NpzReader
 from .orbax import OrbaxReader
 from .peft import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, load_peft_adapter, stack_peft_adapters
 from .safetensors import SafetensorsReader
@@ -77,7 +80,8 @@ def file_fingerprint(path: PathLike, chunk: int = 1 << 20) -> str:
 
 class TensorReader(Protocol):
     """What a lazy checkpoint reader offers (:class:`~mergetheory.io.safetensors.SafetensorsReader`,
-    :class:`~mergetheory.io.orbax.OrbaxReader`, :class:`~mergetheory.io.msgpack.MsgpackReader`)."""
+    :class:`~mergetheory.io.orbax.OrbaxReader`, :class:`~mergetheory.io.msgpack.MsgpackReader`,
+    :class:`~mergetheory.io.npz.NpzReader`)."""
 
     path: Path
     names: list[str]
@@ -94,10 +98,19 @@ class DenseExpert:
       path: what was opened.
       files: the files holding the weights (for fingerprints).
       names: tensor names, sorted.
+      fmt: the format it was read as (one of :data:`EXPERT_FORMATS`; ``None`` if unknown).
     """
 
-    def __init__(self, path: Path, readers: dict[str, TensorReader] | None, arrays=None):
+    def __init__(
+        self,
+        path: Path,
+        readers: dict[str, TensorReader] | None,
+        arrays=None,
+        *,
+        fmt: str | None = None,
+    ):
         self.path = path
+        self.fmt = fmt
         self._readers = readers or {}
         self._arrays = arrays or {}
         self.names = sorted(self._readers or self._arrays)
@@ -112,6 +125,12 @@ class DenseExpert:
     def dtype(self, name: str) -> np.dtype:
         """Dtype of tensor ``name``."""
         return self._readers[name].dtype(name) if self._readers else self._arrays[name].dtype
+
+    def key_path(self, name: str) -> tuple:
+        """Where tensor ``name`` sits in its file's own tree (the reader's ``key_paths``,
+        Flax ``value`` wrappers kept; else the name split on ``"."``)."""
+        paths = getattr(self._readers.get(name), "key_paths", None)
+        return tuple(paths[name]) if paths else tuple(name.split("."))
 
     @property
     def lazy(self) -> bool:
@@ -185,23 +204,27 @@ def open_expert(
         return LoraExpert(path, [path / PEFT_CONFIG_NAME, path / PEFT_WEIGHTS_NAME])
     if fmt in (None, "hf", "safetensors"):
         if folder and (path / HF_INDEX_NAME).is_file():
-            return DenseExpert(path, _sharded(path))
+            return DenseExpert(path, _sharded(path), fmt="hf")
         single = path / HF_WEIGHTS_NAME if folder else path
         if single.is_file() and (single.suffix == ".safetensors" or fmt is not None):
             reader = SafetensorsReader(single)
-            return DenseExpert(path, dict.fromkeys(reader.names, reader))
+            kind = "hf" if folder else "safetensors"
+            return DenseExpert(path, dict.fromkeys(reader.names, reader), fmt=kind)
         if fmt is not None:
             raise CheckpointError(
                 f"{path}: format {fmt} expects a folder with {HF_WEIGHTS_NAME} or {HF_INDEX_NAME}"
             )
     if fmt in (None, "orbax") and folder:
         orbax = OrbaxReader(path, step=step)
-        return DenseExpert(path, dict.fromkeys(orbax.names, orbax))
+        return DenseExpert(path, dict.fromkeys(orbax.names, orbax), fmt="orbax")
     if (fmt == "msgpack" or (fmt is None and path.suffix == ".msgpack")) and not folder:
         packed = MsgpackReader(path)
-        return DenseExpert(path, dict.fromkeys(packed.names, packed))
+        return DenseExpert(path, dict.fromkeys(packed.names, packed), fmt="msgpack")
+    if (fmt == "npz" or (fmt is None and path.suffix == ".npz")) and not folder:
+        archive = NpzReader(path)
+        return DenseExpert(path, dict.fromkeys(archive.names, archive), fmt="npz")
     arrays = flatten_tree(load_checkpoint(path, check_finite=False, step=step, fmt=fmt))
-    return DenseExpert(path, None, arrays)
+    return DenseExpert(path, None, arrays, fmt=fmt or "npz")
 
 
 class PoolStatistics(NamedTuple):

@@ -198,6 +198,8 @@ class SafetensorsWriter:
             }
             offset += nbytes
             self._order.append((name, shape, dtype))
+        self.order = [name for name, _, _ in self._order]  # the writing order
+        self.spec = {name: (shape, dtype) for name, shape, dtype in self._order}
         raw = json.dumps(header, separators=(",", ":")).encode()
         self._header = raw + b" " * (-len(raw) % 8)
         self._next = 0

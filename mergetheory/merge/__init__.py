@@ -110,11 +110,13 @@ _TIES_STATIC = (
 MERGE_OPERATORS: dict[str, MergeOperator] = {
     "average": MergeOperator(
         fn=average,
+        per_tensor={},
         linear=True,
         description="weight averaging: sum_t w_t tau_t / sum_t w_t",
     ),
     "task_arithmetic": MergeOperator(
         fn=task_arithmetic,
+        per_tensor={},
         linear=True,
         default_hparams={"scale": 1.0},
         identity_hparams={"scale": 1.0},
@@ -123,6 +125,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "ties": MergeOperator(
         fn=ties,
+        per_tensor={"trim": "tensor"},
         default_hparams={"density": 0.2, "scale": 1.0},
         identity_hparams={"density": 1.0, "scale": 1.0},
         continuous_hparams=("density", "scale"),
@@ -131,6 +134,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "magnitude_prune": MergeOperator(
         fn=magnitude_prune,
+        per_tensor={"trim": "tensor"},
         default_hparams={"density": 0.2, "scale": 1.0},
         identity_hparams={"density": 1.0, "scale": 1.0},
         continuous_hparams=("density", "scale"),
@@ -157,6 +161,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "rht": MergeOperator(
         fn=rht,
+        per_tensor={},
         default_hparams={"density": 0.7},
         identity_hparams={"density": 1.0},
         continuous_hparams=("density",),
@@ -174,6 +179,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "base_knowledge_weighted": MergeOperator(
         fn=base_knowledge_weighted,
+        per_tensor={},
         linear=True,
         needs=("base_accuracy",),
         default_hparams={"temperature": 0.1, "scale": 1.0},
@@ -185,6 +191,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     # --- zoo operators (issue 5) ---
     "breadcrumbs": MergeOperator(
         fn=breadcrumbs,
+        per_tensor={},
         default_hparams={"beta": 0.15, "gamma": 0.006, "scale": 0.2},
         identity_hparams={"beta": 1.0, "gamma": 0.0, "scale": 1.0},
         continuous_hparams=("beta", "gamma", "scale"),
@@ -194,6 +201,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "emr": MergeOperator(
         fn=emr,
+        per_tensor={},
         has_weights=False,
         static_argnames=("sign_rule",),
         description="EMR-Merging's unified task vector tau_uni = sgn(sum) * max agreeing "
@@ -201,6 +209,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "tsv_m": MergeOperator(
         fn=tsv_m,
+        per_tensor={},
         default_hparams={"alpha": 1.0},
         continuous_hparams=("alpha",),
         static_argnames=("sv_reduction",),
@@ -209,6 +218,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "iso_c": MergeOperator(
         fn=iso_c,
+        per_tensor={},
         identity_at_one=False,
         default_hparams={"alpha": 1.0},
         continuous_hparams=("alpha",),
@@ -217,6 +227,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "iso_cts": MergeOperator(
         fn=iso_cts,
+        per_tensor={},
         identity_at_one=False,
         default_hparams={"alpha": 1.0},
         continuous_hparams=("alpha",),
@@ -226,6 +237,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "model_stock": MergeOperator(
         fn=model_stock,
+        per_tensor={},
         has_weights=False,
         static_argnames=("cosine_average", "granularity"),
         description="Model Stock: t * mean_t tau_t, t = k cos / (1 + (k - 1) cos) with the "
@@ -233,6 +245,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     ),
     "knots": MergeOperator(
         fn=knots,
+        per_tensor={"trim_scope": "tensor"},
         has_weights=False,
         default_hparams={"density": 0.2, "scale": 1.0},
         identity_hparams={"density": 1.0},

@@ -33,6 +33,11 @@ class MergeOperator(NamedTuple):
       continuous_hparams: names of hyperparameters that may be traced (vmapped over).
       static_argnames: names of shape-determining (Python int / str / bool) hyperparameters.
       has_weights: the operator accepts a ``weights`` ``[T]`` argument.
+      per_tensor: the merge of a pytree is the merge of each leaf alone, bit for bit, when
+        the hyperparameters take these values (``{}``: always; ``{"trim": "tensor"}``: with
+        a per-tensor trim); ``None``: it needs the whole tree (a global trim, randomness
+        keyed by the leaf's position, leaves coupled). Streaming merges, one tensor at a
+        time (``mergetheory merge``), are used only where this holds.
       description: one line for ``mergetheory merge --help`` and the docs.
     """
 
@@ -48,6 +53,7 @@ class MergeOperator(NamedTuple):
     continuous_hparams: tuple[str, ...] = ()
     static_argnames: tuple[str, ...] = ()
     has_weights: bool = True
+    per_tensor: Mapping[str, Any] | None = None
     description: str = ""
 
 

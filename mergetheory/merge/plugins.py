@@ -72,7 +72,8 @@ def register_operator(
       **claims: the properties ``fn`` claims, fields of :class:`MergeOperator`
         (``linear``, ``stochastic``, ``permutation_invariant``, ``identity_at_one``,
         ``scale_equivariant``, ``needs``, ``default_hparams``, ``identity_hparams``,
-        ``continuous_hparams``, ``static_argnames``, ``has_weights``, ``description``).
+        ``continuous_hparams``, ``static_argnames``, ``has_weights``, ``per_tensor``,
+        ``description``).
 
     Returns:
       The stored :class:`MergeOperator`.

@@ -71,3 +71,16 @@ def test_merge_help_lists_hyperparameters(capsys):
     out = capsys.readouterr().out
     assert "ties: density=0.2, scale=1.0, trim='tensor'" in out
     assert "base_knowledge_weighted: base_accuracy=required" in out
+
+
+def test_streamed_operators_match_the_registry(capsys):
+    # `merge --help` marks the operators streamed tensor by tensor without importing JAX
+    from mergetheory.cli import main
+    from mergetheory.cli.merge_stream import STREAMED_OPERATORS
+
+    claims = {n: op.per_tensor for n, op in MERGE_OPERATORS.items() if n in BUILTIN_OPERATOR_NAMES}
+    assert STREAMED_OPERATORS == {n: dict(c) for n, c in claims.items() if c is not None}
+    assert main(["merge", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "ties: density=0.2," in out and "[streamed with trim='tensor']" in out
+    assert "dare_ties: density=0.5," in out and "[whole tree]" in out

@@ -57,14 +57,18 @@ OPS = [
 
 @pytest.mark.parametrize("op, flags", OPS)
 @pytest.mark.parametrize("with_base", [True, False])
-def test_streamed_merge_equals_the_whole_tree_merge(tmp_path, op, flags, with_base):
+def test_streamed_merge_equals_the_whole_tree_merge(tmp_path, monkeypatch, op, flags, with_base):
+    from mergetheory.cli import merge
+
     base, models, base_path, paths = _write(tmp_path)
     extra = ["--operator", op, *flags]
     b = base_path if with_base else None
     got = _merge(tmp_path, "s.safetensors", paths, b, extra)
-    # the in-memory path of the CLI (.npz inputs are loaded whole)
+    # the in-memory path of the CLI (the whole stacked tree), on the same data as .npz
     npz = [p.replace(".safetensors", ".npz") for p in paths]
-    old = _merge(tmp_path, "o.npz", npz, b and b.replace(".safetensors", ".npz"), extra)
+    with monkeypatch.context() as m:
+        m.setattr(merge, "is_streamable", lambda *a: False)
+        old = _merge(tmp_path, "o.npz", npz, b and b.replace(".safetensors", ".npz"), extra)
     # the library operator on the stacked tree
     hp = dict(MERGE_OPERATORS[op].default_hparams)
     for flag, value in zip(flags[::2], flags[1::2], strict=True):

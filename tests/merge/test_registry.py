@@ -80,6 +80,10 @@ def test_bad_input_rejected(name, key):
     _check(name, "bad_input_rejected", key)
 
 
+def test_per_tensor(name, key):
+    _check(name, "per_tensor", key)
+
+
 def test_record_consistent(name, key):
     _check(name, "record_consistent", key)
 
