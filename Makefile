@@ -19,8 +19,10 @@ reproduce: $(STAMP)
 	$(PY) -m figures.run_all
 	$(PY) -m paper.build
 
+# two worker processes (pytest-xdist), one test file per worker at a time (module fixtures
+# such as the trained tiny zoo are built once); `python -m pytest -q` runs the same tests in one
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -16,10 +16,32 @@ os.environ["XLA_FLAGS"] = _flags
 # JAX's CPU SVD / QR / eigh call SciPy's OpenBLAS, whose own thread pool fights XLA's on a
 # 2-core machine (measured: one 1000x1000 SVD 7-15 s with default threads, 0.36 s with 1).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# One JAX persistent compilation cache per test session, in a new temporary folder (so every
+# session starts empty, as in a fresh clone): the `make test` workers (pytest-xdist) and the
+# tests' subprocesses (CLI, README, docs/extending.md) inherit it through the environment and
+# load the programs another process compiled instead of compiling them again. A loaded
+# program is the one compiled (same results); compile counts still count it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mergetheory-jax-cache-")
+    os.environ["MERGETHEORY_TEST_JAX_CACHE_OWNER"] = str(os.getpid())  # removes it at the end
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+# (also here: a pytest plugin may have imported JAX before the environment above was set)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+jax.config.update(
+    "jax_persistent_cache_min_entry_size_bytes",
+    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -112,3 +134,11 @@ def hf_pool():
         return base, experts, np.stack(taus)
 
     return make
+
+
+def pytest_unconfigure(config):
+    """Remove the session's compilation cache (in the process that created it)."""
+    if os.environ.get("MERGETHEORY_TEST_JAX_CACHE_OWNER") == str(os.getpid()):
+        import shutil
+
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
