@@ -52,18 +52,15 @@ __all__ = [
 EVAL_TASK_BATCH = 2
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _eval_tasks(cfg: TrainConfig, params: Any, data: Any) -> jax.Array:
-    # metric of one parameter set on every task of ``data`` (leading task axis): ``[T]``
-    return jax.lax.map(lambda d: metric_fn(cfg, params, d), data, batch_size=EVAL_TASK_BATCH)
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _eval_diagonal(cfg: TrainConfig, params: Any, data: Any) -> jax.Array:
-    # metric of expert ``t`` (stacked parameters ``[T, ...]``) on task ``t``: ``[T]``
-    return jax.lax.map(
-        lambda pd: metric_fn(cfg, pd[0], pd[1]), (params, data), batch_size=EVAL_TASK_BATCH
-    )
+@functools.partial(jax.jit, static_argnames=("cfg", "diagonal"))
+def _eval_tasks(cfg: TrainConfig, params: Any, data: Any, diagonal: bool = False) -> jax.Array:
+    # ``[T]``: one parameter set on every task of ``data`` (leading task axis), or with
+    # ``diagonal`` expert ``t`` of the stacked ``params`` on task ``t``
+    if diagonal:
+        fn, xs = (lambda pd: metric_fn(cfg, pd[0], pd[1])), (params, data)
+    else:
+        fn, xs = (lambda d: metric_fn(cfg, params, d)), data
+    return jax.lax.map(fn, xs, batch_size=EVAL_TASK_BATCH)
 
 
 def _flat(tree: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +237,7 @@ def evaluate_experts(
         raise ValueError(f"evaluate_experts: {num} updates for {len(zoo.task_names)} tasks")
     data = _split_data(zoo, split, None, max_examples)
     params = jax.tree.map(lambda b, d: b[None] + d.astype(b.dtype), zoo.base_params, deltas)
-    return np.asarray(_eval_diagonal(train_config(zoo.spec), params, data), np.float64)
+    return np.asarray(_eval_tasks(train_config(zoo.spec), params, data, True), np.float64)
 
 
 def lora_dense_updates(zoo: ExpertZoo) -> Any:
