@@ -262,28 +262,27 @@ def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
     reg, hp, mode = OPERATORS[label]
     fn = MERGE_OPERATORS[reg].fn
 
+    def factors(bs: dict, as_: dict) -> dict:
+        return {p: LoraFactors(B=bs[p], A=as_[p], scaling=1.0) for p in lora_paths}
+
     def one(data, key, extra):
         kw = dict(hp)
         if reg in PADDED:  # zero task vectors of weight 0 beyond the first n
             mask = extra["mask"]
             data = jax.tree.map(lambda x: x * _per_expert(mask, x), data)
             kw["weights"] = mask
-        if reg == "base_knowledge_weighted":
-            ta = MERGE_OPERATORS["task_arithmetic"].fn(data, key, weights=extra["omega"])
-            return rescale_to_norm(ta, extra["budget"]) if mode == "norm" else ta
-        if reg in THRESHOLDED:
-            merged = _merge_thresholded(reg, hp, data, extra["threshold"], kw["weights"])
-            if mode != "factorwise":
-                return rescale_to_norm(merged, extra["budget"]) if mode == "norm" else merged
-            bs, as_ = merged
-            return lora_delta({p: LoraFactors(B=bs[p], A=as_[p], scaling=1.0) for p in lora_paths})
         if reg in TUNED:
             kw[TUNED[reg]] = 1.0
-        if mode == "factorwise":
-            bs, as_ = data
-            factors = {p: LoraFactors(B=bs[p], A=as_[p], scaling=1.0) for p in lora_paths}
-            return lora_delta(lora_factorwise(fn, factors, key, **kw))
-        out = fn(data, key, **kw)
+        if reg == "base_knowledge_weighted":
+            out = MERGE_OPERATORS["task_arithmetic"].fn(data, key, weights=extra["omega"])
+        elif reg in THRESHOLDED:
+            out = _merge_thresholded(reg, hp, data, extra["threshold"], kw["weights"])
+            if mode == "factorwise":
+                out = lora_delta(factors(*out))
+        elif mode == "factorwise":
+            out = lora_delta(lora_factorwise(fn, factors(*data), key, **kw))
+        else:
+            out = fn(data, key, **kw)
         return rescale_to_norm(out, extra["budget"]) if mode == "norm" else out
 
     return jax.jit(jax.vmap(one))
