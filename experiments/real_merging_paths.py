@@ -3,8 +3,8 @@
 :data:`OPERATORS` maps each label of ``experiments.real_merging`` to a registry operator,
 its hyperparameters and a mode; :func:`merge_paths` merges the n-subsets of every path
 with one label, ``jit(vmap)`` over the paths, with the exact shortcuts described at
-:data:`PADDED`, :data:`THRESHOLDED` and :data:`TUNED` (each tested against the registry
-operator in ``tests/analysis/test_real_merging_padding.py``).
+:data:`PADDED`, :data:`THRESHOLDED`, :data:`TRIPLETS` and :data:`TUNED` (each tested
+against the registry operator in ``tests/analysis/test_real_merging_padding.py``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ from mergetheory.merge import (
     rht_merge_thresholded,
     ties_kept,
     ties_merge_thresholded,
+    tsv_m_from_triplets,
+    tsv_m_triplets,
 )
 
 __all__ = [
     "OPERATORS",
     "PADDED",
     "THRESHOLDED",
+    "TRIPLETS",
     "TUNED",
     "expert_thresholds",
     "merge_paths",
@@ -75,6 +78,11 @@ PADDED = ("average", "task_arithmetic", "ties", "dare_ties", "rht", "base_knowle
 # (``ties_merge_thresholded``, ``rht_merge_thresholded``): bit for bit the registry
 # operator (tested), without a threshold search per subset and n
 THRESHOLDED = ("ties", "rht")
+# operators whose per-expert SVDs do not depend on the subset (TSV-M: each expert's thin
+# SVD, truncated per n to floor(r / n) triplets): computed once per expert set
+# (``tsv_m_triplets``) and every subset merged by ``tsv_m_from_triplets``, bit for bit the
+# registry operator (tested). Not Iso-C: its SVD is of the subset's sum
+TRIPLETS = ("tsv_m",)
 # operators linear in one hyperparameter (registry name -> its name): merged once at 1,
 # then scaled by the value chosen on the val split (exact: the scale multiplies the output)
 TUNED = {"task_arithmetic": "scale", "tsv_m": "alpha", "iso_c": "alpha"}
@@ -138,6 +146,8 @@ def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
             out = _merge_thresholded(reg, hp, data, extra["threshold"], kw["weights"])
             if mode == "factorwise":
                 out = lora_delta(factors(*out))
+        elif reg == "tsv_m":  # the experts' SVDs come precomputed (TRIPLETS)
+            out = tsv_m_from_triplets(data, extra["triplets"], alpha=kw["alpha"])
         elif mode == "factorwise":
             out = lora_delta(lora_factorwise(fn, factors(*data), key, **kw))
         else:
@@ -187,6 +197,9 @@ def merge_paths(
     if reg in THRESHOLDED:
         thr = subset_task_vectors(expert_thresholds(label, data_all), paths)
     timings = {"merge": 0.0} if timings is None else timings
+    t0 = time.perf_counter()
+    triplets = tsv_m_triplets(data_all) if reg in TRIPLETS else None
+    timings["merge"] += time.perf_counter() - t0
     merged = []
     for n in range(1, n_max + 1):
         subsets = paths[:, :n]
@@ -198,6 +211,8 @@ def merge_paths(
         }
         if thr is not None:
             extra["threshold"] = thr
+        if triplets is not None:
+            extra["triplets"] = subset_task_vectors(triplets, subsets)
         if reg == "base_knowledge_weighted":
             temp = OPERATORS[label][1]["temperature"]
             omega = jax.vmap(lambda a, t=temp: base_knowledge_weights(a, temperature=t))(

@@ -97,6 +97,8 @@ from .topk import topk_mask as topk_mask
 from .tsv import tsv_c as tsv_c
 from .tsv import tsv_m as tsv_m
 from .tsv import tsv_m_factors as tsv_m_factors
+from .tsv import tsv_m_from_triplets as tsv_m_from_triplets
+from .tsv import tsv_m_triplets as tsv_m_triplets
 
 _TIES_STATIC = (
     "trim",
@@ -351,4 +353,6 @@ __all__ = [
     "tsv_c",
     "tsv_m",
     "tsv_m_factors",
+    "tsv_m_from_triplets",
+    "tsv_m_triplets",
 ]

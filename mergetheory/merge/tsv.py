@@ -41,6 +41,7 @@ from .svd import (
     factored_singular_triplets,
     is_lora_factors,
     map_matrix_leaves_alpha,
+    mean_tasks,
     orthogonalised_factors,
     rank_tolerance,
     recombine_factors,
@@ -48,7 +49,7 @@ from .svd import (
     times_alpha,
 )
 
-__all__ = ["tsv_c", "tsv_m", "tsv_m_factors"]
+__all__ = ["tsv_c", "tsv_m", "tsv_m_factors", "tsv_m_from_triplets", "tsv_m_triplets"]
 
 
 def _tsv_rank(r: int, num: int, sv_reduction: float | None) -> int:
@@ -167,6 +168,85 @@ def _tsv_m(task_vectors: Any, weights: Any, alpha: Any, sv_reduction: float | No
         return times_alpha(alpha, recombine_factors(f))
 
     return map_matrix_leaves_alpha(task_vectors, weights, alpha, matrix, factors)
+
+
+def tsv_m_triplets(task_vectors: TaskVectors) -> Any:
+    r"""Stage one of a two-stage TSV-M: every task's full thin SVD of every 2-D leaf.
+
+    .. math:: \tau_t = U_t \Sigma_t V_t^\top \quad (\text{all } r = \min(m, n) \text{ triplets}).
+
+    Each task's SVD does not depend on which other tasks are merged with it, so a caller
+    merging many subsets of one task set (the bridge experiment's nested subsets) computes
+    it once and gathers the subsets' triplets for :func:`tsv_m_from_triplets`.
+
+    Args:
+      task_vectors: pytree of dense ``[T, ...]`` leaves (no :class:`LoraFactors`).
+
+    Returns:
+      The same tree with ``(u [T, m, r], s [T, r], vt [T, r, n])`` at each ``[T, m, n]``
+      leaf and None at the other leaves.
+
+    Example:
+      >>> tv = {"w": jr.normal(jr.key(0), (4, 16, 8))}
+      >>> trip = tsv_m_triplets(tv)
+      >>> tsv_m_from_triplets(tv, trip)["w"].shape   # == tsv_m(tv, key)["w"]
+      (16, 8)
+
+    Reference: Gargiulo et al., CVPR 2025 (``gargiulo2025tsv``).
+    """
+    check_matrix_task_vectors(task_vectors)
+    if any(is_lora_factors(x) for x in jtu.tree_leaves(task_vectors, is_leaf=is_lora_factors)):
+        raise ValueError("tsv_m_triplets: dense task vectors only (got LoraFactors leaves)")
+    return _tsv_m_triplets(task_vectors)
+
+
+@jax.jit
+def _tsv_m_triplets(task_vectors: Any) -> Any:
+    return jtu.tree_map(lambda x: task_singular_triplets(x) if x.ndim == 3 else None, task_vectors)
+
+
+def tsv_m_from_triplets(task_vectors: TaskVectors, triplets: Any, *, alpha: Any = 1.0) -> Merged:
+    r"""Stage two of a two-stage TSV-M: the merge from the tasks' precomputed triplets.
+
+    ``tsv_m_from_triplets(tv, tsv_m_triplets(tv), alpha=a)`` is ``tsv_m(tv, key,
+    alpha=a)`` bit for bit (the same SVDs, truncated to the same
+    :math:`k = \lfloor r/T \rfloor`, then the same polar factors), and a subset's merge
+    takes the subset's rows of both arguments. Unweighted, default ``sv_reduction``.
+
+    Args:
+      task_vectors: ``[T, ...]`` dense task vectors (their mean is the merge of the
+        non-2-D leaves).
+      triplets: :func:`tsv_m_triplets` of the same ``T`` tasks (rows gathered alike).
+      alpha: scalar applied to the merged update (traceable).
+
+    Returns:
+      The merged update (same pytree without the task axis).
+
+    Example:
+      >>> tv = {"w": jr.normal(jr.key(0), (4, 16, 8))}
+      >>> sub = jax.tree.map(lambda x: x[:2], (tv, tsv_m_triplets(tv)))
+      >>> tsv_m_from_triplets(*sub)["w"].shape   # == tsv_m of the first two tasks
+      (16, 8)
+
+    Reference: Gargiulo et al., CVPR 2025 (``gargiulo2025tsv``).
+    """
+    return _tsv_m_from_triplets(task_vectors, triplets, alpha)
+
+
+@jax.jit
+def _tsv_m_from_triplets(task_vectors: Any, triplets: Any, alpha: Any) -> Merged:
+    # jitted as tsv_m is (bit-identical results need the same compiled arithmetic)
+    def one(x: jax.Array, trip: Any) -> jax.Array:
+        if x.ndim != 3:
+            return times_alpha(alpha, mean_tasks(x)).astype(x.dtype)
+        num, m, n = x.shape
+        rank = _tsv_rank(min(m, n), num, None)
+        f = _tsv_from_triplets(*trip, (m, n), rank) if rank > 0 else None
+        if f is None:
+            return jnp.zeros((m, n), x.dtype)
+        return times_alpha(alpha, recombine_factors(f)).astype(x.dtype)
+
+    return jtu.tree_map(one, task_vectors, triplets, is_leaf=lambda t: t is None)
 
 
 def tsv_c(

@@ -13,7 +13,14 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from experiments.real_merging import OPERATORS, PADDED, THRESHOLDED, TUNED, merge_paths
+from experiments.real_merging import (
+    OPERATORS,
+    PADDED,
+    THRESHOLDED,
+    TRIPLETS,
+    TUNED,
+    merge_paths,
+)
 from mergetheory.analysis import rescale_to_norm
 from mergetheory.lora import LoraFactors
 from mergetheory.merge import MERGE_OPERATORS, lora_delta, lora_factorwise
@@ -145,3 +152,24 @@ def test_two_stage_merges_equal_the_registry_operator(label):
 def _close(got, want, rtol):
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * float(jnp.abs(w).max()))
+
+
+def test_tsv_m_from_the_experts_svds_equals_the_registry_operator():
+    # TRIPLETS: each expert's SVD computed once (tsv_m_triplets), every subset merged from
+    # its experts' triplets: bit for bit the registry operator under jit(vmap) over the
+    # paths (how the experiment merged before), and to round-off the eager one per subset
+    assert TRIPLETS == ("tsv_m",)
+    data = _tree(jr.key(7))
+    paths = np.array([[2, 0, 3, 1], [1, 3, 0, 2]])
+    fn = MERGE_OPERATORS["tsv_m"].fn
+    got = merge_paths(
+        "tsv_m", data, paths, jr.key(5), sq_norms=np.ones(N, np.float32), knowledge=np.ones(N)
+    )
+    batched = jax.jit(jax.vmap(lambda d: fn(d, jr.key(6), alpha=1.0)))
+    for n in range(1, N + 1):
+        sub = jax.tree.map(lambda x, n=n: x[paths[:, :n]], data)
+        for g, w in zip(jax.tree.leaves(got[n - 1]), jax.tree.leaves(batched(sub)), strict=True):
+            np.testing.assert_array_equal(g, w)
+        for s in range(paths.shape[0]):
+            want = fn(jax.tree.map(lambda x, s=s: x[s], sub), jr.key(6))
+            _close([x[s] for x in jax.tree.leaves(got[n - 1])], jax.tree.leaves(want), 1e-5)

@@ -4,6 +4,7 @@ import _svd_reference as ref
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mergetheory.lora import LoraFactors, densify
 from mergetheory.merge import tsv
@@ -42,3 +43,27 @@ def test_tsv_m_factors_orthonormal_and_t1_truncation():
     fac = tsv.tsv_c(one, sv_reduction=0.3, factored=True)["w"]
     assert isinstance(fac, LoraFactors) and fac.B.shape == (1, 10, 3)
     np.testing.assert_allclose(densify({"w": fac})["w"][0], trunc, atol=1e-12)
+
+
+def test_two_stage_tsv_m_equals_tsv_m_on_every_subset():
+    # stage one once for all tasks, stage two on a subset's rows: the registry operator's
+    # bits on that subset (float32, as the bridge experiment runs it), including the ranks
+    # floor(r / n) = 0 (n > 5: zero matrix) and the mean on the non-matrix leaves
+    rng = np.random.default_rng(7)
+    tv = {
+        "w": jnp.asarray(rng.normal(size=(7, 12, 5)), jnp.float32),
+        "v": jnp.asarray(rng.normal(size=(7, 6, 9)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(7, 5)), jnp.float32),
+    }
+    trip = tsv.tsv_m_triplets(tv)
+    assert trip["b"] is None and trip["w"][0].shape == (7, 12, 5)
+    for idx in ([3], [4, 0], [6, 2, 5], [1, 2, 3, 4, 5, 6, 0]):
+        sub, sub_trip = jax.tree.map(lambda x, idx=idx: x[np.asarray(idx)], (tv, trip))
+        got = tsv.tsv_m_from_triplets(sub, sub_trip, alpha=0.35)
+        want = tsv_m(sub, None, alpha=0.35)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(g, w)
+    assert not np.any(got["w"])  # n = 7 > r = 5: k = 0
+    factors = {"q": LoraFactors(jnp.ones((2, 4, 1)), jnp.ones((2, 1, 3)), 1.0)}
+    with pytest.raises(ValueError, match="dense task vectors only"):
+        tsv.tsv_m_triplets(factors)
