@@ -65,6 +65,7 @@ from experiments.real_merging_paths import (
     expert_thresholds,
     merge_paths,
     per_expert,
+    same_model,
     subset_norms,
 )
 from experiments.real_merging_summary import analyse, hessian_summary, tag
@@ -101,6 +102,7 @@ __all__ = [
     "main",
     "merge_paths",
     "run",
+    "same_model",
     "tag",
 ]
 
@@ -256,7 +258,9 @@ def _scaled(tree: Any, scale: Any) -> Any:
     return jax.tree.map(lambda x: per_expert(jnp.asarray(scale), x) * x, tree)
 
 
-def _tuned_scales(scorer, merged: list, paths: np.ndarray, config, peft: bool) -> np.ndarray:
+def _tuned_scales(
+    scorer, merged: list, paths: np.ndarray, config, peft: bool, label: str
+) -> np.ndarray:
     """Scale per n (TA's lambda, TSV-M / Iso-C's alpha) chosen on the val split.
 
     At each tuned n (``config.tune_ns``, N always included; None: every n) every value of
@@ -265,7 +269,9 @@ def _tuned_scales(scorer, merged: list, paths: np.ndarray, config, peft: bool) -
     reads); the criterion is the mean raw val metric on the merged tasks (lowest
     bits per byte, highest accuracy; raw, because normalising by an expert's gain over the
     base is unstable on a handful of val examples), ties to the first grid value. Between
-    tuned n the scale is interpolated linearly in (log n, log scale).
+    tuned n the scale is interpolated linearly in (log n, log scale). Where the tuning
+    paths hold the same experts (n = T; :func:`same_model`) the first path's grid is scored
+    once and counts for each of them.
     """
     n_max = len(merged)
     grid = np.asarray(config.tune_grid, np.float64)
@@ -275,13 +281,14 @@ def _tuned_scales(scorer, merged: list, paths: np.ndarray, config, peft: bool) -
     chosen = []
     for n in ns:
         vals = np.zeros(grid.size)
-        for p in range(k):
+        one = same_model(label, paths[:k, :n])  # one model: path 0's grid for every path
+        for p in range(1 if one else k):
             head = jax.tree.map(lambda x, p=p: x[p : p + 1], merged[n - 1])
             stacked = jax.tree.map(
                 lambda *xs: jnp.concatenate(xs), *[_scaled(head, lam) for lam in grid]
             )  # [grid, ...]
             metric = scorer.score(stacked, "val", peft, tasks=paths[p, :n])  # [grid, n]
-            vals += metric.mean(axis=1) / k
+            vals += metric.mean(axis=1) / (1 if one else k)
         best = np.argmax(vals) if scorer.zoo.higher_is_better else np.argmin(vals)
         chosen.append(grid[int(best)])
     scales = np.exp(np.interp(np.log(np.arange(1, n_max + 1)), np.log(ns), np.log(chosen)))
@@ -337,11 +344,15 @@ def _run_operators(
         t0 = time.perf_counter()
         scales = np.full(n_max, np.nan)
         if reg in TUNED:
-            scales = _tuned_scales(scorer, merged, paths, config, peft)
+            scales = _tuned_scales(scorer, merged, paths, config, peft, label)
             merged = [_scaled(m, lam) for m, lam in zip(merged, scales, strict=True)]
         metric = np.zeros((paths.shape[0], n_max, refs.base.size))
         for n in range(1, n_max + 1):
-            metric[:, n - 1] = scorer.score(merged[n - 1], "test", peft)
+            if same_model(label, paths[:, :n]):  # path 0's merge scored once for all paths
+                head = jax.tree.map(lambda x: x[:1], merged[n - 1])
+                metric[:, n - 1] = scorer.score(head, "test", peft)
+            else:
+                metric[:, n - 1] = scorer.score(merged[n - 1], "test", peft)
             bar.update(1)
         timings["evaluate"] += time.perf_counter() - t0
         norm = normalized_performance(metric, refs.base, refs.expert, higher_is_better=hib)

@@ -43,6 +43,7 @@ __all__ = [
     "expert_thresholds",
     "merge_paths",
     "per_expert",
+    "same_model",
     "subset_norms",
 ]
 
@@ -224,6 +225,19 @@ def merge_paths(
         merged.append(jax.block_until_ready(fn(sub, keys, extra)))
         timings["merge"] += time.perf_counter() - t0
     return merged
+
+
+def same_model(label: str, subsets: np.ndarray) -> bool:
+    """Whether every row of ``subsets`` ``[S, n]`` merges into the same model with ``label``.
+
+    True when the rows hold the same experts (in any order; e.g. every path at n = T) and
+    the operator is deterministic (not ``stochastic`` in the registry: DARE draws its
+    masks from a per-path key). The merges then agree up to the float32 round-off of the
+    order of summation, and the experiment scores the first row's merge once for all rows.
+    """
+    rows = np.sort(np.asarray(subsets), axis=1)
+    reg = OPERATORS[label][0]
+    return not MERGE_OPERATORS[reg].stochastic and bool((rows == rows[:1]).all())
 
 
 def per_expert(v: jax.Array, x: jax.Array) -> jax.Array:

@@ -20,6 +20,7 @@ from experiments.real_merging import (
     TRIPLETS,
     TUNED,
     merge_paths,
+    same_model,
 )
 from mergetheory.analysis import rescale_to_norm
 from mergetheory.lora import LoraFactors
@@ -173,3 +174,31 @@ def test_tsv_m_from_the_experts_svds_equals_the_registry_operator():
         for s in range(paths.shape[0]):
             want = fn(jax.tree.map(lambda x, s=s: x[s], sub), jr.key(6))
             _close([x[s] for x in jax.tree.leaves(got[n - 1])], jax.tree.leaves(want), 1e-5)
+
+
+@pytest.mark.parametrize("label", sorted(OPERATORS))
+def test_paths_holding_the_same_experts_merge_into_one_model(label):
+    # the experiment scores path 0's merge for every path where same_model holds (n = T):
+    # the premise is that the paths' merges agree up to float32 round-off (summation order)
+    _, _, mode = OPERATORS[label]
+    factorwise = mode == "factorwise"
+    data = _factors(jr.key(8)) if factorwise else _tree(jr.key(8))
+    paths = np.array([[2, 0, 3, 1], [1, 3, 0, 2], [3, 2, 1, 0]])
+    sq = np.arange(1.0, N + 1.0, dtype=np.float32)
+    got = merge_paths(
+        label,
+        data,
+        paths,
+        jr.key(5),
+        sq_norms=sq,
+        knowledge=np.linspace(0.3, 0.9, N),
+        lora_paths=("q",) if factorwise else None,
+    )
+    assert not same_model(label, paths[:, :2])  # {0, 2}, {1, 3}, {2, 3}
+    if label == "dare_ties":  # a key per path: different models
+        assert not same_model(label, paths)
+        return
+    assert same_model(label, paths) and same_model(label, paths[:1, :2])
+    for x in jax.tree.leaves(got[N - 1]):
+        for s in range(1, paths.shape[0]):
+            np.testing.assert_allclose(x[s], x[0], rtol=1e-5, atol=1e-6 * float(jnp.abs(x).max()))
