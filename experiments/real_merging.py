@@ -59,6 +59,7 @@ from experiments import run_experiment
 from experiments.real_merging_paths import (
     OPERATORS,
     PADDED,
+    PADDED_SUM,
     THRESHOLDED,
     TRIPLETS,
     TUNED,
@@ -93,6 +94,7 @@ __all__ = [
     "LARGE",
     "OPERATORS",
     "PADDED",
+    "PADDED_SUM",
     "QUICK",
     "THRESHOLDED",
     "TRIPLETS",

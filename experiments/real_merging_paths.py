@@ -3,8 +3,9 @@
 :data:`OPERATORS` maps each label of ``experiments.real_merging`` to a registry operator,
 its hyperparameters and a mode; :func:`merge_paths` merges the n-subsets of every path
 with one label, ``jit(vmap)`` over the paths, with the exact shortcuts described at
-:data:`PADDED`, :data:`THRESHOLDED`, :data:`TRIPLETS` and :data:`TUNED` (each tested
-against the registry operator in ``tests/analysis/test_real_merging_padding.py``).
+:data:`PADDED`, :data:`PADDED_SUM`, :data:`THRESHOLDED`, :data:`TRIPLETS` and :data:`TUNED`
+(each tested against the registry operator in
+``tests/analysis/test_real_merging_padding.py``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from mergetheory.merge import (
     tsv_m_from_triplets,
     tsv_m_triplets,
 )
+from mergetheory.tree import sum_tasks
 
 __all__ = [
     "OPERATORS",
     "PADDED",
+    "PADDED_SUM",
     "THRESHOLDED",
     "TRIPLETS",
     "TUNED",
@@ -68,11 +71,18 @@ OPERATORS: dict[str, tuple[str, dict, str]] = {
 # operators whose n-subset merge equals the merge of the subset padded to N experts with
 # zero task vectors of weight 0 (checked in tests/analysis/test_real_merging_padding.py):
 # they compile once at n = N instead of once per n. Not TSV-M (its per-task rank is
-# floor(r / T)), not Iso-C (non-matrix leaves are a mean over T). Base-knowledge weighting
-# is not either (its softmax is normalised over T), but it is Task Arithmetic with weights
-# omega = base_knowledge_weights(subset's knowledge): it is merged as such, with omega
-# computed on the subset and padded with zeros (the operator's own two steps).
+# floor(r / T)), not Iso-C (non-matrix leaves are a mean over T: see PADDED_SUM).
+# Base-knowledge weighting is not either (its softmax is normalised over T), but it is
+# Task Arithmetic with weights omega = base_knowledge_weights(subset's knowledge): it is
+# merged as such, with omega computed on the subset and padded with zeros (the operator's
+# own two steps).
 PADDED = ("average", "task_arithmetic", "ties", "dare_ties", "rht", "base_knowledge_weighted")
+# operators whose matrix leaves depend on the subset only through its sum: Iso-C (the SVD
+# of sum_t tau_t, summed left to right, so zero task vectors appended leave the bits of the
+# sum, hence of the SVD, unchanged). Padded as PADDED, the non-matrix leaves' mean taken
+# over the n experts (the mask's sum) instead of N: bit for bit the registry operator on
+# the subset (tested), one compile instead of one per n
+PADDED_SUM = ("iso_c",)
 # PADDED operators whose per-expert trim does not depend on the subset: each expert's
 # per-tensor threshold is computed once per expert set (:func:`expert_thresholds`), and
 # every subset is merged by the operator's own second stage given the thresholds
@@ -82,7 +92,7 @@ THRESHOLDED = ("ties", "rht")
 # operators whose per-expert SVDs do not depend on the subset (TSV-M: each expert's thin
 # SVD, truncated per n to floor(r / n) triplets): computed once per expert set
 # (``tsv_m_triplets``) and every subset merged by ``tsv_m_from_triplets``, bit for bit the
-# registry operator (tested). Not Iso-C: its SVD is of the subset's sum
+# registry operator (tested)
 TRIPLETS = ("tsv_m",)
 # operators linear in one hyperparameter (registry name -> its name): merged once at 1,
 # then scaled by the value chosen on the val split (exact: the scale multiplies the output)
@@ -135,7 +145,7 @@ def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
 
     def one(data, key, extra):
         kw = dict(hp)
-        if reg in PADDED:  # zero task vectors of weight 0 beyond the first n
+        if reg in PADDED or reg in PADDED_SUM:  # zero task vectors of weight 0 after n
             mask = extra["mask"]
             data = jax.tree.map(lambda x: x * per_expert(mask, x), data)
             kw["weights"] = mask
@@ -147,6 +157,13 @@ def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
             out = _merge_thresholded(reg, hp, data, extra["threshold"], kw["weights"])
             if mode == "factorwise":
                 out = lora_delta(factors(*out))
+        elif reg in PADDED_SUM:  # the mean over the n experts on the non-matrix leaves
+            n = jnp.sum(mask)
+            out = jax.tree.map(
+                lambda o, x: o if x.ndim == 3 else (sum_tasks(x) / n.astype(x.dtype)),
+                fn(data, key, **kw),
+                data,
+            )
         elif reg == "tsv_m":  # the experts' SVDs come precomputed (TRIPLETS)
             out = tsv_m_from_triplets(data, extra["triplets"], alpha=kw["alpha"])
         elif mode == "factorwise":
@@ -192,7 +209,7 @@ def merge_paths(
     reg = OPERATORS[label][0]
     fn = _merge_fn(label, lora_paths)
     s_num, n_max = paths.shape
-    padded = reg in PADDED
+    padded = reg in PADDED or reg in PADDED_SUM
     data = subset_task_vectors(data_all, paths) if padded else None
     thr = None
     if reg in THRESHOLDED:

@@ -16,6 +16,7 @@ import pytest
 from experiments.real_merging import (
     OPERATORS,
     PADDED,
+    PADDED_SUM,
     THRESHOLDED,
     TRIPLETS,
     TUNED,
@@ -202,3 +203,21 @@ def test_paths_holding_the_same_experts_merge_into_one_model(label):
     for x in jax.tree.leaves(got[N - 1]):
         for s in range(1, paths.shape[0]):
             np.testing.assert_allclose(x[s], x[0], rtol=1e-5, atol=1e-6 * float(jnp.abs(x).max()))
+
+
+def test_iso_c_padded_equals_the_registry_operator_on_the_subset():
+    # PADDED_SUM: Iso-C merged padded (the SVD of a left-to-right sum, zeros appended) with
+    # the non-matrix leaves' mean over the mask: bit for bit the registry operator on the
+    # subset under jit(vmap) over the paths (how the experiment merged before)
+    assert PADDED_SUM == ("iso_c",)
+    data = _tree(jr.key(9))
+    paths = np.array([[2, 0, 3, 1], [1, 3, 0, 2]])
+    fn = MERGE_OPERATORS["iso_c"].fn
+    got = merge_paths(
+        "iso_c", data, paths, jr.key(5), sq_norms=np.ones(N, np.float32), knowledge=np.ones(N)
+    )
+    batched = jax.jit(jax.vmap(lambda d: fn(d, jr.key(6), alpha=1.0)))
+    for n in range(1, N + 1):
+        sub = jax.tree.map(lambda x, n=n: x[paths[:, :n]], data)
+        for g, w in zip(jax.tree.leaves(got[n - 1]), jax.tree.leaves(batched(sub)), strict=True):
+            np.testing.assert_array_equal(g, w)
