@@ -156,16 +156,19 @@ def _close(got, want, rtol):
         np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * float(jnp.abs(w).max()))
 
 
-def test_tsv_m_from_the_experts_svds_equals_the_registry_operator():
-    # TRIPLETS: each expert's SVD computed once (tsv_m_triplets), every subset merged from
-    # its experts' triplets: bit for bit the registry operator under jit(vmap) over the
-    # paths (how the experiment merged before), and to round-off the eager one per subset
-    assert TRIPLETS == ("tsv_m",)
+@pytest.mark.parametrize("reg", ["tsv_m", "iso_c"])
+def test_svd_merges_without_per_subset_work_equal_the_registry_operator(reg):
+    # TRIPLETS (TSV-M): each expert's SVD computed once (tsv_m_triplets), every subset
+    # merged from its experts' triplets. PADDED_SUM (Iso-C): merged padded (the SVD of a
+    # left-to-right sum, zeros appended), the non-matrix leaves' mean over the mask. Both
+    # bit for bit the registry operator under jit(vmap) over the paths (how the experiment
+    # merged before), and to round-off the eager one per subset
+    assert TRIPLETS == ("tsv_m",) and PADDED_SUM == ("iso_c",)
     data = _tree(jr.key(7))
     paths = np.array([[2, 0, 3, 1], [1, 3, 0, 2]])
-    fn = MERGE_OPERATORS["tsv_m"].fn
+    fn = MERGE_OPERATORS[reg].fn
     got = merge_paths(
-        "tsv_m", data, paths, jr.key(5), sq_norms=np.ones(N, np.float32), knowledge=np.ones(N)
+        reg, data, paths, jr.key(5), sq_norms=np.ones(N, np.float32), knowledge=np.ones(N)
     )
     batched = jax.jit(jax.vmap(lambda d: fn(d, jr.key(6), alpha=1.0)))
     for n in range(1, N + 1):
@@ -181,20 +184,12 @@ def test_tsv_m_from_the_experts_svds_equals_the_registry_operator():
 def test_paths_holding_the_same_experts_merge_into_one_model(label):
     # the experiment scores path 0's merge for every path where same_model holds (n = T):
     # the premise is that the paths' merges agree up to float32 round-off (summation order)
-    _, _, mode = OPERATORS[label]
-    factorwise = mode == "factorwise"
+    factorwise = OPERATORS[label][2] == "factorwise"
     data = _factors(jr.key(8)) if factorwise else _tree(jr.key(8))
     paths = np.array([[2, 0, 3, 1], [1, 3, 0, 2], [3, 2, 1, 0]])
-    sq = np.arange(1.0, N + 1.0, dtype=np.float32)
-    got = merge_paths(
-        label,
-        data,
-        paths,
-        jr.key(5),
-        sq_norms=sq,
-        knowledge=np.linspace(0.3, 0.9, N),
-        lora_paths=("q",) if factorwise else None,
-    )
+    kw = {"sq_norms": np.arange(1.0, N + 1.0, dtype=np.float32)}
+    kw.update(knowledge=np.linspace(0.3, 0.9, N), lora_paths=("q",) if factorwise else None)
+    got = merge_paths(label, data, paths, jr.key(5), **kw)
     assert not same_model(label, paths[:, :2])  # {0, 2}, {1, 3}, {2, 3}
     if label == "dare_ties":  # a key per path: different models
         assert not same_model(label, paths)
@@ -203,21 +198,3 @@ def test_paths_holding_the_same_experts_merge_into_one_model(label):
     for x in jax.tree.leaves(got[N - 1]):
         for s in range(1, paths.shape[0]):
             np.testing.assert_allclose(x[s], x[0], rtol=1e-5, atol=1e-6 * float(jnp.abs(x).max()))
-
-
-def test_iso_c_padded_equals_the_registry_operator_on_the_subset():
-    # PADDED_SUM: Iso-C merged padded (the SVD of a left-to-right sum, zeros appended) with
-    # the non-matrix leaves' mean over the mask: bit for bit the registry operator on the
-    # subset under jit(vmap) over the paths (how the experiment merged before)
-    assert PADDED_SUM == ("iso_c",)
-    data = _tree(jr.key(9))
-    paths = np.array([[2, 0, 3, 1], [1, 3, 0, 2]])
-    fn = MERGE_OPERATORS["iso_c"].fn
-    got = merge_paths(
-        "iso_c", data, paths, jr.key(5), sq_norms=np.ones(N, np.float32), knowledge=np.ones(N)
-    )
-    batched = jax.jit(jax.vmap(lambda d: fn(d, jr.key(6), alpha=1.0)))
-    for n in range(1, N + 1):
-        sub = jax.tree.map(lambda x, n=n: x[paths[:, :n]], data)
-        for g, w in zip(jax.tree.leaves(got[n - 1]), jax.tree.leaves(batched(sub)), strict=True):
-            np.testing.assert_array_equal(g, w)
