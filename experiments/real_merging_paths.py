@@ -134,8 +134,9 @@ def _merge_fn(label: str, lora_paths: tuple[str, ...] | None):
 
     ``data`` is a ``[n, ...]`` task-vector pytree (dense) or ``(Bs, As)`` dicts of factors
     (factor-wise); ``extra`` carries the per-subset inputs (0/1 mask of the padded
-    experts, norm budget, the experts' thresholds for :data:`THRESHOLDED`, the padded
-    base-knowledge weights). :data:`TUNED` operators merge at scale 1.
+    experts, norm budget, the experts' thresholds for :data:`THRESHOLDED`, the subsets'
+    SVD triplets for :data:`TRIPLETS`, the padded base-knowledge weights). :data:`TUNED`
+    operators merge at scale 1.
     """
     reg, hp, mode = OPERATORS[label]
     fn = MERGE_OPERATORS[reg].fn
