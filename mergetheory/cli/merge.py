@@ -450,7 +450,8 @@ def _merge_streamed(
     dtypes = {d: out_dtype(d) for d in {ref.dtype(n) for n in ref.names}}
     spec = {n: (ref.shape(n), dtypes[ref.dtype(n)]) for n in ref.names}
     same = {n: ref.key_path(n) for n in ref.names} if fmt == ref.fmt else None
-    writer = open_writer(fmt, args.out, spec, same)
+    scalars = {n: k for n in ref.names if (k := ref.scalar_kind(n))}  # kept as scalars
+    writer = open_writer(fmt, args.out, spec, same, scalars=scalars)
     merged = merged_tensors(
         writer.order,
         experts,

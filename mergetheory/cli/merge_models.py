@@ -220,6 +220,7 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         out,
         spec,
         {n: theta0.key_path(n) for n in names} if same else None,
+        scalars={n: k for n in names if (k := theta0.scalar_kind(n))},
         max_shard_size=args.max_shard_size,
         config_from=Path(base) / "config.json" if Path(base).is_dir() else None,
     )

@@ -133,6 +133,11 @@ class DenseExpert:
         paths = getattr(self._readers.get(name), "key_paths", None)
         return tuple(paths[name]) if paths else tuple(name.split("."))
 
+    def scalar_kind(self, name: str) -> str | None:
+        """``"python"`` / ``"numpy"`` when tensor ``name`` is held in its file as a Python
+        number / NumPy scalar (the reader's ``scalar_kinds``), else ``None``."""
+        return getattr(self._readers.get(name), "scalar_kinds", {}).get(name)
+
     @property
     def lazy(self) -> bool:
         """Tensors are read from safetensors files on :meth:`get` (not held in memory)."""
