@@ -31,7 +31,11 @@ def _write(folder, fmt, models):
     paths = []
     for i, m in enumerate(models):
         p = folder / f"m{i}.{fmt}"
-        if fmt == "safetensors":
+        if fmt == "orbax":
+            from mergetheory.io import save_orbax
+
+            p = save_orbax(folder / f"m{i}", m)
+        elif fmt == "safetensors":
             save_safetensors(p, m)
         elif fmt == "npz":
             np.savez(p, **m)
@@ -75,7 +79,7 @@ def test_large_tensors_give_the_same_numbers_in_every_format(tmp_path, monkeypat
     gram, opposite = _direct(base, experts)
     monkeypatch.setattr(stack_mod, "GRAM_BLOCK", 24)  # emb and long by row blocks
     results = []
-    for fmt in ("safetensors", "npz", "msgpack"):
+    for fmt in ("safetensors", "npz", "msgpack", "orbax"):
         (tmp_path / fmt).mkdir()
         b, *paths = _write(tmp_path / fmt, fmt, [base, *experts])
         stats = stream_pool_statistics([open_expert(p) for p in paths], open_expert(b))
