@@ -24,7 +24,8 @@ operator and the property on failure. The checks (:data:`CHECKS`):
 * ``bad_input_rejected``: NaN in a leaf, mismatched task axes and wrong-shaped weights raise
   ``ValueError`` / ``TypeError``;
 * ``per_tensor`` (claimed): each leaf merged alone equals its merge in the tree, bit for
-  bit, under the claimed hyperparameters (what streaming merges rely on);
+  bit, under the claimed hyperparameters (what streaming merges rely on); a stochastic
+  operator's leaf ``i`` is given its key in the tree, ``{name: fold_in(key, i)}``;
 * ``record_consistent``: the record's claims agree with each other;
 * ``float32_x64_off``: with x64 off the float32 result is within float32 rounding of x64.
 
@@ -320,8 +321,11 @@ def _per_tensor(op, key, extra):
     }
     needs = _needs(op, NUM_TASKS, extra)
     whole = _call(op, tv, key, needs, **op.per_tensor)
+    order = sorted(tv)  # the dict's flatten order
     for k in tv:
-        alone = _call(op, {k: tv[k]}, key, needs, **op.per_tensor)[k]
+        # a stochastic operator gets the key leaf k has in the tree (per-leaf keys)
+        kk = {k: jr.fold_in(key, order.index(k))} if op.stochastic else key
+        alone = _call(op, {k: tv[k]}, kk, needs, **op.per_tensor)[k]
         assert np.array_equal(np.asarray(alone), np.asarray(whole[k])), (
             f"leaf {k!r} merged alone differs from its merge in the tree, but "
             f"per_tensor={dict(op.per_tensor)} is claimed"

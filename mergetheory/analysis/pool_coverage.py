@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..io.stack import TensorStack
 
 __all__ = [
     "COVERAGE_OPERATORS",
@@ -113,21 +116,49 @@ class OperatorGrams:
         self._key, self._n = key, num_experts
         self.grams = {name: np.zeros((num_experts, num_experts)) for name in operators}
 
-    def update(self, t: int, tname: str, x: np.ndarray) -> None:
-        """Add tensor number ``t`` (``x``: ``[n, ...]``, named ``tname``) to every Gram."""
+    def update(self, t: int, tname: str, x: TensorStack) -> None:
+        """Add tensor number ``t`` (``x``: its ``[n, ...]`` task vectors, named ``tname``)
+        to every Gram. The maps of a held tensor are kept in memory (``[n, size]``), those of
+        a larger one in a :class:`~mergetheory.io.stack.RowSpill`, then summed over
+        ``x.bounds()`` as the experts' Gram is."""
+        if x.held:
+            for k, name in enumerate(self._ops):
+                y = np.empty((self._n, x.size))
+                for i in range(self._n):
+                    y[i] = self._map(k, name, t, i, tname, x.row(i)[None])
+                self._add(name, tname, [y])
+            return
+        import jax.numpy as jnp
+
+        from ..io.stack import RowSpill
+
+        spills = [RowSpill(self._n, x.size) for _ in self._ops]
+        try:
+            for i in range(self._n):  # one expert's copy read at a time, every operator on it
+                row = jnp.asarray(x.row(i)[None])  # the NumPy copy freed: one copy in memory
+                for k, name in enumerate(self._ops):
+                    spills[k].write(self._map(k, name, t, i, tname, row))
+                del row
+            for spill, name in zip(spills, self._ops, strict=True):
+                self._add(name, tname, (spill.block(lo, hi) for lo, hi in x.bounds()))
+        finally:
+            for spill in spills:
+                spill.close()
+
+    def _map(self, k: int, name: str, t: int, i: int, tname: str, row: Any) -> np.ndarray:
         import jax.numpy as jnp
         import jax.random as jr
 
-        for k, (name, (op, hp)) in enumerate(self._ops.items()):
-            key_t = jr.fold_in(jr.fold_in(self._key, k), t)
-            y = np.empty((self._n, x[0].size))
-            for i in range(self._n):
-                try:
-                    out = op.fn({"t": jnp.asarray(x[i : i + 1])}, jr.fold_in(key_t, i), **hp)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"operator {name!r} on tensor {tname}: {exc}") from None
-                y[i] = np.asarray(out["t"], np.float64).reshape(-1)
-                del out
+        op, hp = self._ops[name]
+        key = jr.fold_in(jr.fold_in(jr.fold_in(self._key, k), t), i)
+        try:
+            out = op.fn({"t": jnp.asarray(row)}, key, **hp)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"operator {name!r} on tensor {tname}: {exc}") from None
+        return np.asarray(out["t"], np.float64).reshape(-1)
+
+    def _add(self, name: str, tname: str, blocks: Any) -> None:
+        for y in blocks:
             if not np.all(np.isfinite(y)):
                 raise ValueError(f"operator {name!r} on tensor {tname}: NaN / Inf output")
             self.grams[name] += y @ y.T

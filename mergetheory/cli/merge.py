@@ -18,8 +18,8 @@ every expert at a time (:mod:`.merge_models`), whatever the input format::
 tensor name's copies in memory at a time (:mod:`.merge_stream`), and written tensor by
 tensor (:mod:`.merge_output`), for the operators whose tree merge is the merge of each
 tensor alone (the registry's ``per_tensor`` claim, :func:`.merge_stream.is_streamable`);
-the other operators (global trims, DARE's position-keyed masks) and ``.npy`` inputs load
-the stacked tree.
+the other operators (global trims, the heavy-tailed RHT) and ``.npy`` inputs load the
+stacked tree. A stochastic operator's tensor is given the key it has in the whole tree.
 
 Rules, one for the CLI and the library (:func:`mergetheory.io.validate_lineage`): all
 inputs share names, shapes and dtypes (no silent promotion); leaves must be floating
@@ -133,8 +133,8 @@ def _hparams_epilog() -> str:
     lines = [
         "operators and their hyperparameters (defaults; set with --NAME or --hparam);",
         "[streamed]: merged one tensor at a time from files of any format (memory ~ n",
-        "tensors); [whole tree]: every expert is loaded (a global trim, random masks keyed",
-        "by the leaf's position); --per-tensor streams any operator tensor by tensor:",
+        "tensors); [whole tree]: every expert is loaded (a global trim, a whole-tree norm);",
+        "--per-tensor streams any operator tensor by tensor:",
     ]
     for name in BUILTIN_OPERATOR_NAMES:
         hps = ", ".join(f"{k}={v}" for k, v in OPERATOR_HPARAMS[name]) or "(none)"
@@ -432,10 +432,13 @@ def _merge_streamed(
     experts, base = opened[:num], (opened[num] if args.base else None)
     ref = base if base is not None else experts[0]
     key = jax.random.key(args.seed)
+    # a stochastic operator: each tensor gets the key it has in the whole-tree merge
+    index = {n: i for i, n in enumerate(sorted(ref.names))} if op.stochastic else {}
 
     def merge_one(name: str, x: np.ndarray) -> Any:
+        k = {name: jax.random.fold_in(key, index[name])} if name in index else key
         try:
-            return op.fn({name: jnp.asarray(x)}, key, **hparams)[name]
+            return op.fn({name: jnp.asarray(x)}, k, **hparams)[name]
         except (ValueError, TypeError) as exc:  # library validation: bad hyperparameters
             raise CliError(one_line(exc)) from None
 
@@ -447,7 +450,8 @@ def _merge_streamed(
     dtypes = {d: out_dtype(d) for d in {ref.dtype(n) for n in ref.names}}
     spec = {n: (ref.shape(n), dtypes[ref.dtype(n)]) for n in ref.names}
     same = {n: ref.key_path(n) for n in ref.names} if fmt == ref.fmt else None
-    writer = open_writer(fmt, args.out, spec, same)
+    scalars = {n: k for n in ref.names if (k := ref.scalar_kind(n))}  # kept as scalars
+    writer = open_writer(fmt, args.out, spec, same, scalars=scalars)
     merged = merged_tensors(
         writer.order,
         experts,

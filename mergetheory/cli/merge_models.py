@@ -220,15 +220,20 @@ def merge_models(args: argparse.Namespace, check_hparams: Any) -> int:
         out,
         spec,
         {n: theta0.key_path(n) for n in names} if same else None,
+        scalars={n: k for n in names if (k := theta0.scalar_kind(n))},
         max_shard_size=args.max_shard_size,
         config_from=Path(base) / "config.json" if Path(base).is_dir() else None,
     )
     key = jax.random.key(args.seed)
-    order = {n: i for i, n in enumerate(names)}
+    order = {n: i for i, n in enumerate(names)}  # sorted: the whole tree's flatten order
+    keyed = op.stochastic and op.per_tensor is not None
 
     def merge_one(name: str, x: np.ndarray) -> Any:
         try:
-            tau = op.fn({"t": jnp.asarray(x)}, jax.random.fold_in(key, order[name]), **hparams)
+            k = jax.random.fold_in(key, order[name])
+            if keyed:  # the key tensor `name` has in the whole-tree merge (per-leaf keys)
+                k = {"t": k}
+            tau = op.fn({"t": jnp.asarray(x)}, k, **hparams)
         except (ValueError, TypeError) as exc:
             raise CliError(one_line(str(exc))) from None
         return tau["t"]

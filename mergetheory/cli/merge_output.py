@@ -201,13 +201,16 @@ def open_writer(
     spec: Mapping[str, tuple[Any, Any]],
     key_paths: Mapping[str, tuple] | None = None,
     *,
+    scalars: Mapping[str, str] | None = None,
     max_shard_size: int = 5 * 2**30,
     config_from: Path | None = None,
 ) -> Any:
     """The writer of ``fmt`` (:func:`output_format`) for ``spec`` ``{name: (shape, dtype)}``.
 
     ``key_paths`` place the names in a nested format's tree (msgpack, orbax, npz member
-    names); model-folder options: ``max_shard_size``, ``config_from`` (a ``config.json``).
+    names); ``scalars`` the 0-d tensors an input held as Python numbers / NumPy scalars,
+    written so by msgpack and orbax (:class:`~mergetheory.io.common.TensorWriter`);
+    model-folder options: ``max_shard_size``, ``config_from`` (a ``config.json``).
     """
     from ..io.msgpack import MsgpackWriter
     from ..io.npz import NpzWriter
@@ -218,8 +221,9 @@ def open_writer(
         return ModelFolderWriter(out, spec, max_shard_size=max_shard_size, config_from=config_from)
     if fmt == "safetensors":
         return SafetensorsWriter(out, spec)
-    kinds = {"npz": NpzWriter, "msgpack": MsgpackWriter, "orbax": OrbaxWriter}
-    return kinds[fmt](out, spec, key_paths)
+    if fmt == "npz":
+        return NpzWriter(out, spec, key_paths)
+    return {"msgpack": MsgpackWriter, "orbax": OrbaxWriter}[fmt](out, spec, key_paths, scalars)
 
 
 def write_all(writer: Any, tensors: Any, out: str) -> None:

@@ -12,9 +12,11 @@ cut into blocks of rows, so the stack stays under ``block_bytes``.
 A merge is streamed only where it equals the whole-tree merge bit for bit
 (:func:`is_streamable`): the registry's ``per_tensor`` claim of the operator
 (:class:`mergetheory.merge.MergeOperator`, checked by the conformance suite), e.g. TIES and
-magnitude pruning with ``trim="tensor"``, KnOTS with ``trim_scope="tensor"``. Global
-trims and the stochastic operators (DARE, whose masks are keyed by the leaf's position in
-the whole tree) load the stacked tree instead.
+magnitude pruning with ``trim="tensor"``, KnOTS with ``trim_scope="tensor"``, and the
+DARE operators, each tensor given the key it has in the whole tree (``fold_in(key, i)``
+for the ``i``-th name in sorted order, as a per-leaf key,
+:func:`mergetheory.merge.leaf_key_list`). Global trims and the heavy-tailed RHT (scaled
+by each expert's whole-tree norm) load the stacked tree instead.
 
 Example:
   >>> experts = [open_expert(p) for p in ["e0.safetensors", "e1.safetensors"]]
@@ -48,10 +50,13 @@ STREAMED_OPERATORS: dict[str, Mapping[str, Any]] = {
     "average": {},
     "base_knowledge_weighted": {},
     "breadcrumbs": {},
+    "dare_linear": {},
+    "dare_ties": {},
     "emr": {},
     "iso_c": {},
     "iso_cts": {},
     "knots": {"trim_scope": "tensor"},
+    "knots_dare_ties": {"trim_scope": "tensor"},
     "magnitude_prune": {"trim": "tensor"},
     "model_stock": {},
     "rht": {},

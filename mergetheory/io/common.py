@@ -18,11 +18,14 @@ import numpy as np
 from ..tree import TaskVectorError, check_finite
 
 __all__ = [
+    "SCALAR_KINDS",
     "CheckpointError",
     "PathLike",
     "TensorWriter",
+    "as_scalar",
     "check_finite_checkpoint",
     "require_exists",
+    "scalar_kind",
 ]
 
 PathLike = str | os.PathLike
@@ -73,9 +76,15 @@ class TensorWriter:
     nested tree). ``key_paths`` place each name in a nested format's tree (default: the
     name split on ``"."``), so that an output keeps its input's structure.
 
+    ``scalars`` names the 0-d tensors that the input held as scalars, not arrays:
+    ``"python"`` (a Python number) or ``"numpy"`` (a NumPy scalar); the nested formats that
+    can store them (msgpack, orbax) write them so (:func:`as_scalar`), the others as 0-d
+    arrays.
+
     Attributes:
       path: the target (absolute).  spec: ``{name: (shape, dtype)}``.
       key_paths: ``{name: tuple of keys}``.  order: the names in writing order.
+      scalars: ``{name: "python" | "numpy"}``.
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class TensorWriter:
         path: PathLike,
         spec: Mapping[str, tuple[Sequence[int], Any]],
         key_paths: Mapping[str, Sequence[Any]] | None = None,
+        scalars: Mapping[str, str] | None = None,
     ) -> None:
         self.path = Path(path).absolute()
         self.spec = {
@@ -94,6 +104,7 @@ class TensorWriter:
         }
         self.order = list(self.spec)
         self.written = 0
+        self.scalars = {n: k for n, k in (scalars or {}).items() if self.spec[n][0] == ()}
 
     def check_next(self, name: str, array: Any) -> np.ndarray:
         """``array`` as NumPy, if it is the next declared tensor (name, shape, dtype)."""
@@ -115,3 +126,26 @@ class TensorWriter:
         if self.written != len(self.order):
             missing = self.order[self.written]
             raise CheckpointError(f"{self.path}: tensor {missing!r} was declared, not written")
+
+
+SCALAR_KINDS = ("python", "numpy")
+"""How a checkpoint may hold a 0-d leaf besides an array (:class:`TensorWriter`)."""
+
+
+def as_scalar(arr: np.ndarray, kind: str | None) -> Any:
+    """The 0-d ``arr`` as the input held it: a Python number (``"python"``), a NumPy
+    scalar (``"numpy"``), else ``arr``."""
+    if kind == "python":
+        return arr.item()
+    if kind == "numpy":
+        return arr[()]
+    return arr
+
+
+def scalar_kind(value: Any) -> str | None:
+    """``"python"`` for a Python int / float, ``"numpy"`` for a NumPy scalar, else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return "python"
+    return "numpy" if isinstance(value, np.generic) else None

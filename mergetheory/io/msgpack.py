@@ -20,8 +20,10 @@ from .common import (
     CheckpointError,
     PathLike,
     TensorWriter,
+    as_scalar,
     check_finite_checkpoint,
     require_exists,
+    scalar_kind,
 )
 
 __all__ = ["MsgpackReader", "MsgpackWriter", "load_msgpack", "save_msgpack"]
@@ -111,6 +113,12 @@ class MsgpackReader:
         self._leaf = flat_leaf_names(numbered)
         self.key_paths = leaf_key_paths(numbered)  # in the file's tree (wrappers kept)
         self.names = list(self._leaf)
+        # leaves held as scalars (a Python number, a NumPy scalar), not arrays
+        kinds = {
+            n: "numpy" if getattr(e, "scalar", False) else scalar_kind(e)
+            for n, e in ((n, leaves[i]) for n, i in self._leaf.items())
+        }
+        self.scalar_kinds = {n: k for n, k in kinds.items() if k is not None}
 
     def _entry(self, name: str) -> Any:
         from .msgpack_index import MsgpackArray
@@ -165,9 +173,10 @@ def _packb(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def _ndarray_ext_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    """The bytes before an array's raw data in flax's ndarray ext record (code 1):
-    ``ext32(1, msgpack [shape, dtype name, bin])``, the ``bin`` header last."""
+def _ndarray_ext_header(shape: tuple[int, ...], dtype: np.dtype, code: int = 1) -> bytes:
+    """The bytes before an array's raw data in flax's ndarray ext record (code 1; 3 for a
+    NumPy scalar): ``ext32(code, msgpack [shape, dtype name, bin])``, the ``bin`` header
+    last."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes < 1 << 8:
         binh = b"\xc4" + struct.pack(">B", nbytes)
@@ -176,7 +185,7 @@ def _ndarray_ext_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     else:
         binh = b"\xc6" + struct.pack(">I", nbytes)
     inner = b"\x93" + _packb(list(shape)) + _packb(dtype.name) + binh
-    return b"\xc9" + struct.pack(">Ib", len(inner) + nbytes, 1) + inner
+    return b"\xc9" + struct.pack(">Ib", len(inner) + nbytes, code) + inner
 
 
 class MsgpackWriter(TensorWriter):
@@ -196,10 +205,12 @@ class MsgpackWriter(TensorWriter):
       ...     w.write("dense.w", np.ones((2, 3), np.float32))
     """
 
-    def __init__(self, path: PathLike, spec: Any, key_paths: Any = None) -> None:
+    def __init__(
+        self, path: PathLike, spec: Any, key_paths: Any = None, scalars: Any = None
+    ) -> None:
         from .flat import nest_key_paths
 
-        super().__init__(path, spec, key_paths)
+        super().__init__(path, spec, key_paths, scalars)
         tree = nest_key_paths((self.key_paths[n], n) for n in self.spec)
         self._before: dict[str, bytes] = {}
         self.order = []
@@ -229,17 +240,25 @@ class MsgpackWriter(TensorWriter):
             self._file.write(_packb({}))
         return self
 
-    def _array(self, arr: np.ndarray) -> None:
+    def _array(self, arr: np.ndarray, code: int = 1) -> None:
         flat = np.ascontiguousarray(arr).reshape(-1)
-        self._file.write(_ndarray_ext_header(arr.shape, arr.dtype))
+        self._file.write(_ndarray_ext_header(arr.shape, arr.dtype, code))
         self._file.write(flat.view(np.uint8).data)
 
     def write(self, name: str, array: Any) -> None:
-        """Write the next declared tensor (in :attr:`order`)."""
+        """Write the next declared tensor (in :attr:`order`; a declared scalar as the
+        input held it, :attr:`scalars`)."""
         from flax import serialization
 
         arr = self.check_next(name, array)
         self._file.write(self._before[name])
+        kind = self.scalars.get(name)
+        if kind == "python":
+            self._file.write(_packb(as_scalar(arr, kind)))
+            return
+        if kind == "numpy":
+            self._array(arr, code=3)  # flax's NumPy scalar record
+            return
         if arr.nbytes <= serialization.MAX_CHUNK_SIZE:
             self._array(arr)
             return

@@ -34,11 +34,13 @@ class MsgpackFormatError(ValueError):
 
 
 class MsgpackArray(NamedTuple):
-    """Where one array's bytes are: ``segments`` of ``(offset, nbytes)``, in order."""
+    """Where one array's bytes are: ``segments`` of ``(offset, nbytes)``, in order;
+    ``scalar``: stored as a NumPy scalar (ext code 3), not an ndarray."""
 
     dtype: np.dtype
     shape: tuple[int, ...]
     segments: tuple[tuple[int, int], ...]
+    scalar: bool = False
 
 
 class _Bin(NamedTuple):  # a msgpack bin whose bytes are not copied
@@ -134,7 +136,7 @@ class _Walker:
         shape = tuple(int(s) for s in shape)
         if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != data.size:
             raise MsgpackFormatError(f"the array at offset {start}: shape, dtype and size differ")
-        return MsgpackArray(dtype, shape, ((start + data.offset, data.size),))
+        return MsgpackArray(dtype, shape, ((start + data.offset, data.size),), code == _NPSCALAR)
 
 
 def _unchunk(tree: Any) -> Any:

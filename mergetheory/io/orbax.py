@@ -24,6 +24,7 @@ from .common import (
     CheckpointError,
     PathLike,
     TensorWriter,
+    as_scalar,
     check_finite_checkpoint,
     require_exists,
 )
@@ -205,6 +206,9 @@ class OrbaxReader:
             self._corrupt(e)
         self._meta = leaves
         self.names = list(self._leaf)
+        # leaves saved from Python numbers (orbax's ScalarMetadata), restored as such
+        scalar = [type(m).__name__ == "ScalarMetadata" for m in leaves]
+        self.scalar_kinds = {n: "python" for n, i in self._leaf.items() if scalar[i]}
 
     def _corrupt(self, e: Exception):
         raise CheckpointError(
@@ -307,7 +311,8 @@ class OrbaxWriter(TensorWriter):
     the tree is held whole and saved once with ``StandardCheckpointer``.
 
     The tree is built from :attr:`key_paths` (an input's own structure, ``nnx.State``
-    ``value`` wrappers included).
+    ``value`` wrappers included); a tensor declared a Python scalar (:attr:`scalars`) is
+    saved as a Python number, as the input held it.
 
     Example:
       >>> with OrbaxWriter("merged_ckpt", {"dense.w": ((2, 3), np.float32)}) as w:
@@ -315,9 +320,15 @@ class OrbaxWriter(TensorWriter):
     """
 
     def __init__(
-        self, path: PathLike, spec: Any, key_paths: Any = None, *, batch_bytes: int | None = None
+        self,
+        path: PathLike,
+        spec: Any,
+        key_paths: Any = None,
+        scalars: Any = None,
+        *,
+        batch_bytes: int | None = None,
     ) -> None:
-        super().__init__(path, spec, key_paths)
+        super().__init__(path, spec, key_paths, scalars)
         self._partial = _partial_save()
         self.batch_bytes = ORBAX_BATCH_BYTES if batch_bytes is None else batch_bytes
         self.groups = 0
@@ -336,7 +347,7 @@ class OrbaxWriter(TensorWriter):
     def write(self, name: str, array: Any) -> None:
         """Take the next declared tensor (in :attr:`order`); save the group when full."""
         arr = self.check_next(name, array)
-        self._batch.append((self.key_paths[name], arr))
+        self._batch.append((self.key_paths[name], as_scalar(arr, self.scalars.get(name))))
         self._held += arr.nbytes
         if self._partial is not None and self._held >= self.batch_bytes:
             self._flush()

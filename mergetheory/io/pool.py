@@ -49,6 +49,7 @@ from .npz import NpzReader
 from .orbax import OrbaxReader
 from .peft import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, load_peft_adapter, stack_peft_adapters
 from .safetensors import SafetensorsReader
+from .stack import TensorStack, block_bounds
 
 __all__ = [
     "EXPERT_FORMATS",
@@ -131,6 +132,11 @@ class DenseExpert:
         Flax ``value`` wrappers kept; else the name split on ``"."``)."""
         paths = getattr(self._readers.get(name), "key_paths", None)
         return tuple(paths[name]) if paths else tuple(name.split("."))
+
+    def scalar_kind(self, name: str) -> str | None:
+        """``"python"`` / ``"numpy"`` when tensor ``name`` is held in its file as a Python
+        number / NumPy scalar (the reader's ``scalar_kinds``), else ``None``."""
+        return getattr(self._readers.get(name), "scalar_kinds", {}).get(name)
 
     @property
     def lazy(self) -> bool:
@@ -247,15 +253,15 @@ SIGN_BLOCK = 1 << 20
 """Columns per block of the sign counts (float32 signs: 4 MB per expert and block)."""
 
 
-def _accumulate(x: np.ndarray, gram: np.ndarray, opp: np.ndarray) -> None:
-    x = x.reshape(x.shape[0], -1).astype(np.float64, copy=False)
-    gram += x @ x.T
-    # counts of opposite signs, by column blocks of float32 signs: each block's products
-    # are integers below 2**24, exact in float32, so the float64 sum is exact (any order)
-    for lo in range(0, x.shape[1], SIGN_BLOCK):
-        s = np.sign(x[:, lo : lo + SIGN_BLOCK]).astype(np.float32)
-        a = np.abs(s)
-        opp += (a @ a.T - s @ s.T).astype(np.float64) / 2
+def _accumulate(x: TensorStack, gram: np.ndarray, opp: np.ndarray) -> None:
+    for xb in x.blocks():  # one block for a tensor of at most GRAM_BLOCK entries
+        gram += xb @ xb.T
+        # counts of opposite signs, by column blocks of float32 signs: each block's products
+        # are integers below 2**24, exact in float32, so the float64 sum is exact (any order)
+        for lo in range(0, xb.shape[1], SIGN_BLOCK):
+            s = np.sign(xb[:, lo : lo + SIGN_BLOCK]).astype(np.float32)
+            a = np.abs(s)
+            opp += (a @ a.T - s @ s.T).astype(np.float64) / 2
 
 
 def check_same_tensors(ref: DenseExpert, ex: DenseExpert) -> None:
@@ -278,11 +284,13 @@ def check_same_tensors(ref: DenseExpert, ex: DenseExpert) -> None:
 class TaskVectorTensors:
     r"""The pool's task vectors, one stacked tensor ``[n, ...]`` (float64) at a time.
 
-    Iterating yields ``(name, x)``: for dense experts ``x`` is :math:`\theta_t - \theta_0`
-    of one tensor name (``x`` float64 ``[n, ...]``, the base's and one expert's copy of
-    that tensor besides it in memory); for PEFT adapters it is
-    one module's dense update :math:`s B A` per adapter (adapters are small: their factors
-    are loaded whole and stacked, :attr:`factors`).
+    Iterating yields ``(name, x)``, ``x`` a :class:`~mergetheory.io.stack.TensorStack`:
+    for dense experts :math:`\theta_t - \theta_0` of one tensor name, held as float64
+    ``[n, ...]`` (the base's and one expert's copy of that tensor besides it in memory)
+    when it has at most :data:`~mergetheory.io.stack.GRAM_BLOCK` entries, else read by
+    row blocks of every expert or one expert whole at a time; for PEFT adapters one
+    module's dense update :math:`s B A` per adapter, held (adapters are small: their
+    factors are loaded whole and stacked, :attr:`factors`).
 
     Attributes:
       factored: the pool is PEFT adapters.
@@ -320,20 +328,25 @@ class TaskVectorTensors:
     def __len__(self) -> int:
         return len(self.names)
 
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[str, TensorStack]]:
         if self.factored:
             for name, f in self._modules:
                 b, a = np.asarray(f.B, np.float64), np.asarray(f.A, np.float64)
-                yield name, np.asarray(f.scaling, np.float64)[:, None, None] * (b @ a)
+                x = np.asarray(f.scaling, np.float64)[:, None, None] * (b @ a)
+                yield name, TensorStack(name, x)
             return
         for name in self.names:
+            shape = self.experts[0].shape(name)
+            if len(block_bounds(shape)) > 1:  # large: read by row blocks / one expert at a time
+                yield name, TensorStack(name, experts=self.experts, base=self.base, shape=shape)
+                continue
             theta0 = self.base.get(name).astype(np.float64) if self.base is not None else 0.0
-            x = np.empty((len(self.experts), *self.experts[0].shape(name)))
+            x = np.empty((len(self.experts), *shape))
             for i, e in enumerate(self.experts):  # one expert's copy at a time
                 np.subtract(e.get(name), theta0, out=x[i, ...], dtype=np.float64)
                 if not np.isfinite(x[i]).all():
                     raise CheckpointError(f"tensor {name!r}: NaN / Inf in the pool's task vectors")
-            yield name, x
+            yield name, TensorStack(name, x)
 
 
 def stream_pool_statistics(
@@ -341,7 +354,7 @@ def stream_pool_statistics(
     base: DenseExpert | None = None,
     *,
     progress: Callable[[str, int, int], None] | None = None,
-    visit: Callable[[int, str, np.ndarray], None] | None = None,
+    visit: Callable[[int, str, TensorStack], None] | None = None,
 ) -> PoolStatistics:
     r"""One pass over the pool: Gram, opposite-sign counts and ``D`` of :math:`\tau_t`.
 
@@ -354,8 +367,10 @@ def stream_pool_statistics(
       base: the base model (dense pools only).
       progress: ``fn(stage, done, total)`` called after each tensor / module.
       visit: ``fn(t, name, x)`` called with every tensor (module) ``t`` of the pass and
-        its ``[n, ...]`` task vectors ``x`` (float64), so that other per-tensor statistics
-        share this one read of the inputs (``analyze``'s coverage comparison does).
+        its ``[n, ...]`` task vectors ``x`` (a :class:`~mergetheory.io.stack.TensorStack`),
+        so that other per-tensor statistics share this pass (``analyze``'s coverage
+        comparison does; a tensor above ``GRAM_BLOCK`` entries is read again, one expert
+        at a time, by :meth:`~mergetheory.io.stack.TensorStack.row`).
 
     Raises:
       CheckpointError: mixed kinds, names / shapes that differ, non-floating tensors.
@@ -371,7 +386,7 @@ def stream_pool_statistics(
     for i, (name, x) in enumerate(tensors):
         # LoRA: sign counts only (the Gram comes from the factors below)
         _accumulate(x, np.zeros((n, n)) if tensors.factored else gram, opp)
-        size += x[0].size
+        size += x.size
         if visit:
             visit(i, name, x)
         if progress:

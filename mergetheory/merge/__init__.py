@@ -31,6 +31,7 @@ aggregation), :mod:`.topk` (exact top-k threshold), :mod:`.dare_mask` (DARE mask
 
 from __future__ import annotations
 
+from ._common import leaf_key_list as leaf_key_list
 from ._registry import MergeOperator as MergeOperator
 from .breadcrumbs import breadcrumbs as breadcrumbs
 from .breadcrumbs import breadcrumbs_mask as breadcrumbs_mask
@@ -147,6 +148,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
         fn=dare_linear,
         linear=True,
         stochastic=True,
+        per_tensor={},
         default_hparams={"density": 0.5, "scale": 1.0},
         identity_hparams={"density": 1.0, "scale": 1.0},
         continuous_hparams=("density", "scale"),
@@ -155,6 +157,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     "dare_ties": MergeOperator(
         fn=dare_ties,
         stochastic=True,
+        per_tensor={},
         default_hparams={"density": 0.5, "scale": 1.0},
         identity_hparams={"density": 1.0, "scale": 1.0},
         continuous_hparams=("density", "scale"),
@@ -259,6 +262,7 @@ MERGE_OPERATORS: dict[str, MergeOperator] = {
     "knots_dare_ties": MergeOperator(
         fn=knots_dare_ties,
         stochastic=True,
+        per_tensor={"trim_scope": "tensor"},
         has_weights=False,
         default_hparams={"density": 0.9, "trim_density": 1.0, "scale": 1.0},
         identity_hparams={"density": 1.0},
@@ -303,6 +307,7 @@ __all__ = [
     "dare_keep_mask",
     "dare_keep_mask_rows",
     "dare_keep_masks",
+    "leaf_key_list",
     "dare_linear",
     "dare_linear_array",
     "dare_rescale",

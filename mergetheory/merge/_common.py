@@ -39,6 +39,7 @@ __all__ = [
     "check_task_vectors",
     "check_weights",
     "is_concrete",
+    "leaf_key_list",
     "leaf_keys",
     "task_broadcast",
 ]
@@ -109,14 +110,37 @@ def check_choice(value: Any, choices: tuple[str, ...], *, name: str) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def leaf_key_list(key: Any, tree: Any, is_leaf: Any = None) -> list[Any]:
+    r"""One PRNG key per leaf of ``tree`` (in flatten order): leaf ``i`` gets
+    ``fold_in(key, i)``; or, when ``key`` is itself a pytree of keys with ``tree``'s
+    structure (e.g. ``{name: k}`` for ``{name: x}``), its leaves as given.
+
+    The second form lets a leaf be merged alone with the key it has in a larger tree:
+    leaf ``i`` of a tree merged alone as ``{name: x_i}`` with ``{name: fold_in(key, i)}``
+    draws what it draws in the whole-tree merge with ``key`` (the streamed ``merge``
+    does this).
+
+    Raises:
+      ValueError: a pytree of keys whose structure is not ``tree``'s.
+    """
+    leaves, treedef = jtu.tree_flatten(tree, is_leaf=is_leaf)
+    kdef = jtu.tree_structure(key)
+    if key is not None and not jtu.treedef_is_leaf(kdef):
+        if kdef != treedef:
+            raise ValueError(f"per-leaf keys have the structure {kdef}, the task vectors {treedef}")
+        return jtu.tree_leaves(key)
+    return [jr.fold_in(key, i) for i in range(len(leaves))]
+
+
 def leaf_keys(key: Key, tree: Any) -> Any:
-    r"""One PRNG key per leaf: leaf ``i`` (in flatten order) gets ``fold_in(key, i)``.
+    r"""One PRNG key per leaf: leaf ``i`` (in flatten order) gets ``fold_in(key, i)``
+    (or ``key``'s own leaves, a pytree of per-leaf keys: :func:`leaf_key_list`).
 
     Stochastic operators draw each leaf's randomness from its own key, so adding a leaf
     never changes the draws of the others, and no key is reused.
     """
-    leaves, treedef = jtu.tree_flatten(tree)
-    return jtu.tree_unflatten(treedef, [jr.fold_in(key, i) for i in range(len(leaves))])
+    treedef = jtu.tree_structure(tree)
+    return jtu.tree_unflatten(treedef, leaf_key_list(key, tree))
 
 
 def task_broadcast(v: jax.Array, ndim: int) -> jax.Array:

@@ -35,8 +35,10 @@ class MergeOperator(NamedTuple):
       has_weights: the operator accepts a ``weights`` ``[T]`` argument.
       per_tensor: the merge of a pytree is the merge of each leaf alone, bit for bit, when
         the hyperparameters take these values (``{}``: always; ``{"trim": "tensor"}``: with
-        a per-tensor trim); ``None``: it needs the whole tree (a global trim, randomness
-        keyed by the leaf's position, leaves coupled). Streaming merges, one tensor at a
+        a per-tensor trim); ``None``: it needs the whole tree (a global trim, leaves
+        coupled). For a ``stochastic`` operator, leaf ``i`` merged alone is given the key
+        it has in the tree, a per-leaf key pytree ``{name: fold_in(key, i)}``
+        (:func:`mergetheory.merge.leaf_key_list`). Streaming merges, one tensor at a
         time (``mergetheory merge``), are used only where this holds.
       description: one line for ``mergetheory merge --help`` and the docs.
     """

@@ -44,11 +44,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
-import jax.tree_util as jtu
 
 from .._types import Key, Merged, TaskVectors
-from ._common import as_weights, checked
+from ._common import as_weights, checked, leaf_key_list
 from .kernels import sum_parts
 from .leafwise import map_leaves, propagate_nonfinite
 from .primitives import AGGREGATES, ELECTIONS, ZERO_SIGNS, dare_drop_parts, elect_and_merge_array
@@ -113,9 +111,8 @@ def dare_ties_array(
 )
 def _dare_leaf(
     x: jax.Array,
-    index: jax.Array,
+    k: Key,
     *,
-    key: Key,
     weights: jax.Array | None,
     density: jax.Array,
     scale: jax.Array,
@@ -125,12 +122,11 @@ def _dare_leaf(
     aggregate: str = "mean",
     zero_sign: str = "positive",
 ) -> jax.Array:
-    """DARE of leaf number ``index`` (its key: ``fold_in(key, index)``); compiled per shape.
+    """DARE of one leaf with its key ``k``; compiled per shape.
 
     NaN wherever an input entry is NaN or Inf (:func:`propagate_nonfinite`, for the eager
     check on the output).
     """
-    k = jr.fold_in(key, index)
     if not use_ties:
         out = dare_linear_array(x, k, weights=weights, density=density, scale=scale)
         return propagate_nonfinite(out, x)
@@ -151,13 +147,12 @@ def _dare_leaf(
 def _dare_map(
     task_vectors: TaskVectors, key: Key, weights: Any, density: Any, scale: Any, **static: Any
 ) -> Merged:
-    """:func:`_dare_leaf` over the leaves; leaf ``i`` uses ``fold_in(key, i)``."""
-    indices = list(range(len(jtu.tree_leaves(task_vectors))))
+    """:func:`_dare_leaf` over the leaves; leaf ``i`` uses ``fold_in(key, i)``
+    (:func:`~._common.leaf_key_list`: or ``key``'s own leaves, per-leaf keys)."""
     return map_leaves(
         _dare_leaf,
         task_vectors,
-        indices,
-        key=key,
+        leaf_key_list(key, task_vectors),
         weights=weights,
         density=jnp.asarray(density),
         scale=jnp.asarray(scale),
@@ -181,7 +176,8 @@ def dare_linear(
 
     Args:
       task_vectors: pytree of ``[T, ...]`` leaves.
-      key: PRNG key (leaf ``i`` uses ``fold_in(key, i)``).
+      key: PRNG key (leaf ``i`` uses ``fold_in(key, i)``), or a pytree of per-leaf keys
+        with the task vectors' structure (:func:`mergetheory.merge.leaf_key_list`).
       weights: optional ``[T]`` weights (default all 1).
       density: keep probability :math:`\rho \in (0, 1]` (traceable).
       scale: :math:`\lambda` (traceable).
@@ -221,7 +217,8 @@ def dare_ties(
 
     Args:
       task_vectors: pytree of ``[T, ...]`` leaves.
-      key: PRNG key (leaf ``i`` uses ``fold_in(key, i)``).
+      key: PRNG key (leaf ``i`` uses ``fold_in(key, i)``), or a pytree of per-leaf keys
+        with the task vectors' structure (:func:`mergetheory.merge.leaf_key_list`).
       weights: optional ``[T]`` weights (default all 1).
       density: keep probability :math:`\rho \in (0, 1]` (traceable).
       scale: :math:`\lambda` (traceable).

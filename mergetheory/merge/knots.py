@@ -79,7 +79,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 
 from .._types import Key, Merged, TaskVectors
-from ._common import checked
+from ._common import checked, leaf_key_list
 from .dare_mask import dare_keep_mask
 from .primitives import dare_rescale, elect_and_merge, trim_parts
 from .svd import (
@@ -200,8 +200,12 @@ def _knots(
     trim_scope: str,
 ) -> Merged:
     leaves, treedef = jtu.tree_flatten(task_vectors, is_leaf=is_lora_factors)
-    # leaf i draws from fold_in(key, i), as _common.leaf_keys does for dense trees
-    keys = [None if key is None else jr.fold_in(key, i) for i in range(len(leaves))]
+    # leaf i draws from fold_in(key, i) (or key's own leaves: per-leaf keys)
+    keys = (
+        [None] * len(leaves)
+        if key is None
+        else leaf_key_list(key, task_vectors, is_leaf=is_lora_factors)
+    )
 
     def dare(s: jax.Array, k: Key | None) -> jax.Array:
         if k is None:
@@ -314,7 +318,8 @@ def knots_dare_ties(
 
     Args:
       task_vectors: pytree of ``[T, ...]`` leaves (or :class:`LoraFactors`).
-      key: PRNG key for the DARE masks.
+      key: PRNG key for the DARE masks, or a pytree of per-leaf keys with the task
+        vectors' structure (:func:`mergetheory.merge.leaf_key_list`).
       density: DARE keep probability (traceable; KnOTS ``dare_pruning_coeffs = 0.1``
         -> 0.9).
       trim_density: TIES top-k fraction kept after DARE (traceable).

@@ -181,3 +181,31 @@ def test_coverage_shares_the_one_read_of_the_inputs(tmp_path, monkeypatch):
         jr.fold_in(jr.key(1), 3), res.gram, grams, num_samples=2000, hparams=hparams
     )
     assert res.coverage["operators"] == two_pass
+
+
+def test_large_tensors_maps_spilled_give_the_held_grams(tmp_path, monkeypatch):
+    from mergetheory.analysis.pool_coverage import COVERAGE_OPERATORS, per_expert_grams
+    from mergetheory.io import save_safetensors
+    from mergetheory.io import stack as stack_mod
+    from mergetheory.io.pool import TaskVectorTensors, open_expert
+
+    rng = np.random.default_rng(5)
+    base = {"w": rng.normal(size=(16, 12)), "b": rng.normal(size=12)}
+    save_safetensors(tmp_path / "base.safetensors", base)
+    paths = []
+    for i in range(NUM):
+        paths.append(tmp_path / f"e{i}.safetensors")
+        save_safetensors(paths[-1], {k: v + rng.normal(size=v.shape) for k, v in base.items()})
+
+    def grams():
+        opened = [open_expert(p) for p in paths]
+        tensors = TaskVectorTensors(opened, open_expert(tmp_path / "base.safetensors"))
+        key = jr.fold_in(jr.key(1), 4)
+        return per_expert_grams(tensors, COVERAGE_OPERATORS, key, density=0.7)
+
+    held = grams()
+    monkeypatch.setattr(stack_mod, "GRAM_BLOCK", 40)  # w: 4 blocks of 3 rows, maps spilled
+    spilled = grams()
+    for name in COVERAGE_OPERATORS:  # same maps (same keys), the Gram summed by blocks
+        np.testing.assert_allclose(spilled[name], held[name], rtol=1e-13)
+    assert not np.array_equal(held["ties"], 0 * held["ties"])

@@ -222,3 +222,35 @@ def test_every_streamed_operator_equals_its_whole_tree_merge(tmp_path, monkeypat
     for k, w in want.items():
         assert got[k].dtype == w.dtype, k
         np.testing.assert_array_equal(got[k], w, err_msg=k)
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "orbax"])
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_scalar_leaves_come_back_as_the_inputs_held_them(tmp_path, fmt, per_tensor):
+    import flax.serialization as fs
+    import orbax.checkpoint as ocp
+
+    from mergetheory.io import save_orbax
+
+    rng = np.random.default_rng(9)
+    trees = [{"w": rng.normal(size=(3, 2)), "t": 1.5 + i, "s": np.float32(2 + i)} for i in range(3)]
+    paths = []
+    for i, tree in enumerate(trees):
+        if fmt == "msgpack":
+            paths.append(tmp_path / f"e{i}.msgpack")
+            paths[-1].write_bytes(fs.msgpack_serialize(tree))
+        else:
+            paths.append(save_orbax(tmp_path / f"e{i}", tree))
+    out = tmp_path / ("m.msgpack" if fmt == "msgpack" else "m")
+    flags = ["--per-tensor"] if per_tensor else []
+    argv = ["merge", "--operator", "average", *flags, "--base", str(paths[0]), "--out", str(out)]
+    assert main([*argv, *map(str, paths[1:])]) == 0
+    if fmt == "msgpack":
+        got, first = fs.msgpack_restore(out.read_bytes()), fs.msgpack_restore(paths[0].read_bytes())
+    else:
+        with ocp.StandardCheckpointer() as ckptr:
+            got, first = ckptr.restore(out), ckptr.restore(paths[0])
+    for k in ("t", "s", "w"):  # Python float / NumPy scalar / array, as in the inputs
+        assert type(got[k]) is type(first[k]), (k, type(got[k]), type(first[k]))
+        want = np.mean([np.asarray(t[k], np.float64) for t in trees[1:]], axis=0)
+        np.testing.assert_allclose(np.asarray(got[k], np.float64), want, rtol=1e-6)

@@ -209,3 +209,26 @@ def test_mergekit_linear_is_the_weighted_mean_of_every_listed_model(
             / w.sum()
         )
         np.testing.assert_allclose(got[n], want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("op", ["dare_linear", "dare_ties"])
+def test_per_tensor_random_masks_equal_the_whole_tree_merge(tmp_path, monkeypatch, capsys, op):
+    from mergetheory.cli import merge
+    from mergetheory.io import save_safetensors
+
+    rng = np.random.default_rng(6)
+    shapes = {"a.w": (6, 4), "a.b": (4,), "z": (3, 5)}  # same-size leaves: masks must differ
+    paths = []
+    for i, name in enumerate(["base", "e0", "e1", "e2"]):
+        paths.append(str(tmp_path / f"{name}.safetensors"))
+        save_safetensors(paths[-1], {k: (i > 0) + rng.normal(size=s) for k, s in shapes.items()})
+    argv = ["merge", "--operator", op, "--seed", "3", "--base", paths[0]]
+    with monkeypatch.context() as m:
+        m.setattr(merge, "is_streamable", lambda *a: False)  # every expert loaded
+        assert main([*argv, "--out", str(tmp_path / "whole.npz"), *paths[1:]]) == 0
+    rc = main([*argv, "--per-tensor", "--out", str(tmp_path / "pt"), *paths[1:]])
+    assert rc == 0, capsys.readouterr().err
+    whole, got = np.load(tmp_path / "whole.npz"), _read_folder(tmp_path / "pt")
+    assert sorted(got) == sorted(whole.files)
+    for k in whole.files:  # each tensor given its key in the whole tree
+        np.testing.assert_array_equal(got[k], whole[k], err_msg=k)

@@ -148,3 +148,62 @@ def test_orbax_row_reads_equal_the_restored_leaf(tmp_path, monkeypatch):
             assert got.dtype == whole[name].dtype, name
             np.testing.assert_array_equal(got, whole[name][slice(*rows)], err_msg=name)
     assert restored == []  # rows come from tensorstore slice reads, not a leaf restore
+
+
+def _without_partial_import(monkeypatch):
+    import sys
+
+    import orbax.checkpoint.experimental.v1 as v1
+
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint.experimental.v1.partial", None)
+    monkeypatch.delattr(v1, "partial", raising=False)
+
+
+def _without_finalize(monkeypatch):
+    from orbax.checkpoint.experimental.v1 import partial
+
+    monkeypatch.delattr(partial, "finalize")
+
+
+@pytest.mark.parametrize("old_orbax", [_without_partial_import, _without_finalize])
+def test_orbax_writer_without_partial_save_saves_the_tree_once(tmp_path, monkeypatch, old_orbax):
+    import orbax.checkpoint as ocp
+
+    tree = {**_tree(), "temperature": 1.5}  # a Python float leaf too
+    src = save_orbax(tmp_path / "in", tree)
+    reader = OrbaxReader(src)
+    with monkeypatch.context() as m:
+        old_orbax(m)  # an orbax without partial save: the fallback
+        w = _copy_through(
+            reader, OrbaxWriter, tmp_path / "old", batch_bytes=1, scalars=reader.scalar_kinds
+        )
+    assert w.groups == 1  # the whole tree held and saved once, whatever batch_bytes
+    w = _copy_through(
+        reader, OrbaxWriter, tmp_path / "new", batch_bytes=1, scalars=reader.scalar_kinds
+    )
+    assert w.groups == 5  # partial save: one group per tensor at 1 byte
+    with ocp.StandardCheckpointer() as ckptr:
+        old, new, want = (ckptr.restore(tmp_path / d) for d in ("old", "new", "in"))
+    assert type(old["temperature"]) is type(new["temperature"]) is float
+    _same(old, _scaled(want))
+    _same(new, _scaled(want))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "new", "old"]  # no temporaries
+
+
+def test_msgpack_writer_keeps_python_and_numpy_scalars(tmp_path):
+    from flax import serialization
+
+    tree = {**_tree(), "t": 1.5, "s": np.float32(2.5)}
+    src = tmp_path / "in.msgpack"  # flax's own bytes (save_msgpack stores arrays)
+    src.write_bytes(serialization.msgpack_serialize(tree))
+    reader = MsgpackReader(src)
+    assert reader.scalar_kinds == {"t": "python", "s": "numpy"}
+    out = tmp_path / "out.msgpack"
+    _copy_through(reader, MsgpackWriter, out, scalars=reader.scalar_kinds)
+    got = serialization.msgpack_restore(out.read_bytes())
+    assert type(got["t"]) is float and got["t"] == 3.0
+    assert type(got["s"]) is np.float32 and got["s"] == np.float32(5.0)
+    # without the kinds (another format's input): 0-d arrays
+    _copy_through(reader, MsgpackWriter, tmp_path / "plain.msgpack")
+    plain = serialization.msgpack_restore((tmp_path / "plain.msgpack").read_bytes())
+    assert type(plain["t"]) is np.ndarray and plain["t"].shape == ()

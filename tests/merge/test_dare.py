@@ -129,3 +129,33 @@ def test_bad_inputs(key):
         dare_ties(tv, key, election="vote")
     with pytest.raises(ValueError, match="PRNG key"):
         dare_linear_array(jnp.ones((2, 3)), None, density=0.5)
+
+
+def test_per_leaf_keys_merge_a_leaf_as_in_the_tree():
+    rng = np.random.default_rng(8)
+    tv = {k: jnp.asarray(rng.normal(size=(3, 5, 4))) for k in ("a", "b", "c")}
+    key = jr.key(2)
+    for fn in (dare_linear, dare_ties):
+        whole = fn(tv, key, density=0.5)
+        for i, k in enumerate(sorted(tv)):
+            alone = fn({k: tv[k]}, {k: jr.fold_in(key, i)}, density=0.5)[k]
+            np.testing.assert_array_equal(np.asarray(alone), np.asarray(whole[k]))
+        # the same key for every leaf alone would repeat leaf 0's mask (what per-leaf keys avoid)
+        assert not np.array_equal(
+            np.asarray(fn({"b": tv["b"]}, key, density=0.5)["b"]), np.asarray(whole["b"])
+        )
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"a": "KEY", "z": "KEY"},  # another name
+        {"a": "KEY"},  # a leaf missing
+        ["KEY", "KEY"],  # another container
+    ],
+)
+def test_per_leaf_keys_of_another_structure_are_refused(keys):
+    tv = {k: jnp.ones((2, 3)) for k in ("a", "b")}
+    keys = jax.tree.map(lambda _: jr.key(0), keys)
+    with pytest.raises(ValueError, match="per-leaf keys have the structure"):
+        dare_linear(tv, keys)
