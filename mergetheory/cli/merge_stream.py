@@ -112,35 +112,45 @@ def _checked(a: np.ndarray, label: str, name: str) -> np.ndarray:
     return a
 
 
-def _task_vector(name: str, ex: Any, base: Any, work: np.dtype, label: str) -> np.ndarray:
-    """One task's whole task vector (in place when the read array is a fresh copy; the
-    base is read again for each task rather than held beside the threshold search)."""
-    tau = _checked(ex.get(name), label, name).astype(work, copy=False)
+def _task_vector(
+    name: str, ex: Any, base: Any, work: np.dtype, label: str, rows: tuple[int, int] | None
+) -> np.ndarray:
+    """One task's task vector, rows ``rows`` (in place when the read array is a fresh copy)."""
+    tau = _checked(ex.get(name, rows), label, name).astype(work, copy=False)
     if base is None:
         return tau
-    theta0 = base.get(name).astype(work, copy=False)
+    theta0 = base.get(name, rows).astype(work, copy=False)
     return np.subtract(tau, theta0, out=tau if getattr(ex, "lazy", False) else None)
+
+
+def _task_blocks(
+    name: str, ex: Any, base: Any, work: np.dtype, label: str, blocks: list
+) -> Iterator[np.ndarray]:
+    """One task's task vector, block of rows after block of rows (read as consumed)."""
+    for rows in blocks:
+        yield _task_vector(name, ex, base, work, label, rows)
 
 
 def blocked_ties(op_name: str, hparams: Mapping[str, Any]):
     """``(statistic, merge_block)`` for :func:`merged_tensors` merging TIES in blocks of
     rows, or ``None`` where that would not equal :func:`mergetheory.merge.ties` bit for bit.
 
-    The statistic is task ``t``'s trim threshold (the ``k``-th largest magnitude of its
-    whole tensor); each block is then merged by
-    :func:`mergetheory.merge.ties.ties_merge_thresholded`, elementwise given the
-    thresholds when ``zero_sign="positive"`` and ``trim="tensor"``.
+    The statistic is each task's trim threshold (the ``k``-th largest magnitude of its
+    whole tensor, :func:`mergetheory.merge.topk.blockwise_thresholds` over its blocks); each
+    block is then merged by :func:`mergetheory.merge.ties.ties_merge_thresholded`,
+    elementwise given the thresholds when ``zero_sign="positive"`` and ``trim="tensor"``.
     """
     if op_name != "ties":
         return None
     import functools
     import inspect
+    import math
 
     import jax
     import jax.numpy as jnp
 
-    from ..merge import magnitude_threshold
     from ..merge.ties import ties, ties_kept, ties_merge_thresholded
+    from ..merge.topk import blockwise_thresholds
 
     params = inspect.signature(ties).parameters.values()
     hparams = {**{p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY}, **hparams}
@@ -155,14 +165,15 @@ def blocked_ties(op_name: str, hparams: Mapping[str, Any]):
     }
     kernel = jax.jit(functools.partial(ties_merge_thresholded, **static))
 
-    def statistic(tau: np.ndarray) -> Any:
-        k = ties_kept(hparams["density"], tau.size, hparams["keep_rule"])
-        return magnitude_threshold(jnp.asarray(tau.reshape(1, -1)), k)[0]  # one copy
+    def statistic(shape: tuple[int, ...], dtype: np.dtype, tasks: list) -> Any:
+        num = math.prod(shape)
+        k = ties_kept(hparams["density"], num, hparams["keep_rule"])
+        return blockwise_thresholds(tasks, num, k, dtype)
 
-    def merge_block(x: np.ndarray, thresholds: list) -> Any:
+    def merge_block(x: np.ndarray, thresholds: Any) -> Any:
         return kernel(
             jnp.asarray(x),
-            jnp.stack(thresholds),
+            thresholds,
             weights=hparams.get("weights"),
             scale=jnp.asarray(hparams["scale"]),
         )
@@ -190,7 +201,7 @@ def merged_tensors(
     wide: bool = False,
     block_bytes: int | None = None,
     what: str = "the output",
-    blocked: tuple[Callable[[np.ndarray], Any], Callable[[np.ndarray, list], Any]] | None = None,
+    blocked: tuple[Callable[..., Any], Callable[[np.ndarray, Any], Any]] | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
     r"""Yield ``(name, merged tensor)`` for each name, reading one tensor at a time.
 
@@ -206,9 +217,10 @@ def merged_tensors(
         operators elementwise over coordinates, :data:`ROW_BLOCK_OPERATORS`).
       what: the output's name in the non-finite error.
       blocked: ``(statistic, merge_block)`` to merge a tensor in blocks of rows although
-        the operator needs whole tensors: ``statistic(tau_t)`` of each task's whole task
-        vector (one at a time), then ``merge_block(x_block, stats)`` (e.g. TIES given each
-        task's trim threshold, :func:`blocked_ties`).
+        the operator needs whole tensors: ``statistic(shape, dtype, tasks)`` of the tasks'
+        whole task vectors, ``tasks[t]`` yielding task ``t``'s row blocks one at a time
+        (read from disk as they are consumed), then ``merge_block(x_block, stats)`` (e.g.
+        TIES given each task's trim threshold, :func:`blocked_ties`).
 
     Raises:
       CliError: a NaN / Inf in an input tensor (naming the file and tensor) or in a merged
@@ -221,11 +233,13 @@ def merged_tensors(
         out = None
         blocks = row_blocks(shape, n, work.itemsize, block_bytes)
         stats = None
-        if blocked is not None and len(blocks) > 1:  # one task's whole tensor at a time
-            stats = [
-                blocked[0](_task_vector(name, ex, base, work, labels[i]))
+        if blocked is not None and len(blocks) > 1:  # one block of one task at a time
+            tasks = [
+                _task_blocks(name, ex, base, work, labels[i], blocks)
                 for i, ex in enumerate(experts)
             ]
+            stats = blocked[0](shape, work, tasks)
+            del tasks
         for rows in blocks:
             theta0 = None if base is None else base.get(name, rows).astype(work, copy=False)
             x = None

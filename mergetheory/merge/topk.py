@@ -14,7 +14,8 @@ case **all tied entries are kept** (the official TIES code does the same, ``>=``
 ranked as ties with 0. Rows of at most ``2**15`` entries are sorted, longer rows searched
 exactly on counts (:func:`mergetheory.merge.kernels.threshold_search`; both give the same
 values bit for bit). :func:`leaf_thresholds` gives the eager merge entries the thresholds
-of a tree's long leaves from one compiled search program for every leaf length.
+of a tree's long leaves from one compiled search program for every leaf length;
+:func:`blockwise_thresholds` the thresholds of rows read in blocks (a streamed merge).
 
 Reference: PEFT ``merge_utils.magnitude_based_pruning``; ``docs/merge_kernels.md``.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -39,7 +40,14 @@ from .kernels import (
     threshold_sort,
 )
 
-__all__ = ["MAGNITUDE_FLOOR", "leaf_thresholds", "magnitude_threshold", "num_kept", "topk_mask"]
+__all__ = [
+    "MAGNITUDE_FLOOR",
+    "blockwise_thresholds",
+    "leaf_thresholds",
+    "magnitude_threshold",
+    "num_kept",
+    "topk_mask",
+]
 
 _SORT_MAX = 1 << 15  # rows up to this many entries are sorted, longer ones searched
 SEARCH_CHUNKS = (1 << 20, 1 << 16)
@@ -200,4 +208,55 @@ def leaf_thresholds(leaves: Sequence[Any], ks: Sequence[Any]) -> list[jax.Array 
                 buf = _put_row(buf, x, r, cdt=cdt, quantum=quantum)
                 buf, thr = _search_into(buf, thr, num, k, r, chunks=SEARCH_CHUNKS)
             out[i] = thr
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("cdt",), donate_argnums=0)
+def _put_block(buf: jax.Array, block: jax.Array, start: jax.Array, *, cdt: Any) -> jax.Array:
+    """``buf`` with ``block``'s magnitudes written from entry ``start`` on (in place)."""
+    mags = jnp.abs(block.reshape(-1)).astype(cdt)
+    return jax.lax.dynamic_update_slice_in_dim(buf, mags, start, axis=0)
+
+
+def blockwise_thresholds(rows: Sequence[Iterable[Any]], num: int, k: Any, dtype: Any) -> jax.Array:
+    r"""Top-k thresholds of rows given as consecutive blocks, with one row buffer in memory.
+
+    Row ``r`` is the concatenation of the blocks ``rows[r]`` yields (arrays of any shape,
+    flattened; ``num`` entries in all). Each block's magnitudes are written into one
+    ``+inf``-padded buffer (``num`` rounded up to a multiple of ``2**20`` entries, reused
+    for every row), which :func:`threshold_search_buffer` then searches; one block and the
+    buffer are held at a time, never a whole row of the input. The values equal
+    :func:`magnitude_threshold`'s of the whole rows bit for bit.
+
+    Args:
+      rows: one iterable of blocks per row (e.g. generators reading a tensor's rows from
+        disk), consumed one row after another.
+      num: entries per row, ``1 <= num < 2**31``.
+      k: entries kept per row (int scalar, concrete), ``0 <= k <= num``.
+      dtype: the blocks' dtype (magnitudes are ranked in :func:`compute_dtype` of it).
+
+    Returns:
+      ``[len(rows)]`` thresholds (``+inf`` where ``k = 0``).
+
+    Example:
+      >>> x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+      >>> blockwise_thresholds([iter([x[:1], x[1:]]), iter([-x])], 6, 2, np.float32)
+      Array([4., 4.], dtype=float32)
+    """
+    if not 1 <= num < 2**31:
+        raise ValueError(f"top-k over {num} entries per row is not supported (1 <= n < 2**31)")
+    cdt = compute_dtype([jnp.zeros(0, dtype)])
+    size = -(-num // SEARCH_CHUNKS[0]) * SEARCH_CHUNKS[0]
+    buf = jnp.full(size, jnp.inf, cdt)
+    out = jnp.zeros(len(rows), cdt)
+    k = jnp.asarray(k, jnp.int32)
+    for r, blocks in enumerate(rows):
+        start = 0
+        for block in blocks:
+            # waits for the previous step, so that blocks are not read ahead of the search
+            buf = _put_block(buf, block, np.int32(start), cdt=cdt).block_until_ready()
+            start += math.prod(np.shape(block))
+        if start != num:
+            raise ValueError(f"row {r} has {start} entries in its blocks, expected {num}")
+        buf, out = _search_into(buf, out, num, k, r, chunks=SEARCH_CHUNKS)
     return out

@@ -176,6 +176,20 @@ def test_a_nan_in_an_expert_names_the_file_and_tensor(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_ties_blocks_of_one_row_change_nothing(tmp_path, monkeypatch, dtype):
+    # every tensor of 2+ rows merged one row at a time: thresholds from 1-row blocks
+    _, _, base_path, paths = _write(tmp_path, dtype=np.dtype(dtype), seed=5)
+    extra = ["--operator", "ties", "--density", "0.3"]
+    whole = _merge(tmp_path, "a.safetensors", paths, base_path, extra)
+    monkeypatch.setattr(merge_stream, "DEFAULT_BLOCK_BYTES", 3 * 6 * np.dtype(dtype).itemsize)
+    used = _count_blocked_ties(monkeypatch)
+    blocked = _merge(tmp_path, "b.safetensors", paths, base_path, extra)
+    assert used == [True]
+    for n in SHAPES:
+        np.testing.assert_array_equal(blocked[n], whole[n], err_msg=n)
+
+
 def test_ties_row_blocks_of_model_folders_change_nothing(tmp_path, hf_pool, monkeypatch):
     hf_pool(tmp_path)
     paths = [str(tmp_path / f"expert{i}") for i in range(4)]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mergetheory.merge import kernels, magnitude_threshold, num_kept, topk_mask
-from mergetheory.merge.topk import leaf_thresholds
+from mergetheory.merge.topk import blockwise_thresholds, leaf_thresholds
 
 
 def _ref_threshold(rows, k):
@@ -155,3 +155,48 @@ def test_leaf_thresholds_leave_short_and_traced_leaves_to_the_caller():
     assert leaf_thresholds([jnp.ones((2, 100))], [jnp.int32(3)]) == [None]
     out = jax.jit(lambda x: jnp.stack([leaf_thresholds([x], [jnp.int32(3)])[0] is None]))(x)
     assert bool(out[0])
+
+
+def _blocks(row, block):
+    for i in range(0, row.shape[0], block):
+        yield np.asarray(row[i : i + block])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16"])
+def test_blockwise_thresholds_match_np_partition_and_the_whole_row(dtype):
+    # rows fed in blocks of 1 entry up to blocks longer than the 2**16 pass piece, lengths
+    # around the piece edges and 2**20 + 1 (over one buffer quantum), ties, sub-floor values
+    # and zeros; one buffer reused for all rows of a call
+    bf16 = dtype == "bfloat16"
+    for num, block, kind in [
+        (1, 1, "normal"),
+        (7, 1, "ties"),
+        (65_535, 4096, "zeros"),
+        (65_537, 65_537, "tiny"),
+        (500, 3, "lognormal"),
+        ((1 << 20) + 1, 300_000, "normal"),  # a second buffer size: float32 only
+    ]:
+        if num > 1 << 20 and dtype != np.float32:
+            continue
+        x = _rows(kind, num, np.float32 if bf16 else dtype, seed=num, num_rows=3)
+        x = jnp.asarray(x).astype(jnp.bfloat16) if bf16 else x
+        rows = np.asarray(jnp.asarray(x).astype(jnp.float32)) if bf16 else x
+        for k in sorted({0, 1, num // 5, num}):
+            feed = [_blocks(r, block) for r in x]
+            got = blockwise_thresholds(feed, num, k, x.dtype)
+            assert got.dtype == magnitude_threshold(jnp.asarray(x), k).dtype
+            mags = np.abs(rows.astype(np.float64))
+            mags = np.where(mags <= 2.0**-100, 0.0, mags)
+            want = [np.inf if k == 0 else np.partition(m, num - k)[num - k] for m in mags]
+            np.testing.assert_array_equal(np.asarray(got, np.float64), want, err_msg=(num, k))
+            if k == num // 5 and dtype == np.float32:  # the same as the whole rows' ones
+                np.testing.assert_array_equal(
+                    np.asarray(got), np.asarray(magnitude_threshold(jnp.asarray(x), k))
+                )
+
+
+def test_blockwise_thresholds_reject_bad_rows():
+    with pytest.raises(ValueError, match="entries in its blocks, expected 6"):
+        blockwise_thresholds([iter([np.ones(4)])], 6, 1, np.float32)
+    with pytest.raises(ValueError, match="not supported"):
+        blockwise_thresholds([iter([])], 0, 0, np.float32)
