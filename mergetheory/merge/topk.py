@@ -120,6 +120,9 @@ def magnitude_threshold(
     if method == "sort":
         return threshold_sort(flat, k, cdt)
     if method == "search":
+        if len(flat) == 1 and num > _SORT_MAX and is_concrete((flat[0], k)):
+            # eager: the shared program (an eager lax.map would compile again every call)
+            return leaf_thresholds(flat, [k])[0]
         return threshold_search(flat, k, cdt)
     raise ValueError(f"method must be 'auto', 'sort' or 'search', got {method!r}")
 

@@ -54,6 +54,21 @@ def test_search_matches_sort_reference(kind, dtype, search_fn):
         np.testing.assert_array_equal(got, _ref_threshold(x, k).astype(dtype), err_msg=f"k={k}")
 
 
+@pytest.mark.parametrize("kind", ["ties", "zeros", "tiny"])
+def test_eager_search_of_long_rows_matches_reference(kind):
+    # eager calls on long rows go through the shared search program (leaf_thresholds)
+    num = 40_000
+    x = _rows(kind, num, np.float32, seed=3, num_rows=3)
+    for k in [0, 1, num // 5, num]:
+        for method in ("auto", "search"):
+            got = np.asarray(magnitude_threshold(jnp.asarray(x), k, method=method))
+            np.testing.assert_array_equal(got, _ref_threshold(x, k).astype(np.float32))
+    ks = np.array([0, 7, num])  # one k per row
+    got = np.asarray(magnitude_threshold(jnp.asarray(x), jnp.asarray(ks)))
+    want = [_ref_threshold(x[r : r + 1], int(ks[r]))[0] for r in range(3)]
+    np.testing.assert_array_equal(got, np.asarray(want, np.float32))
+
+
 @pytest.mark.parametrize("kind", ["normal", "ties", "tiny"])
 def test_sort_path_matches_reference(kind):
     x = _rows(kind, 500, np.float64, seed=1)
