@@ -67,6 +67,15 @@ def test_rankdata_keeps_float32_and_is_traceable():
 # --------------------------------------------------------------------------------------
 
 
+def test_g_test_of_a_table_equal_to_its_expectation_up_to_round_off():
+    # weights / sum * total rounds to 3 - 1ulp: G = -4e-15 from SciPy, whose p-value is NaN
+    w = np.full(6, 13.85444233131158)
+    res = st.g_test(np.full(6, 3.0), w / w.sum() * 18.0, ddof=1)
+    assert res.g_statistic == 0.0
+    assert res.p_value == 1.0
+    assert res.log10_p_value == 0.0
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     hnp.arrays(np.int64, (6,), elements=st_.integers(0, 60)),
