@@ -19,7 +19,9 @@ the dense updates :math:`sBA` and, for the seed code's setting, factor-wise on A
    factor-wise average / TIES / RHT (``lora_factorwise``, as the seed code merges).
 3. **Performance** on the *test* split, normalised per task (1 = the task's own expert):
    on the merged tasks, and on all tasks (coverage). Curves over paths with paired
-   standard errors (:func:`mergetheory.analysis.paired_curve`).
+   standard errors (:func:`mergetheory.analysis.paired_curve`). Scored on ``eval_workers``
+   threads while the main thread merges the next operator (the numbers do not depend on
+   it).
 4. **Width** of the same task vectors per path: hull0 width and the cone's statistical
    dimension (:func:`mergetheory.width.nested_width` on the path's Gram matrix).
 5. **Tests.** Concavity of every curve: one-sided z-tests of each paired second difference,
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -143,6 +146,10 @@ class RealMergingConfig(NamedTuple):
     # merged models scored at once: 1, because on CPU a batch only adds memory (its
     # temporaries exceed what malloc keeps for reuse and are page-faulted on every call)
     eval_batch: int = 1
+    # scoring threads, run while the main thread merges the next operator: on CPU one
+    # scoring program keeps ~1.7 of 2 cores busy, two (and a merge) keep both busy.
+    # Numbers do not depend on it (each model's program and inputs are the same)
+    eval_workers: int = 2
     # (modality, operator) pairs not run (none by default)
     skip: tuple[tuple[str, str], ...] = ()
 
@@ -200,11 +207,16 @@ class _ExpertSet(NamedTuple):
 
 
 class _Scorer(NamedTuple):
-    """Scores merged updates on a fixed subset of every task's examples (paired)."""
+    """Scores merged updates on a fixed subset of every task's examples (paired).
+
+    :meth:`submit` runs :meth:`score` on ``pool`` (threads): XLA releases the GIL, so the
+    scorings run concurrently with each other and with the main thread's merges.
+    """
 
     zoo: Any
     examples: int | None  # per task and split (None: all)
     batch_size: int
+    pool: ThreadPoolExecutor
 
     def score(self, merged: Any, split: str, peft: bool, tasks: Any = None) -> np.ndarray:
         """``[S, T]`` metrics of ``S`` merged updates (leading axis); ``tasks``: only those."""
@@ -217,6 +229,10 @@ class _Scorer(NamedTuple):
             max_examples=self.examples,
             batch_size=self.batch_size,
         )
+
+    def submit(self, merged: Any, split: str, peft: bool, tasks: Any = None) -> Future:
+        """:meth:`score` on the pool; the future's result is its ``[S, T]`` metrics."""
+        return self.pool.submit(self.score, merged, split, peft, tasks)
 
     def base(self, split: str) -> np.ndarray:
         return evaluate(self.zoo, self.zoo.base_params, split=split, max_examples=self.examples)
@@ -280,17 +296,20 @@ def _tuned_scales(
     k = min(config.tune_paths, paths.shape[0])
     ns = range(1, n_max + 1) if config.tune_ns is None else config.tune_ns
     ns = sorted({n for n in ns if n <= n_max} | {n_max})
-    chosen = []
+    jobs = []  # every grid scored concurrently, then read in the same order
     for n in ns:
-        vals = np.zeros(grid.size)
         one = same_model(label, paths[:k, :n])  # one model: path 0's grid for every path
         for p in range(1 if one else k):
             head = jax.tree.map(lambda x, p=p: x[p : p + 1], merged[n - 1])
             stacked = jax.tree.map(
                 lambda *xs: jnp.concatenate(xs), *[_scaled(head, lam) for lam in grid]
             )  # [grid, ...]
-            metric = scorer.score(stacked, "val", peft, tasks=paths[p, :n])  # [grid, n]
-            vals += metric.mean(axis=1) / (1 if one else k)
+            jobs.append((n, 1 if one else k, scorer.submit(stacked, "val", peft, paths[p, :n])))
+    chosen = []
+    for n in ns:
+        vals = np.zeros(grid.size)
+        for _, weight, job in (j for j in jobs if j[0] == n):
+            vals += job.result().mean(axis=1) / weight  # [grid, n] -> [grid]
         best = np.argmax(vals) if scorer.zoo.higher_is_better else np.argmin(vals)
         chosen.append(grid[int(best)])
     scales = np.exp(np.interp(np.log(np.arange(1, n_max + 1)), np.log(ns), np.log(chosen)))
@@ -316,6 +335,25 @@ def _run_operators(
     lora_paths = tuple(es.factors[0]) if es.factors is not None else None
     out: dict[str, dict[str, np.ndarray]] = {}
     dense: dict[tuple, list] = {}  # merges of the "dense" labels, reused at equal norm
+    pending: list[tuple[str, np.ndarray, list[Future]]] = []  # scoring, not yet read
+
+    def finish(label: str, scales: np.ndarray, jobs: list[Future]) -> None:
+        t0 = time.perf_counter()
+        metric = np.zeros((paths.shape[0], n_max, refs.base.size))
+        for n, job in enumerate(jobs, start=1):
+            metric[:, n - 1] = job.result()  # one row (path 0's merge) fills every path
+        timings["evaluate"] += time.perf_counter() - t0
+        norm = normalized_performance(metric, refs.base, refs.expert, higher_is_better=hib)
+        merged_tasks = np.stack(
+            [_merged_task_mean(norm[:, n - 1], paths[:, :n]) for n in range(1, n_max + 1)], axis=1
+        )
+        out[label] = {
+            "metric": metric,
+            "perf_merged": merged_tasks,
+            "perf_all": norm.mean(axis=2),
+            "tuned_scale": scales,
+        }
+
     for label in labels:
         reg, hp, mode = OPERATORS[label]
         if mode == "factorwise" and es.factors is None:
@@ -348,25 +386,21 @@ def _run_operators(
         if reg in TUNED:
             scales = _tuned_scales(scorer, merged, paths, config, peft, label)
             merged = [_scaled(m, lam) for m, lam in zip(merged, scales, strict=True)]
-        metric = np.zeros((paths.shape[0], n_max, refs.base.size))
+        jobs = []
         for n in range(1, n_max + 1):
             if same_model(label, paths[:, :n]):  # path 0's merge scored once for all paths
-                head = jax.tree.map(lambda x: x[:1], merged[n - 1])
-                metric[:, n - 1] = scorer.score(head, "test", peft)
+                job = scorer.submit(jax.tree.map(lambda x: x[:1], merged[n - 1]), "test", peft)
             else:
-                metric[:, n - 1] = scorer.score(merged[n - 1], "test", peft)
-            bar.update(1)
+                job = scorer.submit(merged[n - 1], "test", peft)
+            job.add_done_callback(lambda _: bar.update(1))
+            jobs.append(job)
         timings["evaluate"] += time.perf_counter() - t0
-        norm = normalized_performance(metric, refs.base, refs.expert, higher_is_better=hib)
-        merged_tasks = np.stack(
-            [_merged_task_mean(norm[:, n - 1], paths[:, :n]) for n in range(1, n_max + 1)], axis=1
-        )
-        out[label] = {
-            "metric": metric,
-            "perf_merged": merged_tasks,
-            "perf_all": norm.mean(axis=2),
-            "tuned_scale": scales,
-        }
+        # the next operator merges while these score: the previous one is read first
+        pending.append((label, scales, jobs))
+        if len(pending) > 1:
+            finish(*pending.pop(0))
+    for item in pending:
+        finish(*item)
     return out
 
 
@@ -399,7 +433,8 @@ def _modality(mod: str, mi: int, config: RealMergingConfig, out_dir: Path, progr
     n_max = min(config.language_max_experts if lang else config.max_experts, num_tasks)
     num_paths = config.language_num_paths if lang else config.num_paths
     examples = config.language_eval_examples if lang else config.eval_examples
-    scorer = _Scorer(zoo, examples, config.eval_batch)
+    pool = ThreadPoolExecutor(max(1, config.eval_workers), thread_name_prefix="score")
+    scorer = _Scorer(zoo, examples, config.eval_batch, pool)
     hib = bool(zoo.higher_is_better)
     kmod = jr.fold_in(jr.key(config.seed), mi)
     paths = nested_subsets(jr.fold_in(kmod, 0), num_tasks=num_tasks, num_paths=num_paths)
@@ -416,19 +451,22 @@ def _modality(mod: str, mi: int, config: RealMergingConfig, out_dir: Path, progr
     bar = tqdm(total=total, desc=f"{NAME}[{mod}]", leave=False, disable=not progress)
     results, widths = {}, {}
     base = scorer.base("test")
-    for si, (set_name, es) in enumerate(sets.items()):
-        refs = _Refs(base, scorer.experts(es, "test"))
-        # fails now, not after the merges, when an expert does not beat the base on the
-        # scored examples (the normalisation would divide by a gain <= 0)
-        normalized_performance(refs.expert, base, refs.expert, higher_is_better=hib)
-        key = jr.fold_in(kmod, 10 + si)
-        results[set_name] = _run_operators(
-            scorer, es, labels, paths, config, key, bar, refs, timings
-        )
-        t0 = time.perf_counter()
-        w = _width_paths(jr.fold_in(kmod, 20 + si), es.gram, paths, config)
-        widths[set_name] = {**w, "gram": es.gram}
-        timings["width"] = timings.get("width", 0.0) + time.perf_counter() - t0
+    try:
+        for si, (set_name, es) in enumerate(sets.items()):
+            refs = _Refs(base, scorer.experts(es, "test"))
+            # fails now, not after the merges, when an expert does not beat the base on the
+            # scored examples (the normalisation would divide by a gain <= 0)
+            normalized_performance(refs.expert, base, refs.expert, higher_is_better=hib)
+            key = jr.fold_in(kmod, 10 + si)
+            results[set_name] = _run_operators(
+                scorer, es, labels, paths, config, key, bar, refs, timings
+            )
+            t0 = time.perf_counter()
+            w = _width_paths(jr.fold_in(kmod, 20 + si), es.gram, paths, config)
+            widths[set_name] = {**w, "gram": es.gram}
+            timings["width"] = timings.get("width", 0.0) + time.perf_counter() - t0
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an error, nothing queued runs on
     bar.close()
     a, summary = analyse(mod, bool(zoo.higher_is_better), results, widths, config)
     arrays.update(a)
