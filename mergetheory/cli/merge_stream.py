@@ -28,6 +28,7 @@ Reference: ``docs/streaming.md`` (memory and time measured against mergekit).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -93,12 +94,14 @@ def is_streamable(op_name: str, hparams: Mapping[str, Any]) -> bool:
 def row_blocks(shape: Sequence[int], num: int, itemsize: int, block_bytes: int | None):
     """``(start, stop)`` row ranges of a tensor so that ``num`` stacked copies of one block
     take at most ``block_bytes`` (one block, ``None``, when it fits or rows are 1-D)."""
-    rows = shape[0] if shape else 0
-    row_bytes = num * itemsize * int(np.prod(shape[1:], dtype=np.int64))
-    if block_bytes is None or len(shape) < 2 or rows * row_bytes <= block_bytes:
+    from ..io.stack import row_ranges  # here: importing ``io`` imports jax
+
+    if block_bytes is None or len(shape) < 2:
         return [None]
-    step = max(1, block_bytes // max(row_bytes, 1))
-    return [(s, min(s + step, rows)) for s in range(0, rows, step)]
+    max_entries = block_bytes // (num * itemsize)
+    if math.prod(shape) <= max_entries:
+        return [None]
+    return row_ranges(shape, max_entries)
 
 
 def _finite(a: np.ndarray) -> np.ndarray:

@@ -27,24 +27,39 @@ import numpy as np
 
 from .common import CheckpointError
 
-__all__ = ["GRAM_BLOCK", "RowSpill", "TensorStack", "block_bounds"]
+__all__ = ["GRAM_BLOCK", "RowSpill", "TensorStack", "block_bounds", "row_ranges"]
 
 GRAM_BLOCK = 1 << 22
 """Entries per expert above which a tensor is summed over row blocks of at most this many
 entries (float64: 32 MiB an expert and block), and not held for all experts at once."""
 
 
+def row_ranges(shape: Sequence[int], max_entries: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of a tensor's rows (its first axis), each block holding at
+    most ``max_entries`` entries (one row at least); one range for a tensor that fits.
+
+    The one splitter behind :func:`block_bounds` (the Gram's row blocks) and the streamed
+    merge's row blocks (``mergetheory.cli.merge_stream.row_blocks``).
+
+    Example:
+      >>> row_ranges((10, 7), 24)
+      [(0, 3), (3, 6), (6, 9), (9, 10)]
+    """
+    rows = shape[0] if len(shape) else 1
+    row = math.prod(shape[1:])
+    if rows * row <= max_entries:
+        return [(0, rows)]
+    step = max(1, max_entries // max(row, 1))
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
 def block_bounds(shape: Sequence[int], block: int | None = None) -> list[tuple[int, int]]:
     """Row-aligned ``(lo, hi)`` ranges of a tensor's flattened entries, each at most
     ``block`` (default :data:`GRAM_BLOCK`) entries (one row at least); one range for a
-    tensor of at most ``block`` entries."""
+    tensor of at most ``block`` entries (:func:`row_ranges` in entries)."""
     block = GRAM_BLOCK if block is None else block
-    size = math.prod(shape)
-    if size <= block or len(shape) == 0:
-        return [(0, size)]
     row = math.prod(shape[1:])
-    step = max(1, block // max(row, 1)) * row
-    return [(lo, min(lo + step, size)) for lo in range(0, size, step)]
+    return [(lo * row, hi * row) for lo, hi in row_ranges(shape, block)]
 
 
 class TensorStack:

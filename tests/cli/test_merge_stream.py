@@ -122,6 +122,9 @@ def test_row_blocks_change_nothing(tmp_path, monkeypatch, op, flags):
     # stacks of 3 x 4 rows x 6 float32 = 288 bytes: wte (40 rows) merges in 10 blocks
     monkeypatch.setattr(merge_stream, "DEFAULT_BLOCK_BYTES", 3 * 4 * 6 * 4)
     assert len(merge_stream.row_blocks((40, 6), 3, 4, 3 * 4 * 6 * 4)) == 10
+    assert merge_stream.row_blocks((40, 6), 3, 4, 3 * 4 * 40 * 6) == [None]  # fits
+    assert merge_stream.row_blocks((1, 50), 3, 4, 8) == [(0, 1)]  # a row over the budget
+    assert merge_stream.row_blocks((400,), 3, 4, 8) == [None]  # 1-D: never split
     used = _count_blocked_ties(monkeypatch)
     blocked = _merge(tmp_path, "b.safetensors", paths, base_path, extra)
     assert used == ([True] if op == "ties" else [None])

@@ -9,7 +9,7 @@ from mergetheory.io import save_safetensors
 from mergetheory.io import stack as stack_mod
 from mergetheory.io.common import CheckpointError
 from mergetheory.io.pool import TaskVectorTensors, open_expert, stream_pool_statistics
-from mergetheory.io.stack import RowSpill, TensorStack, block_bounds
+from mergetheory.io.stack import RowSpill, TensorStack, block_bounds, row_ranges
 
 SHAPES = {"emb": (10, 7), "long": (40,), "small": (2, 3), "scalar": ()}
 NUM = 4
@@ -72,6 +72,23 @@ def _direct(base, experts):
 )
 def test_block_bounds(shape, block, expected):
     assert block_bounds(shape, block) == expected
+
+
+@pytest.mark.parametrize("shape", [(10, 7), (1, 50), (40,), (3, 30), (5, 0), (0, 4), (6, 2, 3)])
+@pytest.mark.parametrize("budget", [1, 6, 7, 24, 30, 70, 1000])
+def test_row_ranges_tile_the_rows_within_the_budget(shape, budget):
+    got = row_ranges(shape, budget)
+    rows, row = shape[0], int(np.prod(shape[1:]))
+    # contiguous, in order, covering every row once
+    assert got[0][0] == 0 and got[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in zip(got, got[1:], strict=False))
+    if rows * row <= budget:
+        assert got == [(0, rows)]  # fits: one range
+    else:
+        # as many rows per block as fit (one at least); only the last block is shorter
+        per = max(1, budget // row)
+        assert [hi - lo for lo, hi in got[:-1]] == [per] * (len(got) - 1)
+        assert 0 < got[-1][1] - got[-1][0] <= per
 
 
 def test_large_tensors_give_the_same_numbers_in_every_format(tmp_path, monkeypatch):
