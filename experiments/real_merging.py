@@ -296,7 +296,7 @@ def _tuned_scales(
     k = min(config.tune_paths, paths.shape[0])
     ns = range(1, n_max + 1) if config.tune_ns is None else config.tune_ns
     ns = sorted({n for n in ns if n <= n_max} | {n_max})
-    jobs = []  # every grid scored concurrently, then read in the same order
+    jobs: dict[int, list[Future]] = {}  # every grid scored concurrently, read in order
     for n in ns:
         one = same_model(label, paths[:k, :n])  # one model: path 0's grid for every path
         for p in range(1 if one else k):
@@ -304,12 +304,12 @@ def _tuned_scales(
             stacked = jax.tree.map(
                 lambda *xs: jnp.concatenate(xs), *[_scaled(head, lam) for lam in grid]
             )  # [grid, ...]
-            jobs.append((n, 1 if one else k, scorer.submit(stacked, "val", peft, paths[p, :n])))
+            jobs.setdefault(n, []).append(scorer.submit(stacked, "val", peft, paths[p, :n]))
     chosen = []
     for n in ns:
         vals = np.zeros(grid.size)
-        for _, weight, job in (j for j in jobs if j[0] == n):
-            vals += job.result().mean(axis=1) / weight  # [grid, n] -> [grid]
+        for job in jobs[n]:  # [grid, n]: mean over the path's merged tasks, then over paths
+            vals += job.result().mean(axis=1) / len(jobs[n])
         best = np.argmax(vals) if scorer.zoo.higher_is_better else np.argmin(vals)
         chosen.append(grid[int(best)])
     scales = np.exp(np.interp(np.log(np.arange(1, n_max + 1)), np.log(ns), np.log(chosen)))

@@ -50,8 +50,8 @@ def test_quick_end_to_end(tmp_path):
     d = int(summary["vision_num_params"])
     assert data["vision_hessian_nodes"].shape == (cfg.hessian_probes, cfg.hessian_steps)
     assert 0 < float(summary["vision_m_eff"].split()[0]) < d
-    # scoring on one thread (no overlap with the merges) gives the same numbers bit for bit
-    # (the default scores on two threads while the next operator merges)
+    # one scoring thread gives the same numbers bit for bit (the default scores two merged
+    # models at a time, on two threads, while the next operator merges)
     assert cfg.eval_workers == real_merging.RealMergingConfig().eval_workers == 2
     serial = cfg._replace(operators=("average", "task_arithmetic", "ties"), eval_workers=1)
     again, _ = real_merging.run(serial, out_dir=tmp_path, progress=False)
